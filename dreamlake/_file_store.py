@@ -1,0 +1,127 @@
+"""The files area of a local session: ``files/<folder>/<id>/<filename>`` plus
+``files/.files_metadata.json`` (a JSON list of entries, updated under a lock)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from typing import Any
+
+from ._errors import SinkError
+from ._fsutil import locked, now_iso, read_json, write_json_atomic
+
+__all__ = ["FileStore"]
+
+_COPY_CHUNK = 1 << 20
+
+
+def _copy_and_hash(src: str, dst: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        while True:
+            chunk = source.read(_COPY_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            target.write(chunk)
+            size += len(chunk)
+        target.flush()
+        os.fsync(target.fileno())
+    return size, digest.hexdigest()
+
+
+def _public(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k != "deletedAt"}
+
+
+class FileStore:
+    def __init__(self, session_dir: str) -> None:
+        self.root = os.path.join(session_dir, "files")
+        self.index_path = os.path.join(self.root, ".files_metadata.json")
+        self.lock_path = os.path.join(self.root, ".lock")
+
+    def _entries(self) -> list[dict]:
+        return read_json(self.index_path, default=[]) or []
+
+    def _stored_path(self, entry: dict) -> str:
+        return os.path.join(self.root, *entry["storagePath"].split("/"))
+
+    def upload(self, src: str, folder: str, description: str | None, tags: list, metadata: dict) -> dict:
+        os.makedirs(self.root, exist_ok=True)
+        file_id = uuid.uuid4().hex[:16]
+        filename = os.path.basename(src)
+        relative = "/".join(p for p in (folder, file_id, filename) if p)
+        target = os.path.join(self.root, *relative.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        size, checksum = _copy_and_hash(src, target)
+        logical = "/" + folder if folder else "/"
+        stamp = now_iso()
+        entry = {
+            "id": file_id,
+            "filename": filename,
+            "path": logical,
+            "prefix": logical.rstrip("/") + "/",
+            "sizeBytes": size,
+            "checksum": checksum,
+            "checksumAlgorithm": "sha256",
+            "description": description,
+            "tags": list(tags),
+            "metadata": metadata,
+            "storagePath": relative,
+            "createdAt": stamp,
+            "updatedAt": stamp,
+        }
+        with locked(self.lock_path):
+            entries = self._entries()
+            replaced = [e for e in entries if e["path"] == logical and e["filename"] == filename]
+            entries = [e for e in entries if e not in replaced] + [entry]
+            write_json_atomic(self.index_path, entries)
+        for old in replaced:
+            shutil.rmtree(os.path.dirname(self._stored_path(old)), ignore_errors=True)
+        return dict(entry)
+
+    def list(self, folder: str | None, tags: list | None) -> list[dict]:
+        entries = self._entries()
+        if folder is not None:
+            logical = "/" + folder if folder else "/"
+            entries = [e for e in entries if e["path"] == logical]
+        if tags:
+            wanted = set(tags)
+            entries = [e for e in entries if wanted.issubset(e.get("tags") or [])]
+        return [_public(e) for e in entries]
+
+    def _find(self, entries: list[dict], file_id: str) -> dict:
+        for entry in entries:
+            if entry["id"] == file_id:
+                return entry
+        raise KeyError(f"no file with id {file_id!r} in this session")
+
+    def download(self, file_id: str, dest: str) -> str:
+        entry = self._find(self._entries(), file_id)
+        if os.path.isdir(dest):
+            dest = os.path.join(dest, entry["filename"])
+        size, checksum = _copy_and_hash(self._stored_path(entry), dest)
+        if checksum != entry["checksum"]:
+            raise SinkError(f"stored copy of {entry['filename']} does not match its checksum")
+        return dest
+
+    def delete(self, file_id: str) -> dict:
+        with locked(self.lock_path):
+            entries = self._entries()
+            entry = self._find(entries, file_id)
+            entries.remove(entry)
+            write_json_atomic(self.index_path, entries)
+        shutil.rmtree(os.path.dirname(self._stored_path(entry)), ignore_errors=True)
+        return _public(entry)
+
+    def update(self, file_id: str, changes: dict[str, Any]) -> dict:
+        with locked(self.lock_path):
+            entries = self._entries()
+            entry = self._find(entries, file_id)
+            entry.update(changes)
+            entry["updatedAt"] = now_iso()
+            write_json_atomic(self.index_path, entries)
+        return _public(entry)

@@ -1,0 +1,227 @@
+"""The local store sink: one session directory of human-readable files.
+
+The sink runs only on the writer thread (or in the agent), so it needs no
+locks of its own; cross-process safety comes from ``flock`` in
+:mod:`._stream_files` and :mod:`._fsutil`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from ._file_store import FileStore
+from ._fsutil import locked, now_iso, read_json, write_json_atomic
+from ._stream_files import StreamFiles
+from ._writer import yield_gil
+
+__all__ = ["LocalSink", "track_dir", "list_track_names", "read_page", "read_ts_page", "track_stats"]
+
+#: Track metadata.json is rewritten at most this often while rows arrive (seconds).
+METADATA_INTERVAL = 1.0
+_RESERVED = {"data.jsonl", "metadata.json", "index.offsets", "index.ts", "index.unsorted", ".lock"}
+
+
+def track_dir(session_dir: str, name: str) -> str:
+    return os.path.join(session_dir, "tracks", *name.split("/"))
+
+
+def list_track_names(session_dir: str) -> list[str]:
+    root = os.path.join(session_dir, "tracks")
+    names = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        if "data.jsonl" in files:
+            names.append(os.path.relpath(folder, root).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def stream_files(session_dir: str, name: str, is_log: bool = False) -> StreamFiles:
+    if is_log:
+        return StreamFiles(os.path.join(session_dir, ".logs"), os.path.join(session_dir, "logs.jsonl"))
+    return StreamFiles(track_dir(session_dir, name))
+
+
+def _page(rows: list, total: int, start: int) -> dict:
+    data = [{"index": index, "timestamp": ts, "data": row} for index, ts, row in rows]
+    end = data[-1]["index"] if data else None
+    return {
+        "data": data,
+        "startIndex": data[0]["index"] if data else start,
+        "endIndex": end,
+        "total": total,
+        "hasMore": (end + 1 < total) if end is not None else start < total,
+    }
+
+
+def read_page(files: StreamFiles, start_index: int, limit: int) -> dict:
+    rows, total = files.read(start_index, limit)
+    return _page(rows, total, start_index)
+
+
+def read_ts_page(files: StreamFiles, start_ts: float | None, end_ts: float | None, limit: int) -> dict:
+    from ._stream_files import _Unsorted
+
+    try:
+        lo, hi = files.index_range(start_ts, end_ts)
+    except _Unsorted:
+        rows = []
+        for index in files.scan_ts(start_ts, end_ts, limit + 1):
+            got, total = files.read(index, 1)
+            rows.extend(got)
+        page = _page(rows[:limit], files.count(), 0)
+        page["hasMore"] = len(rows) > limit
+        return page
+    rows, total = files.read(lo, min(limit, hi - lo))
+    page = _page(rows, total, lo)
+    page["hasMore"] = lo + len(rows) < hi
+    return page
+
+
+def track_stats(session_dir: str, name: str) -> dict:
+    files = stream_files(session_dir, name)
+    first, last = files.first_last_ts()
+    meta = read_json(os.path.join(track_dir(session_dir, name), "metadata.json"), default={}) or {}
+    try:
+        data_stat = os.stat(files.data_path)
+        created = meta.get("createdAt") or now_iso(data_stat.st_ctime)
+        updated = now_iso(data_stat.st_mtime)
+    except FileNotFoundError:
+        created = updated = None
+    return {
+        "name": name,
+        "trackId": name,
+        "totalDataPoints": files.count(),
+        "firstTs": first,
+        "lastTs": last,
+        "createdAt": created,
+        "updatedAt": updated,
+        "description": meta.get("description"),
+        "tags": meta.get("tags", []),
+    }
+
+
+class LocalSink:
+    """Writes one session into ``directory``."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(directory)
+        self._streams: dict[tuple[str, bool], StreamFiles] = {}
+        self._meta_due: dict[str, float] = {}
+        self._meta_dirty: set[str] = set()
+        self.files = FileStore(self.directory)
+
+    # -- lifecycle -----------------------------------------------------------
+    def _session_json(self) -> str:
+        return os.path.join(self.directory, "session.json")
+
+    def open(self, info: dict) -> dict:
+        os.makedirs(os.path.join(self.directory, "tracks"), exist_ok=True)
+        with locked(os.path.join(self.directory, ".session.lock")):
+            meta = read_json(self._session_json(), default={}) or {}
+            stamp = now_iso()
+            meta.update({k: v for k, v in info.items() if v is not None or k not in meta})
+            meta.setdefault("createdAt", stamp)
+            meta.update(
+                status="running",
+                openedAt=stamp,
+                updatedAt=stamp,
+                closedAt=None,
+                error=None,
+                pid=os.getpid(),
+                hostname=socket.gethostname(),
+                opens=int(meta.get("opens", 0)) + 1,
+            )
+            write_json_atomic(self._session_json(), meta)
+        return meta
+
+    def close(self, status: str, error: str | None) -> None:
+        self.flush()
+        with locked(os.path.join(self.directory, ".session.lock")):
+            meta = read_json(self._session_json(), default={}) or {}
+            stamp = now_iso()
+            meta.update(status=status, closedAt=stamp, updatedAt=stamp, error=error)
+            write_json_atomic(self._session_json(), meta)
+        for files in self._streams.values():
+            files.close()
+        self._streams.clear()
+
+    def after_fork_in_child(self) -> None:
+        for files in self._streams.values():
+            files.forget_handles()
+
+    # -- writing -------------------------------------------------------------
+    def _files(self, name: str, is_log: bool) -> StreamFiles:
+        key = (name, is_log)
+        files = self._streams.get(key)
+        if files is None:
+            files = self._streams[key] = stream_files(self.directory, name, is_log)
+        return files
+
+    def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:
+        files = self._files(name, is_log)
+        if is_log:
+            return files.append(rows, ts, prepare=_stamp_log_entries, between_chunks=yield_gil)
+        first = files.append(rows, ts, between_chunks=yield_gil)
+        self._meta_dirty.add(name)
+        now = time.monotonic()
+        if now >= self._meta_due.get(name, 0.0):
+            self._meta_due[name] = now + METADATA_INTERVAL
+            self._write_track_metadata(name)
+        return first
+
+    def _write_track_metadata(self, name: str) -> None:
+        self._meta_dirty.discard(name)
+        path = os.path.join(track_dir(self.directory, name), "metadata.json")
+        stats = track_stats(self.directory, name)
+        write_json_atomic(path, stats)
+
+    def write_params(self, flat: dict) -> None:
+        path = os.path.join(self.directory, "parameters.json")
+        with locked(os.path.join(self.directory, ".parameters.lock")):
+            params = read_json(path, default={}) or {}
+            params.update(flat)
+            write_json_atomic(path, params)
+
+    def flush(self) -> None:
+        for name in list(self._meta_dirty):
+            self._write_track_metadata(name)
+
+    # -- reading (barriers: everything queued before is already written) ----
+    def read(self, name: str, is_log: bool, start_index: int, limit: int) -> dict:
+        return read_page(self._files(name, is_log), start_index, limit)
+
+    def read_range(self, name: str, is_log: bool, start_ts: Any, end_ts: Any, limit: int) -> dict:
+        return read_ts_page(self._files(name, is_log), start_ts, end_ts, limit)
+
+    def stats(self, name: str) -> dict:
+        return track_stats(self.directory, name)
+
+    def list_tracks(self) -> list[dict]:
+        return [track_stats(self.directory, name) for name in list_track_names(self.directory)]
+
+    def params_get(self) -> dict:
+        return read_json(os.path.join(self.directory, "parameters.json"), default={}) or {}
+
+    def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict) -> dict:
+        return self.files.upload(src, folder, description, tags, metadata)
+
+    def files_list(self, folder: str | None, tags: list | None) -> list[dict]:
+        return self.files.list(folder, tags)
+
+    def files_download(self, file_id: str, dest: str) -> str:
+        return self.files.download(file_id, dest)
+
+    def files_delete(self, file_id: str) -> dict:
+        return self.files.delete(file_id)
+
+    def files_update(self, file_id: str, changes: dict) -> dict:
+        return self.files.update(file_id, changes)
+
+
+def _stamp_log_entries(rows: list, first: int) -> None:
+    for seq, row in enumerate(rows, first):
+        row["seq"] = seq
+        row["timestamp"] = now_iso(row["_ts"])

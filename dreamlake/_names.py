@@ -1,0 +1,62 @@
+"""Validation of user-supplied names and paths.
+
+Every name that becomes part of a path on disk (workspace, session name, track
+name, file path) is checked here, at the call, so nothing can be written
+outside the session directory.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["check_segment", "check_track_name", "check_file_folder", "MAX_NAME_LENGTH"]
+
+MAX_NAME_LENGTH = 255
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.@+=,:\- ]+$")
+
+
+def check_segment(value: object, what: str) -> str:
+    """A single path component: no separators, not '.', '..' or hidden-dot-only."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value or value.strip() != value:
+        raise ValueError(f"{what} must be non-empty without surrounding spaces: {value!r}")
+    if value in (".", "..") or "/" in value or "\\" in value or "\x00" in value:
+        raise ValueError(f"{what} may not be '.', '..' or contain a path separator: {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
+    if not _SEGMENT.match(value):
+        raise ValueError(
+            f"{what} {value!r} has characters outside letters, digits, space and _.@+=,:-"
+        )
+    return value
+
+
+def _check_relative(value: object, what: str, allow_empty: bool) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    stripped = value.strip("/")
+    if not stripped:
+        if allow_empty:
+            return ""
+        raise ValueError(f"{what} must not be empty")
+    if value.startswith("/") and not allow_empty:
+        raise ValueError(f"{what} must be relative, got {value!r}")
+    parts = stripped.split("/")
+    for part in parts:
+        check_segment(part, f"{what} component")
+    return "/".join(parts)
+
+
+def check_track_name(value: object) -> str:
+    """A hierarchical track name such as ``robot/pose/left``."""
+    return _check_relative(value, "track name", allow_empty=False)
+
+
+def check_file_folder(value: object) -> str:
+    """A logical file folder such as ``/models/checkpoints``; returns it without slashes
+    at either end ('' for the root). A leading slash is allowed: it means the root of the
+    session's file area, never the filesystem root."""
+    if value is None:
+        return ""
+    return _check_relative(value, "file path", allow_empty=True)

@@ -1,0 +1,154 @@
+"""A session's lock-free queue, its memory budget and its counters.
+
+Producers call ``pipe.push(event)`` — a bound ``deque.append``, atomic in
+CPython and lock-free. Only when the queue is at its budget does a producer
+take the slow path (:meth:`SessionPipe.on_full`), which applies the policy:
+
+* ``block`` (default, lossless): wait until the writer has made room;
+* ``drop``: discard the event and count it.
+
+The budget is expressed in bytes and enforced as a number of queued events
+(``memory_budget // EVENT_COST``), which the hot path checks with one
+``len()``; events carrying large captured values also count their size.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+from ._errors import SessionStateError
+
+__all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET"]
+
+#: Measured cost of one queued small-row event (tuple + dict of 3 floats), bytes.
+EVENT_COST = 512
+DEFAULT_MEMORY_BUDGET = 64 << 20
+MIN_MEMORY_BUDGET = 64 << 10
+
+
+class StreamRef:
+    """One track (or the log stream) of one session, as the writer sees it."""
+
+    __slots__ = ("pipe", "name", "is_log", "merge", "flush_start", "flush_end", "flush_count", "__weakref__")
+
+    def __init__(self, pipe: "SessionPipe", name: str, is_log: bool = False) -> None:
+        self.pipe = pipe
+        self.name = name
+        self.is_log = is_log
+        self.merge = not is_log
+        self.reset_flush_window()
+
+    def reset_flush_window(self) -> None:
+        self.flush_start: int | None = None
+        self.flush_end: int | None = None
+        self.flush_count = 0
+
+    def note_written(self, start: int, count: int) -> None:
+        if count <= 0:
+            return
+        if self.flush_start is None:
+            self.flush_start = start
+        self.flush_end = start + count - 1
+        self.flush_count += count
+
+    def __repr__(self) -> str:
+        return f"StreamRef({self.name!r})"
+
+
+class SessionPipe:
+    """Everything the writer needs to know about one open session."""
+
+    def __init__(self, sink: Any, memory_budget: int = DEFAULT_MEMORY_BUDGET, on_full: str = "block") -> None:
+        if on_full not in ("block", "drop"):
+            raise ValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
+        if not isinstance(memory_budget, int) or isinstance(memory_budget, bool):
+            raise TypeError("memory_budget must be an int number of bytes")
+        if memory_budget < MIN_MEMORY_BUDGET:
+            raise ValueError(f"memory_budget must be at least {MIN_MEMORY_BUDGET} bytes")
+        self.sink = sink
+        self.queue: deque = deque()
+        self.push = self.queue.append
+        self.memory_budget = memory_budget
+        self.max_events = max(16, memory_budget // EVENT_COST)
+        self.on_full_policy = on_full
+        self.space = threading.Condition(threading.Lock())
+        self.streams: dict[str, StreamRef] = {}
+        self.last_ts = 0.0  # last _ts used on any track (for _ts=-1)
+        self.last_auto_ts = 0.0  # last generated _ts (strictly increasing)
+        self.ts_lock = threading.Lock()
+        # counters, read by health(); written by one side each
+        self.dropped = 0
+        self.blocked_waits = 0
+        self.rows_written = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
+        self.pending_params: dict = {}
+        self.retry: dict[StreamRef, tuple[list, list]] = {}
+        self.retry_at = 0.0
+        self.writer_backlog = 0
+        self.closed = False
+
+    def mark_closed(self) -> None:
+        """Make every later push raise, at no cost to the open hot path."""
+        self.closed = True
+        self.max_events = -1
+        self.push = _refuse
+
+    def after_fork_in_child(self) -> None:
+        """Events queued before fork belong to the parent, which writes them."""
+        self.queue.clear()
+        self.space = threading.Condition(threading.Lock())
+        self.ts_lock = threading.Lock()
+        self.pending_params = {}
+        self.retry = {}
+        self.writer_backlog = 0
+
+    def stream(self, name: str, is_log: bool = False) -> StreamRef:
+        ref = self.streams.get(name)
+        if ref is None:
+            ref = self.streams.setdefault(name, StreamRef(self, name, is_log))
+        return ref
+
+    def is_full(self) -> bool:
+        return len(self.queue) + self.writer_backlog >= self.max_events
+
+    def on_full(self, event: tuple, wake_writer) -> bool:
+        """Slow path when the queue is at budget. Returns True if the event was queued."""
+        if self.closed:
+            raise SessionStateError("the session is closed")
+        if self.on_full_policy == "drop":
+            with self.space:
+                self.dropped += 1
+            return False
+        with self.space:
+            self.blocked_waits += 1
+            while self.is_full():
+                wake_writer()
+                self.space.wait(0.05)
+        self.push(event)
+        return True
+
+    def made_room(self) -> None:
+        """Writer side: wake producers blocked on a full queue."""
+        with self.space:
+            self.space.notify_all()
+
+    def health(self) -> dict:
+        return {
+            "queued": len(self.queue),
+            "maxQueued": self.max_events,
+            "memoryBudget": self.memory_budget,
+            "onFull": self.on_full_policy,
+            "dropped": self.dropped,
+            "blockedWaits": self.blocked_waits,
+            "rowsWritten": self.rows_written,
+            "writeErrors": self.write_errors,
+            "lastError": self.last_error,
+            "pendingRetryRows": sum(len(rows) for rows, _ in self.retry.values()),
+        }
+
+
+def _refuse(event: tuple) -> None:
+    raise SessionStateError("the session is closed")

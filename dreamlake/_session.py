@@ -1,0 +1,299 @@
+"""The Session: identity, lifecycle, and the factories for tracks, logs,
+params and files. It only makes events; the writer and sinks do the rest."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from . import _lifecycle
+from ._config import SessionConfig, resolve
+from ._errors import SessionStateError
+from ._events import ROW
+from ._files_api import Files
+from ._names import check_track_name
+from ._params import Params
+from ._pipe import DEFAULT_MEMORY_BUDGET, SessionPipe
+from ._tracks import Track, Tracks
+from ._values import capture, capture_fields
+from ._writer import Writer, get_writer
+
+__all__ = ["Session", "dreamlake_session", "LOG_LEVELS"]
+
+log = logging.getLogger("dreamlake")
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+_LEVEL_ALIASES = {"warning": "warn", "critical": "fatal"}
+_LOG_STREAM = "logs"
+_time = time.time
+_warned_remote = False
+
+
+def _make_sink(config: SessionConfig) -> Any:
+    """Pick the sink for a session (local store; agent and remote plug in here)."""
+    global _warned_remote
+    if config.agent:
+        from ._agent_link import agent_sink
+
+        sink = agent_sink(config)
+        if sink is not None:
+            return sink
+    if config.url and not _warned_remote:
+        _warned_remote = True
+        warnings.warn(
+            f"dreamlake: remote sync is not available in this version; session data is kept "
+            f"locally under {config.root} (offline cache) for a later sync",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    from ._local_sink import LocalSink
+
+    return LocalSink(str(config.directory))
+
+
+class Session:
+    """One experiment run. Both constructor generations work, in any mix::
+
+        Session(prefix="ws/name", root="./data", local_path=".dreamlake", url=..., user_name=...)
+        Session(name="name", workspace="ws", local_path="./experiments", remote=..., api_key=...,
+                description=..., tags=[...], folder="/experiments/2025")
+
+    Storage: ``<root>/<local_path>/<workspace>/<name>`` (either alone, else
+    ``./.dreamlake``). Re-opening an existing session continues it.
+
+    ``memory_budget`` (bytes) bounds what may wait in memory; when it is used up,
+    ``on_full="block"`` (lossless, default) makes the caller wait for the writer and
+    ``on_full="drop"`` drops the event and counts it in :meth:`health`.
+    """
+
+    def __init__(
+        self,
+        prefix: str | None = None,
+        *,
+        root: str | os.PathLike | None = None,
+        local_path: str | os.PathLike | None = None,
+        url: str | None = None,
+        remote: str | None = None,
+        user_name: str | None = None,
+        api_key: str | None = None,
+        name: str | None = None,
+        workspace: str | None = None,
+        description: str | None = None,
+        tags: list[str] | None = None,
+        folder: str | None = None,
+        session_dir: str | os.PathLike | None = None,
+        agent: str | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        on_full: str = "block",
+        timeout: float = 60.0,
+    ) -> None:
+        self._config = resolve(
+            prefix=prefix,
+            name=name,
+            workspace=workspace,
+            root=root,
+            local_path=local_path,
+            url=url,
+            remote=remote,
+            user_name=user_name,
+            api_key=api_key,
+            session_dir=session_dir,
+            agent=agent,
+        )
+        if description is not None and not isinstance(description, str):
+            raise TypeError("description must be a str")
+        if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
+            raise TypeError("tags must be a list of str")
+        if folder is not None and not isinstance(folder, str):
+            raise TypeError("folder must be a str")
+        SessionPipe(None, memory_budget, on_full)  # validates the budget and policy now
+        self._description = description
+        self._tags = list(tags) if tags is not None else []
+        self._folder = folder
+        self._memory_budget = memory_budget
+        self._on_full = on_full
+        self._timeout = timeout
+        self._pipe: SessionPipe | None = None
+        self._writer: Writer = get_writer()
+        self._tracks: dict[str, Track] = {}
+        self._state = "created"
+        self._status = "created"
+        self._owner_pid = os.getpid()
+        self.params = Params(self)
+        self.files = Files(self)
+        self.tracks = Tracks(self)
+
+    # -- identity --------------------------------------------------------------
+    name = property(lambda self: self._config.name)
+    workspace = property(lambda self: self._config.workspace)
+    prefix = property(lambda self: self._config.prefix)
+    description = property(lambda self: self._description)
+    tags = property(lambda self: list(self._tags))
+    folder = property(lambda self: self._folder)
+    directory: Path = property(lambda self: self._config.directory)  # type: ignore[assignment]
+    root: Path = property(lambda self: self._config.root)  # type: ignore[assignment]
+    url = property(lambda self: self._config.url)
+
+    @property
+    def _is_open(self) -> bool:
+        return self._state == "open"
+
+    @property
+    def status(self) -> str:
+        """created | running | completed | failed | interrupted"""
+        return self._status
+
+    def parameters(self) -> Params:
+        return self.params
+
+    def __repr__(self) -> str:
+        return f"Session({self.prefix!r}, status={self._status!r}, directory={str(self.directory)!r})"
+
+    # -- lifecycle ---------------------------------------------------------------
+    def open(self) -> "Session":
+        if self._state == "open":
+            return self
+        sink = _make_sink(self._config)
+        pipe = SessionPipe(sink, self._memory_budget, self._on_full)
+        self._pipe = pipe
+        self._tracks = {}
+        self._owner_pid = os.getpid()
+        self._writer.register(pipe)
+        info = {
+            "name": self.name,
+            "workspace": self.workspace,
+            "prefix": self.prefix,
+            "description": self._description,
+            "tags": self._tags,
+            "folder": self._folder,
+            "url": self._config.url,
+            "userName": self._config.user_name,
+        }
+        try:
+            self._writer.call(pipe, "open", (info,), self._timeout)
+        except BaseException:
+            pipe.mark_closed()
+            self._writer.unregister(pipe)
+            raise
+        self._state = "open"
+        self._status = "running"
+        _lifecycle.track_open(self)
+        return self
+
+    def close(self) -> None:
+        """Write everything, mark the session completed and release it."""
+        self._finish("completed", None, self._timeout)
+
+    def _finish(self, status: str, error: str | None, timeout: float | None) -> None:
+        if self._state != "open":
+            return
+        pipe = self._pipe
+        assert pipe is not None
+        self._state = "closing"
+        try:
+            self._writer.call(pipe, "close", (status, error), timeout)
+        finally:
+            pipe.mark_closed()
+            self._state = "closed"
+            self._status = status
+            _lifecycle.track_closed(self)
+
+    def _flush_quietly(self, timeout: float | None) -> None:
+        if self._state == "open" and self._pipe is not None:
+            self._writer.call(self._pipe, "flush", (None,), timeout)
+
+    def __enter__(self) -> "Session":
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None or (exc_type is SystemExit and not getattr(exc, "code", None)):
+            self.close()
+            return False
+        interrupted = issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+        summary = f"{exc_type.__name__}: {exc}"
+        if self._state == "open":
+            try:
+                self.log(
+                    f"session ended by {summary}",
+                    level="warn" if interrupted else "error",
+                    traceback="".join(traceback.format_exception(exc_type, exc, tb))[-8000:],
+                )
+            except Exception:
+                pass
+        self._finish("interrupted" if interrupted else "failed", summary, self._timeout)
+        return False
+
+    # -- plumbing for the API objects ------------------------------------------
+    def _require_pipe(self) -> SessionPipe:
+        if self._state != "open" or self._pipe is None:
+            raise SessionStateError(f"session {self.prefix} is not open (state: {self._state})")
+        return self._pipe
+
+    def _call(self, op: str, *args: Any) -> Any:
+        return self._writer.call(self._require_pipe(), op, args, self._timeout)
+
+    # -- the API -----------------------------------------------------------------
+    def track(self, name: str) -> Track:
+        track = self._tracks.get(name)
+        if track is None:
+            track = Track(self, check_track_name(name))
+            self._tracks[name] = track
+        return track
+
+    def log(self, message: str, level: str = "info", metadata: dict | None = None, **extra: Any) -> None:
+        """Append a log entry (levels: debug, info, warn, error, fatal)."""
+        if not isinstance(message, str):
+            raise TypeError(f"log message must be a str, got {type(message).__name__}")
+        if not isinstance(level, str):
+            raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}")
+        level = _LEVEL_ALIASES.get(level.lower(), level.lower())
+        if level not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}")
+        entry: dict = {"level": level, "message": capture(message)}
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+            entry["metadata"] = capture(metadata)
+        if extra:
+            entry.update(capture_fields(extra))
+        pipe = self._require_pipe()
+        event = (ROW, pipe.stream(_LOG_STREAM, is_log=True), _time(), entry)
+        if len(pipe.queue) < pipe.max_events:
+            pipe.push(event)
+        else:
+            pipe.on_full(event, self._writer.wake)
+
+    def logs(self, start_index: int = 0, limit: int = 1000) -> dict:
+        """Read log entries back (same page shape as ``Track.read``)."""
+        return self._call("read", _LOG_STREAM, True, start_index, limit)
+
+    def flush(self) -> list[dict]:
+        """Write everything queued so far (all tracks, logs, params)."""
+        return self._call("flush", None)
+
+    def health(self) -> dict:
+        """Counters of the background pipeline: queued, dropped, write errors, ..."""
+        if self._pipe is None:
+            return {"state": self._state}
+        return {"state": self._state, "status": self._status, **self._pipe.health()}
+
+
+def dreamlake_session(*session_args: Any, **session_kwargs: Any) -> Callable:
+    """Decorator: run the function inside a session passed as ``session=``."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with Session(*session_args, **session_kwargs) as session:
+                kwargs["session"] = session
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,331 @@
+"""One stream on disk: ``data.jsonl`` plus a derived binary index.
+
+Layout of a stream (a track directory, or ``.logs/`` for the log stream):
+
+    data.jsonl      one JSON object per line, the row itself
+    index.offsets   little-endian uint64 per row: byte offset of the row's line
+    index.ts        little-endian float64 per row: the row's ``_ts``
+    index.unsorted  present once a row's ``_ts`` went backwards (range reads scan)
+    .lock           flock target serialising appenders across processes
+
+The index is derived and rebuildable: before every append (under the lock) the
+files are reconciled — a torn last line is cut off, complete lines not yet in
+the index are indexed, and an index that runs ahead of the data is rebuilt.
+So several processes can append to one stream, each row gets the next index,
+and a crash at any point never breaks reading or loses earlier rows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import os
+import sys
+from array import array
+from itertools import accumulate
+from typing import Any, Callable
+
+import msgspec
+
+from ._values import NONFINITE_MARKER, tag_nonfinite, untag_nonfinite
+
+__all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS"]
+
+#: Rows encoded per C call; bounds how long the writer holds the GIL.
+ENCODE_CHUNK_ROWS = 1024
+
+_LITTLE = sys.byteorder == "little"
+_encoder = msgspec.json.Encoder()
+_decode = msgspec.json.Decoder().decode
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+
+
+def _u64(values) -> bytes:
+    arr = array("Q", values)
+    if not _LITTLE:
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _f64(values) -> bytes:
+    arr = array("d", values)
+    if not _LITTLE:
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _load(kind: str, raw: bytes) -> array:
+    arr = array(kind)
+    arr.frombytes(raw)
+    if not _LITTLE:
+        arr.byteswap()
+    return arr
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def decode_row(line: bytes) -> Any:
+    row = _decode(line)
+    if NONFINITE_MARKER in line:
+        row = untag_nonfinite(row)
+    return row
+
+
+def encode_rows(rows: list) -> bytes:
+    """JSON lines; non-finite floats (which msgspec writes as null) get tagged."""
+    buf = _encoder.encode_lines(rows)
+    if b"null" in buf:
+        buf = _encoder.encode_lines([tag_nonfinite(row) for row in rows])
+    return buf
+
+
+class StreamFiles:
+    def __init__(self, directory: str, data_path: str | None = None) -> None:
+        self.directory = directory
+        self.data_path = data_path or os.path.join(directory, "data.jsonl")
+        self.offsets_path = os.path.join(directory, "index.offsets")
+        self.ts_path = os.path.join(directory, "index.ts")
+        self.unsorted_path = os.path.join(directory, "index.unsorted")
+        self.lock_path = os.path.join(directory, ".lock")
+        self._fds: tuple[int, int, int, int] | None = None
+        # what we know after our own last append: (data size, rows, last ts)
+        self._known: tuple[int, int, float] | None = None
+
+    # -- file handles --------------------------------------------------------
+    def _open(self) -> tuple[int, int, int, int]:
+        if self._fds is None:
+            os.makedirs(self.directory, exist_ok=True)
+            self._fds = tuple(
+                os.open(p, _OPEN_FLAGS, 0o644)
+                for p in (self.data_path, self.offsets_path, self.ts_path, self.lock_path)
+            )  # type: ignore[assignment]
+            self._known = None
+        return self._fds  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+            self._known = None
+
+    def forget_handles(self) -> None:
+        """After fork: the inherited descriptors share flock state with the parent."""
+        if self._fds is not None:
+            for fd in self._fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fds = None
+        self._known = None
+
+    # -- reconciliation ------------------------------------------------------
+    def _reconcile(self, data_fd: int, off_fd: int, ts_fd: int) -> tuple[int, int, float]:
+        """Make index and data agree; returns (data size, rows, last ts)."""
+        data_size = os.fstat(data_fd).st_size
+        off_size = os.fstat(off_fd).st_size
+        ts_size = os.fstat(ts_fd).st_size
+        known = self._known
+        if known is not None and known[0] == data_size and known[1] * 8 == off_size == ts_size:
+            return known
+        rows = min(off_size, ts_size) // 8
+        indexed_end = 0
+        last_ts = float("-inf")
+        while rows:
+            start = int(_load("Q", os.pread(off_fd, 8, (rows - 1) * 8))[0])
+            if start < data_size:
+                chunk = os.pread(data_fd, min(data_size - start, 1 << 20), start)
+                newline = chunk.find(b"\n")
+                if newline >= 0:
+                    indexed_end = start + newline + 1
+                    last_ts = _load("d", os.pread(ts_fd, 8, (rows - 1) * 8))[0]
+                    break
+            rows -= 1  # index entry points past the data: drop it
+        if off_size != rows * 8:
+            os.ftruncate(off_fd, rows * 8)
+        if ts_size != rows * 8:
+            os.ftruncate(ts_fd, rows * 8)
+        if data_size > indexed_end:
+            tail = os.pread(data_fd, data_size - indexed_end, indexed_end)
+            complete = tail.rfind(b"\n") + 1
+            if complete < len(tail):  # a torn last line: never acknowledged, cut it
+                os.ftruncate(data_fd, indexed_end + complete)
+                data_size = indexed_end + complete
+            starts, stamps = [], []
+            position = indexed_end
+            for line in tail[:complete].split(b"\n")[:-1]:
+                try:
+                    row = decode_row(line)
+                    ts = float(row["_ts"])
+                except Exception:
+                    ts = None  # a garbage line stays in the file but is never indexed
+                if ts is not None:
+                    starts.append(position)
+                    stamps.append(ts)
+                position += len(line) + 1
+            if starts:
+                if any(b < a for a, b in zip([last_ts, *stamps], stamps)):
+                    self._mark_unsorted()
+                _write_all(off_fd, _u64(starts))
+                _write_all(ts_fd, _f64(stamps))
+                rows += len(starts)
+                last_ts = stamps[-1]
+        return data_size, rows, last_ts
+
+    def _mark_unsorted(self) -> None:
+        if not os.path.exists(self.unsorted_path):
+            with open(self.unsorted_path, "w") as marker:
+                marker.write("a _ts went backwards in this stream; _ts range reads scan\n")
+
+    # -- appending -----------------------------------------------------------
+    def append(
+        self,
+        rows: list[dict],
+        ts: list[float],
+        prepare: Callable[[list[dict], int], None] | None = None,
+        between_chunks: Callable[[], None] | None = None,
+    ) -> int:
+        """Append rows under the stream lock; returns the index of the first.
+
+        ``prepare(rows, first_index)`` may stamp rows (log sequence numbers)
+        once their indices are known.
+        """
+        data_fd, off_fd, ts_fd, lock_fd = self._open()
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            data_size, first, last_ts = self._reconcile(data_fd, off_fd, ts_fd)
+            if prepare is not None:
+                prepare(rows, first)
+            if ts and (ts[0] < last_ts or any(b < a for a, b in zip(ts, ts[1:]))):
+                self._mark_unsorted()
+            written = 0
+            while written < len(rows):
+                chunk = rows[written : written + ENCODE_CHUNK_ROWS]
+                buf = encode_rows(chunk)
+                lines = buf.split(b"\n")
+                lines.pop()
+                starts = list(accumulate(map((1).__add__, map(len, lines)), initial=data_size))
+                data_size = starts.pop()
+                _write_all(data_fd, buf)
+                _write_all(off_fd, _u64(starts))
+                _write_all(ts_fd, _f64(ts[written : written + len(chunk)]))
+                written += len(chunk)
+                if between_chunks is not None and written < len(rows):
+                    between_chunks()
+            self._known = (data_size, first + len(rows), ts[-1] if ts else last_ts)
+            return first
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    # -- reading -------------------------------------------------------------
+    def _read_fds(self) -> tuple[int, int, int] | None:
+        if self._fds is not None:
+            return self._fds[0], self._fds[1], self._fds[2]
+        return None
+
+    def count(self) -> int:
+        try:
+            return min(os.path.getsize(self.offsets_path), os.path.getsize(self.ts_path)) // 8
+        except FileNotFoundError:
+            return 0
+
+    def reconcile(self) -> None:
+        """Bring the index up to date with the data (e.g. written by a crashed process)."""
+        if not os.path.exists(self.data_path):
+            return
+        data_fd, off_fd, ts_fd, lock_fd = self._open()
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            self._known = self._reconcile(data_fd, off_fd, ts_fd)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def read(self, start: int, limit: int) -> tuple[list[tuple[int, float, Any]], int]:
+        """Rows ``start .. start+limit-1`` as (index, ts, row); also the total."""
+        total = self.count()
+        start = max(0, start)
+        end = min(total, start + max(0, limit))
+        if start >= end:
+            return [], total
+        with open(self.offsets_path, "rb") as off, open(self.ts_path, "rb") as tsf, open(self.data_path, "rb") as data:
+            off.seek(start * 8)
+            starts = _load("Q", off.read((end - start + 1) * 8))
+            tsf.seek(start * 8)
+            stamps = _load("d", tsf.read((end - start) * 8))
+            base = starts[0]
+            data.seek(base)
+            if len(starts) > end - start:
+                buf = data.read(starts[-1] - base)
+            else:
+                buf = data.read()
+        out = []
+        for i in range(end - start):
+            s = starts[i] - base
+            e = buf.find(b"\n", s)
+            if e < 0:
+                break
+            out.append((start + i, stamps[i], decode_row(buf[s:e])))
+        return out, total
+
+    def index_range(self, start_ts: float | None, end_ts: float | None) -> tuple[int, int]:
+        """Row indices [lo, hi) whose _ts lies in [start_ts, end_ts), when sorted."""
+        total = self.count()
+        if total == 0:
+            return 0, 0
+        with open(self.ts_path, "rb") as tsf:
+            if os.path.exists(self.unsorted_path):
+                raise _Unsorted
+            view = _PreadFloats(tsf.fileno(), total)
+            lo = 0 if start_ts is None else bisect.bisect_left(view, start_ts)
+            hi = total if end_ts is None else bisect.bisect_left(view, end_ts)
+        return lo, max(lo, hi)
+
+    def scan_ts(self, start_ts: float | None, end_ts: float | None, limit: int) -> list[int]:
+        """Indices of rows whose _ts is in range, for streams whose _ts is not sorted."""
+        found: list[int] = []
+        lo_ok = float("-inf") if start_ts is None else start_ts
+        hi_ok = float("inf") if end_ts is None else end_ts
+        with open(self.ts_path, "rb") as tsf:
+            base = 0
+            while len(found) < limit:
+                raw = tsf.read(8 << 16)
+                if not raw:
+                    break
+                stamps = _load("d", raw[: len(raw) // 8 * 8])
+                found.extend(base + i for i, t in enumerate(stamps) if lo_ok <= t < hi_ok)
+                base += len(stamps)
+        return found[:limit]
+
+    def first_last_ts(self) -> tuple[float | None, float | None]:
+        total = self.count()
+        if total == 0:
+            return None, None
+        with open(self.ts_path, "rb") as tsf:
+            first = _load("d", tsf.read(8))[0]
+            tsf.seek((total - 1) * 8)
+            last = _load("d", tsf.read(8))[0]
+        return first, last
+
+
+class _Unsorted(Exception):
+    pass
+
+
+class _PreadFloats:
+    """A read-only float64 sequence over an index file, for bisect: O(log n) reads."""
+
+    def __init__(self, fd: int, length: int) -> None:
+        self._fd = fd
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i: int) -> float:
+        return _load("d", os.pread(self._fd, 8, i * 8))[0]

@@ -1,0 +1,155 @@
+"""Track and Tracks: the hot path.
+
+``Track.append`` validates cheaply, stamps ``_ts``, captures values and pushes
+one tuple onto the session's queue; it never touches a file, a socket or a
+lock held across I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+from ._events import ROW, ROWS
+from ._values import PLAIN_SCALARS, capture_fields
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._session import Session
+
+__all__ = ["Track", "Tracks", "check_ts"]
+
+_time = time.time
+
+
+def check_ts(value: Any) -> float:
+    """Validate an explicit ``_ts`` (not None, not -1): a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"_ts must be None, -1 or a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"_ts must be finite, got {value!r}")
+    return value
+
+
+class Track:
+    """One time series of a session; get it with ``session.track(name)``."""
+
+    __slots__ = ("_session", "_pipe", "_stream", "name")
+
+    def __init__(self, session: "Session", name: str) -> None:
+        self._session = session
+        self._pipe = session._require_pipe()
+        self._stream = self._pipe.stream(name)
+        self.name = name
+
+    def _stamp(self, _ts: Any) -> float:
+        pipe = self._pipe
+        if _ts is None:
+            with pipe.ts_lock:
+                t = _time()
+                if t <= pipe.last_auto_ts:
+                    t = pipe.last_auto_ts + 1e-6
+                pipe.last_auto_ts = pipe.last_ts = t
+            return t
+        if _ts == -1 and (type(_ts) is int or type(_ts) is float):
+            if pipe.last_ts == 0.0:
+                return self._stamp(None)
+            return pipe.last_ts
+        t = check_ts(_ts)
+        pipe.last_ts = t
+        return t
+
+    def append(self, _ts: Any = None, **fields: Any) -> None:
+        """Append one row. ``_ts``: None → now, -1 → the session's last ``_ts``,
+        a number → used as is. Rows with equal ``_ts`` merge (see DESIGN §4)."""
+        pipe = self._pipe
+        if _ts is None:
+            with pipe.ts_lock:
+                t = _time()
+                if t <= pipe.last_auto_ts:
+                    t = pipe.last_auto_ts + 1e-6
+                pipe.last_auto_ts = pipe.last_ts = t
+        else:
+            t = self._stamp(_ts)
+        if not fields:
+            raise ValueError("append() needs at least one field")
+        for value in fields.values():
+            if type(value) not in PLAIN_SCALARS:
+                fields = capture_fields(fields)
+                break
+        if len(pipe.queue) < pipe.max_events:
+            pipe.push((ROW, self._stream, t, fields))
+        else:
+            pipe.on_full((ROW, self._stream, t, fields), self._session._writer.wake)
+
+    def append_batch(self, rows: list[dict]) -> None:
+        """Append many rows in one event; each may carry its own ``_ts``."""
+        if not isinstance(rows, (list, tuple)):
+            raise TypeError(f"append_batch() takes a list of dicts, got {type(rows).__name__}")
+        captured = []
+        for row in rows:
+            if not isinstance(row, dict):
+                raise TypeError(f"append_batch() rows must be dicts, got {type(row).__name__}")
+            fields = dict(row)
+            ts = self._stamp(fields.pop("_ts", None))
+            if not fields:
+                raise ValueError("append_batch() rows need at least one field besides _ts")
+            for key in fields:
+                if type(key) is not str:
+                    raise TypeError(f"field names must be str, got {type(key).__name__}")
+            captured.append((ts, capture_fields(fields)))
+        if not captured:
+            return
+        pipe = self._pipe
+        event = (ROWS, self._stream, captured)
+        if len(pipe.queue) < pipe.max_events:
+            pipe.push(event)
+        else:
+            pipe.on_full(event, self._session._writer.wake)
+
+    def flush(self) -> dict:
+        """Write this track's queued rows; returns what this flush window wrote:
+        ``{trackId, startIndex, endIndex, count}``."""
+        return self._session._call("flush", [self.name])[0]
+
+    def read(
+        self,
+        start_index: int = 0,
+        limit: int = 1000,
+        *,
+        start_ts: float | None = None,
+        end_ts: float | None = None,
+    ) -> dict:
+        """Rows by index (O(limit)), or by ``_ts`` in ``[start_ts, end_ts)``.
+        Sees everything appended before the call."""
+        for label, value in (("start_index", start_index), ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{label} must be a non-negative int, got {value!r}")
+        if start_ts is None and end_ts is None:
+            return self._session._call("read", self.name, False, start_index, limit)
+        bounds = [None if v is None else check_ts(v) for v in (start_ts, end_ts)]
+        return self._session._call("read_range", self.name, False, bounds[0], bounds[1], limit)
+
+    def stats(self) -> dict:
+        return self._session._call("stats", self.name)
+
+    def __repr__(self) -> str:
+        return f"Track({self.name!r})"
+
+
+class Tracks:
+    """``session.tracks``: operations over all tracks of a session."""
+
+    def __init__(self, session: "Session") -> None:
+        self._session = session
+
+    def flush(self) -> list[dict]:
+        return self._session._call("flush", None)
+
+    def list(self) -> list[dict]:
+        return self._session._call("list_tracks")
+
+    def __call__(self) -> "Tracks":
+        return self

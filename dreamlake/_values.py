@@ -1,0 +1,118 @@
+"""Capturing values at the call, and keeping non-finite floats in valid JSON.
+
+The hot path stores plain scalars as they are (they are immutable). Anything
+else goes through :func:`capture`, which copies containers, turns numpy/torch
+scalars and arrays into numbers and lists, and rejects what we cannot store
+with a ``TypeError`` at the call rather than in the writer thread.
+
+JSON has no NaN or infinity, so on disk a non-finite float is written as the
+object ``{"$float": "nan" | "inf" | "-inf"}`` and turned back into a float by
+every reader of ours. Files stay valid JSON for ``jq`` and pandas.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = [
+    "PLAIN_SCALARS",
+    "capture",
+    "capture_fields",
+    "tag_nonfinite",
+    "untag_nonfinite",
+    "NONFINITE_MARKER",
+    "MAX_STRING_LENGTH",
+    "MAX_ELEMENTS",
+]
+
+PLAIN_SCALARS = frozenset((int, float, bool, type(None)))
+MAX_STRING_LENGTH = 16 << 20
+MAX_ELEMENTS = 16 << 20
+MAX_DEPTH = 32
+NONFINITE_MARKER = b'"$float"'
+_NONFINITE_NAMES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _from_array_like(value: Any) -> Any:
+    """numpy / torch objects (duck-typed so neither is imported here)."""
+    module = type(value).__module__
+    if module.startswith("torch"):
+        value = value.detach().cpu()
+        if getattr(value, "ndim", 1) == 0:
+            return value.item()
+        if value.numel() > MAX_ELEMENTS:
+            raise ValueError(f"array of {value.numel()} elements is larger than {MAX_ELEMENTS}")
+        return value.tolist()
+    if module == "numpy":
+        if getattr(value, "ndim", 0) == 0:
+            return value.item()
+        if value.size > MAX_ELEMENTS:
+            raise ValueError(f"array of {value.size} elements is larger than {MAX_ELEMENTS}")
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"numpy arrays of dtype {value.dtype} are not supported")
+        return value.tolist()
+    raise TypeError(f"values of type {type(value).__name__} are not supported")
+
+
+def capture(value: Any, depth: int = 0) -> Any:
+    """Return a private, JSON-compatible copy of ``value`` or raise TypeError/ValueError."""
+    kind = type(value)
+    if kind in PLAIN_SCALARS:
+        return value
+    if kind is str:
+        if len(value) > MAX_STRING_LENGTH:
+            raise ValueError(f"string of {len(value)} characters is longer than {MAX_STRING_LENGTH}")
+        return value
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"value nested deeper than {MAX_DEPTH} levels")
+    if kind is list or kind is tuple:
+        if len(value) > MAX_ELEMENTS:
+            raise ValueError(f"sequence of {len(value)} elements is longer than {MAX_ELEMENTS}")
+        return [capture(item, depth + 1) for item in value]
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"dict keys must be str, got {type(key).__name__}")
+            out[key] = capture(item, depth + 1)
+        return out
+    if isinstance(value, (bool, int, float)) and not hasattr(value, "dtype"):
+        # subclasses (IntEnum, ...) are stored as their plain value
+        return float(value) if isinstance(value, float) else int(value)
+    if isinstance(value, str):
+        return capture(str(value), depth)
+    if hasattr(value, "tolist") or hasattr(value, "item"):
+        return _from_array_like(value)
+    raise TypeError(f"values of type {kind.__name__} are not supported")
+
+
+def capture_fields(fields: dict) -> dict:
+    """Slow path of append(): copy a row whose values are not all plain scalars."""
+    return {key: capture(value) for key, value in fields.items()}
+
+
+def tag_nonfinite(value: Any) -> Any:
+    """Replace non-finite floats by their ``{"$float": ...}`` marker (writer side)."""
+    kind = type(value)
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        return {"$float": "nan" if value != value else ("inf" if value > 0 else "-inf")}
+    if kind is dict:
+        return {key: tag_nonfinite(item) for key, item in value.items()}
+    if kind is list:
+        return [tag_nonfinite(item) for item in value]
+    return value
+
+
+def untag_nonfinite(value: Any) -> Any:
+    """Inverse of :func:`tag_nonfinite` (reader side)."""
+    kind = type(value)
+    if kind is dict:
+        if len(value) == 1 and "$float" in value and value["$float"] in _NONFINITE_NAMES:
+            return _NONFINITE_NAMES[value["$float"]]
+        return {key: untag_nonfinite(item) for key, item in value.items()}
+    if kind is list:
+        return [untag_nonfinite(item) for item in value]
+    return value

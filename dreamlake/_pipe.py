@@ -26,6 +26,8 @@ __all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET"]
 EVENT_COST = 512
 DEFAULT_MEMORY_BUDGET = 64 << 20
 MIN_MEMORY_BUDGET = 64 << 10
+#: Most rows the writer holds for one session before it writes them.
+MAX_WRITER_ROWS = 4096
 
 
 class StreamRef:
@@ -71,7 +73,11 @@ class SessionPipe:
         self.queue: deque = deque()
         self.push = self.queue.append
         self.memory_budget = memory_budget
-        self.max_events = max(16, memory_budget // EVENT_COST)
+        # the budget covers both the queue (3/4) and rows the writer holds
+        # before writing them (1/4), so a stalled sink cannot grow memory
+        budget_events = memory_budget // EVENT_COST
+        self.max_events = max(16, budget_events * 3 // 4)
+        self.batch_rows = max(8, min(MAX_WRITER_ROWS, budget_events // 4))
         self.on_full_policy = on_full
         self.space = threading.Condition(threading.Lock())
         self.streams: dict[str, StreamRef] = {}
@@ -129,6 +135,32 @@ class SessionPipe:
                 self.space.wait(0.05)
         self.push(event)
         return True
+
+    def push_rows(self, event: tuple, rows: int, wake_writer) -> bool:
+        """Queue an event carrying ``rows`` rows (append_batch). While it waits in
+        the queue it takes ``rows`` slots of the budget: ``max_events`` shrinks by
+        ``rows - 1`` until the writer takes the event (``rows_taken``)."""
+        with self.space:
+            if self.closed:
+                raise SessionStateError("the session is closed")
+            if len(self.queue) + rows > self.max_events:
+                if self.on_full_policy == "drop":
+                    self.dropped += rows
+                    return False
+                self.blocked_waits += 1
+                while len(self.queue) + rows > self.max_events and not self.closed:
+                    wake_writer()
+                    self.space.wait(0.05)
+            self.max_events -= rows - 1
+            self.push(event)
+            return True
+
+    def rows_taken(self, rows: int) -> None:
+        """Writer side of :meth:`push_rows`."""
+        with self.space:
+            if not self.closed:
+                self.max_events += rows - 1
+            self.space.notify_all()
 
     def made_room(self) -> None:
         """Writer side: wake producers blocked on a full queue."""

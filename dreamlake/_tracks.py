@@ -100,14 +100,11 @@ class Track:
                 if type(key) is not str:
                     raise TypeError(f"field names must be str, got {type(key).__name__}")
             captured.append((ts, capture_fields(fields)))
-        if not captured:
-            return
         pipe = self._pipe
-        event = (ROWS, self._stream, captured)
-        if len(pipe.queue) < pipe.max_events:
-            pipe.push(event)
-        else:
-            pipe.on_full(event, self._session._writer.wake)
+        step = pipe.batch_rows
+        for first in range(0, len(captured), step):
+            chunk = captured[first : first + step]
+            pipe.push_rows((ROWS, self._stream, chunk), len(chunk), self._session._writer.wake)
 
     def flush(self) -> dict:
         """Write this track's queued rows; returns what this flush window wrote:

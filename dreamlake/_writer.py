@@ -41,8 +41,6 @@ TICK = 0.02
 ROW_MAX_AGE = 0.1
 #: Events taken from a queue before the writer gives the GIL back.
 SLICE_EVENTS = 256
-#: Closed rows held before they are written even within a tick.
-MAX_BATCH_ROWS = 4096
 #: Retry backoff after a failed write (seconds): doubles up to the maximum.
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
@@ -144,13 +142,14 @@ class Writer:
                 elif kind == ROWS:
                     stream = event[1]
                     batcher.add_many(stream, event[2], now, stream.merge)
+                    pipe.rows_taken(len(event[2]))
                 elif kind == PARAMS:
                     pipe.pending_params.update(event[1])
                 else:
                     self._barrier(pipe, event)
             if pipe.blocked_waits:
                 pipe.made_room()
-            if batcher.closed_count >= MAX_BATCH_ROWS:
+            if batcher.closed_count >= pipe.batch_rows:
                 self._write_closed(None)
             yield_gil()
 

@@ -425,6 +425,27 @@ def test_torn_last_line_never_breaks_reading_and_later_appends_continue(tmp_path
     assert len(broken) <= 1
 
 
+def test_complete_rows_on_disk_are_readable_after_a_writer_died_before_indexing(tmp_path, sdir):
+    # data.jsonl is the source of truth; any index is derived. A process killed
+    # after writing rows but before indexing them leaves exactly this state.
+    with Session(prefix=f"{WS}/{NAME}", root=str(tmp_path)) as s:
+        for i in range(5):
+            s.track("loss").append(i=i, _ts=float(i))
+    with open(sdir / "tracks" / "loss" / "data.jsonl", "a") as f:
+        for i in range(5, 8):
+            f.write(json.dumps({"_ts": float(i), "i": i}) + "\n")
+        f.write('{"_ts": 8.0, "i"')  # and a torn tail
+
+    with Session(prefix=f"{WS}/{NAME}", root=str(tmp_path)) as s:
+        t = s.track("loss")
+        points = read_all(t)
+        assert [(p["index"], fields(p)["i"]) for p in points] == [(i, i) for i in range(8)]
+        assert [fields(p)["i"] for p in t.read(start_index=6, limit=10)["data"]] == [6, 7]
+        assert [fields(p)["i"] for p in t.read(start_ts=6.0, end_ts=100.0)["data"]] == [6, 7]
+        assert int(t.stats()["totalDataPoints"]) == 8 and t.stats()["lastTs"] == 7.0
+        assert {x["name"]: int(x["totalDataPoints"]) for x in s.tracks.list()} == {"loss": 8}
+
+
 # ----------------------------------------------------------------- bad input
 
 

@@ -1,102 +1,66 @@
-"""Grouping rows per stream and applying the ``_ts`` merge rule.
+"""The ``_ts`` merge rule and the open-row split, as pure functions.
 
-Pure bookkeeping: no I/O, no clock (the caller passes ``now``), so it is unit
-tested directly and shared by the writer thread and the agent.
+Rows reach the writer as ROW events ``(ROW, stream, ts, fields)`` whose
+``fields`` dict already holds ``"_ts"`` (the API stamps it). The writer keeps each
+stream's events in arrival order and, when it writes, calls:
 
-Merge rule: within a stream, consecutive rows with equal ``_ts`` become one row
-(later fields win) as long as that row is still *open*. A stream's newest row
-stays open until a row with a different ``_ts`` arrives on that stream, the
-stream is flushed, or the row is older than ``max_open_age`` seconds.
-Streams created with ``merge=False`` (logs) never merge.
+* :func:`open_group_start` — where the stream's trailing group of equal-``_ts``
+  rows begins. That group is the stream's *open* row: it is held back (it may
+  still merge) until a row with another ``_ts`` arrives, a barrier flushes it,
+  or it is older than the writer's ``ROW_MAX_AGE``.
+* :func:`merge_events` — the rows to write: consecutive equal ``_ts`` merged
+  (later fields win). The common case (all ``_ts`` distinct) is detected in C
+  and costs no per-row work.
+
+No I/O and no clock here: unit tested directly, shared by the writer thread and
+the agent.
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable
+from typing import Sequence
 
-__all__ = ["Batcher", "merge_rows"]
+__all__ = ["merge_events", "open_group_start", "merge_rows"]
 
 
-def merge_rows(rows: Iterable[tuple[float, dict]]) -> list[dict]:
-    """Reference form of the merge rule over one stream's rows, in order."""
-    out: list[dict] = []
-    last_ts: Any = None
-    for ts, fields in rows:
-        if out and ts == last_ts:
-            out[-1].update(fields)
+def open_group_start(events: Sequence[tuple]) -> int:
+    """Index of the first event of the trailing equal-``_ts`` group."""
+    k = len(events) - 1
+    if k < 0:
+        return 0
+    last = events[k][2]
+    while k > 0 and events[k - 1][2] == last:
+        k -= 1
+    return k
+
+
+def merge_events(events: Sequence[tuple], merge: bool = True) -> tuple[list[dict], list[float]]:
+    """Rows and their ``_ts`` for a run of one stream's ROW events."""
+    ts = [event[2] for event in events]
+    rows = [event[3] for event in events]
+    if not merge or len(set(ts)) == len(ts):  # no equal _ts at all: nothing to merge
+        return rows, ts
+    out_rows: list = []
+    out_ts: list[float] = []
+    previous = object()
+    for stamp, row in zip(ts, rows):
+        if stamp == previous:
+            out_rows[-1].append(row)
         else:
-            out.append({"_ts": ts, **fields})
-            last_ts = ts
-    return out
+            out_rows.append([row])
+            out_ts.append(stamp)
+            previous = stamp
+    return [group[0] if len(group) == 1 else _merged(group) for group in out_rows], out_ts
 
 
-class Batcher:
-    """Per-stream open rows plus the closed rows waiting to be written."""
+def _merged(rows: list[dict]) -> dict:
+    merged = rows[0]  # the writer owns the row dicts: merge in place
+    for row in rows[1:]:
+        merged.update(row)
+    return merged
 
-    __slots__ = ("_open", "closed", "closed_count")
 
-    def __init__(self) -> None:
-        # stream -> [ts, row, opened_at]
-        self._open: dict[Hashable, list] = {}
-        # stream -> (rows, ts_list); rows are dicts starting with "_ts"
-        self.closed: dict[Hashable, tuple[list[dict], list[float]]] = {}
-        self.closed_count = 0
-
-    def _close(self, stream: Hashable, entry: list) -> None:
-        bucket = self.closed.get(stream)
-        if bucket is None:
-            bucket = self.closed[stream] = ([], [])
-        bucket[0].append(entry[1])
-        bucket[1].append(entry[0])
-        self.closed_count += 1
-
-    def add(self, stream: Hashable, ts: float, fields: dict, now: float, merge: bool = True) -> None:
-        entry = self._open.get(stream)
-        if entry is not None:
-            if merge and entry[0] == ts:
-                entry[1].update(fields)
-                return
-            self._close(stream, entry)
-        row = {"_ts": ts}
-        row.update(fields)
-        self._open[stream] = [ts, row, now]
-
-    def add_many(self, stream: Hashable, rows: Iterable[tuple[float, dict]], now: float, merge: bool = True) -> None:
-        for ts, fields in rows:
-            self.add(stream, ts, fields, now, merge)
-
-    def close_open(self, streams: Iterable[Hashable] | None = None, older_than: float | None = None) -> None:
-        """Close open rows: of the given streams (all when None), or only those
-        opened at or before ``older_than``."""
-        keys = list(self._open) if streams is None else [s for s in streams if s in self._open]
-        for stream in keys:
-            entry = self._open[stream]
-            if older_than is not None and entry[2] > older_than:
-                continue
-            del self._open[stream]
-            self._close(stream, entry)
-
-    def take_closed(self, streams: Iterable[Hashable] | None = None) -> dict[Hashable, tuple[list[dict], list[float]]]:
-        """Hand over closed rows (of the given streams, or all)."""
-        if streams is None:
-            taken, self.closed = self.closed, {}
-            self.closed_count = 0
-            return taken
-        taken = {}
-        for stream in streams:
-            bucket = self.closed.pop(stream, None)
-            if bucket is not None:
-                taken[stream] = bucket
-                self.closed_count -= len(bucket[0])
-        return taken
-
-    def forget(self, streams: Iterable[Hashable]) -> None:
-        for stream in streams:
-            self._open.pop(stream, None)
-            bucket = self.closed.pop(stream, None)
-            if bucket is not None:
-                self.closed_count -= len(bucket[0])
-
-    @property
-    def open_count(self) -> int:
-        return len(self._open)
+def merge_rows(rows: Sequence[tuple[float, dict]]) -> list[dict]:
+    """The rule over ``(ts, fields)`` pairs, decoded (for tests and docs)."""
+    events = [(None, None, ts, {**fields, "_ts": ts}) for ts, fields in rows]
+    return merge_events(events)[0]

@@ -110,7 +110,7 @@ def run_demo(root: str | os.PathLike = ".dreamlake", seconds: float = 3.0, steps
         "latency_us": {q: _percentile(all_ns, p) for q, p in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("p99.99", 0.9999))}
         | {"max": all_ns[-1] / 1000.0 if all_ns else float("nan")},
         "dropped": health.get("dropped", 0),
-        "write_errors": health.get("writeErrors", 0),
+        "write_errors": health.get("write_errors", 0),
         "flushed": flushed,
     }
 

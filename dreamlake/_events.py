@@ -3,8 +3,10 @@
 Events are plain tuples (the cheapest object CPython can build); the first item
 is the kind:
 
-    (ROW, stream, ts, fields)          one track row or log entry
-    (ROWS, stream, [(ts, fields), ...]) append_batch
+    (ROW, stream, ts, line)            one track row or log entry; ``line`` is the
+                                        row encoded as JSON bytes, ``_ts`` included
+    (ROWS, stream, [ROW, ...], weight)  append_batch, or one large row; ``weight``
+                                        is the budget slots it holds while queued
     (PARAMS, flat_dict)                 a params.set() call, already flattened
     (BARRIER, op, args, waiter)         run ``sink.<op>(*args)`` after everything
                                         queued before it is written; the result

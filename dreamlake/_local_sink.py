@@ -190,17 +190,27 @@ class LocalSink:
             self._write_track_metadata(name)
 
     # -- reading (barriers: everything queued before is already written) ----
+    def _reconciled(self, name: str, is_log: bool) -> StreamFiles:
+        """Reads first index any complete rows another (crashed) writer left unindexed."""
+        files = self._files(name, is_log)
+        files.reconcile()
+        return files
+
     def read(self, name: str, is_log: bool, start_index: int, limit: int) -> dict:
-        return read_page(self._files(name, is_log), start_index, limit)
+        return read_page(self._reconciled(name, is_log), start_index, limit)
 
     def read_range(self, name: str, is_log: bool, start_ts: Any, end_ts: Any, limit: int) -> dict:
-        return read_ts_page(self._files(name, is_log), start_ts, end_ts, limit)
+        return read_ts_page(self._reconciled(name, is_log), start_ts, end_ts, limit)
 
     def stats(self, name: str) -> dict:
+        self._reconciled(name, False)
         return track_stats(self.directory, name)
 
     def list_tracks(self) -> list[dict]:
-        return [track_stats(self.directory, name) for name in list_track_names(self.directory)]
+        names = list_track_names(self.directory)
+        for name in names:
+            self._reconciled(name, False)
+        return [track_stats(self.directory, name) for name in names]
 
     def params_get(self) -> dict:
         return read_json(os.path.join(self.directory, "parameters.json"), default={}) or {}
@@ -222,6 +232,7 @@ class LocalSink:
 
 
 def _stamp_log_entries(rows: list, first: int) -> None:
-    for seq, row in enumerate(rows, first):
-        row["seq"] = seq
-        row["timestamp"] = now_iso(row["_ts"])
+    """Log entries get their sequence number (= index) and a readable time."""
+    for seq, entry in enumerate(rows, first):
+        entry["seq"] = seq
+        entry["timestamp"] = now_iso(entry["_ts"])

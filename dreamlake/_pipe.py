@@ -83,7 +83,7 @@ class SessionPipe:
         self.streams: dict[str, StreamRef] = {}
         self.last_ts = 0.0  # last _ts used on any track (for _ts=-1)
         self.last_auto_ts = 0.0  # last generated _ts (strictly increasing)
-        self.ts_lock = threading.Lock()
+        self._make_ts_lock()
         # counters, read by health(); written by one side each
         self.dropped = 0
         self.blocked_waits = 0
@@ -95,6 +95,18 @@ class SessionPipe:
         self.retry_at = 0.0
         self.writer_backlog = 0
         self.closed = False
+        # writer-side state (touched only by the writer thread)
+        self.pending: dict[StreamRef, list] = {}
+        self.held_rows = 0
+        self.open_ts: dict[StreamRef, float] = {}
+        self.open_since: dict[StreamRef, float] = {}
+
+    def _make_ts_lock(self) -> None:
+        # taken around the read-compare-store of the last auto _ts, so _ts stays
+        # strictly increasing across threads (bound methods: cheaper than ``with``)
+        self.ts_lock = threading.Lock()
+        self.ts_acquire = self.ts_lock.acquire
+        self.ts_release = self.ts_lock.release
 
     def mark_closed(self) -> None:
         """Make every later push raise, at no cost to the open hot path."""
@@ -106,10 +118,14 @@ class SessionPipe:
         """Events queued before fork belong to the parent, which writes them."""
         self.queue.clear()
         self.space = threading.Condition(threading.Lock())
-        self.ts_lock = threading.Lock()
+        self._make_ts_lock()
         self.pending_params = {}
         self.retry = {}
         self.writer_backlog = 0
+        self.pending = {}
+        self.held_rows = 0
+        self.open_ts = {}
+        self.open_since = {}
 
     def stream(self, name: str, is_log: bool = False) -> StreamRef:
         ref = self.streams.get(name)
@@ -137,9 +153,9 @@ class SessionPipe:
         return True
 
     def push_rows(self, event: tuple, rows: int, wake_writer) -> bool:
-        """Queue an event carrying ``rows`` rows (append_batch). While it waits in
-        the queue it takes ``rows`` slots of the budget: ``max_events`` shrinks by
-        ``rows - 1`` until the writer takes the event (``rows_taken``)."""
+        """Queue a ROWS event ``(ROWS, stream, [ROW events], weight)`` worth ``rows``
+        budget slots. While it waits it shrinks ``max_events`` by ``rows - 1``
+        until the writer takes it (:meth:`rows_taken`)."""
         with self.space:
             if self.closed:
                 raise SessionStateError("the session is closed")
@@ -170,15 +186,15 @@ class SessionPipe:
     def health(self) -> dict:
         return {
             "queued": len(self.queue),
-            "maxQueued": self.max_events,
-            "memoryBudget": self.memory_budget,
-            "onFull": self.on_full_policy,
+            "max_queued": self.max_events,
+            "memory_budget": self.memory_budget,
+            "on_full": self.on_full_policy,
             "dropped": self.dropped,
-            "blockedWaits": self.blocked_waits,
-            "rowsWritten": self.rows_written,
-            "writeErrors": self.write_errors,
-            "lastError": self.last_error,
-            "pendingRetryRows": sum(len(rows) for rows, _ in self.retry.values()),
+            "blocked_waits": self.blocked_waits,
+            "rows_written": self.rows_written,
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+            "pending_retry_rows": sum(len(rows) for rows, _ in self.retry.values()),
         }
 
 

@@ -255,7 +255,8 @@ class Session:
         level = _LEVEL_ALIASES.get(level.lower(), level.lower())
         if level not in LOG_LEVELS:
             raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}")
-        entry: dict = {"level": level, "message": capture(message)}
+        now = _time()
+        entry: dict = {"_ts": now, "level": level, "message": capture(message)}
         if metadata is not None:
             if not isinstance(metadata, dict):
                 raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
@@ -263,7 +264,7 @@ class Session:
         if extra:
             entry.update(capture_fields(extra))
         pipe = self._require_pipe()
-        event = (ROW, pipe.stream(_LOG_STREAM, is_log=True), _time(), entry)
+        event = (ROW, pipe.stream(_LOG_STREAM, is_log=True), now, entry)
         if len(pipe.queue) < pipe.max_events:
             pipe.push(event)
         else:

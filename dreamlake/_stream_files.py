@@ -22,7 +22,8 @@ import fcntl
 import os
 import sys
 from array import array
-from itertools import accumulate
+from itertools import accumulate, islice
+from operator import gt
 from typing import Any, Callable
 
 import msgspec
@@ -31,12 +32,10 @@ from ._values import NONFINITE_MARKER, tag_nonfinite, untag_nonfinite
 
 __all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS"]
 
-#: Rows encoded per C call; bounds how long the writer holds the GIL.
+#: Rows encoded per C call; bounds how long the writer holds the GIL (~0.2 ms).
 ENCODE_CHUNK_ROWS = 1024
 
 _LITTLE = sys.byteorder == "little"
-_encoder = msgspec.json.Encoder()
-_decode = msgspec.json.Decoder().decode
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -67,6 +66,10 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+_encoder = msgspec.json.Encoder()
+_decode = msgspec.json.Decoder().decode
 
 
 def decode_row(line: bytes) -> Any:
@@ -193,8 +196,8 @@ class StreamFiles:
     ) -> int:
         """Append rows under the stream lock; returns the index of the first.
 
-        ``prepare(rows, first_index)`` may stamp rows (log sequence numbers)
-        once their indices are known.
+        ``rows`` are dicts (``_ts`` included). ``prepare(rows, first_index)``
+        may stamp them (log sequence numbers) once their indices are known.
         """
         data_fd, off_fd, ts_fd, lock_fd = self._open()
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -202,7 +205,7 @@ class StreamFiles:
             data_size, first, last_ts = self._reconcile(data_fd, off_fd, ts_fd)
             if prepare is not None:
                 prepare(rows, first)
-            if ts and (ts[0] < last_ts or any(b < a for a, b in zip(ts, ts[1:]))):
+            if ts and (ts[0] < last_ts or any(map(gt, ts, islice(ts, 1, None)))):
                 self._mark_unsorted()
             written = 0
             while written < len(rows):

@@ -47,11 +47,12 @@ class Track:
     def _stamp(self, _ts: Any) -> float:
         pipe = self._pipe
         if _ts is None:
-            with pipe.ts_lock:
-                t = _time()
-                if t <= pipe.last_auto_ts:
-                    t = pipe.last_auto_ts + 1e-6
-                pipe.last_auto_ts = pipe.last_ts = t
+            pipe.ts_acquire()
+            t = _time()
+            if t <= pipe.last_auto_ts:
+                t = pipe.last_auto_ts + 1e-6
+            pipe.last_auto_ts = pipe.last_ts = t
+            pipe.ts_release()
             return t
         if _ts == -1 and (type(_ts) is int or type(_ts) is float):
             if pipe.last_ts == 0.0:
@@ -63,22 +64,28 @@ class Track:
 
     def append(self, _ts: Any = None, **fields: Any) -> None:
         """Append one row. ``_ts``: None → now, -1 → the session's last ``_ts``,
-        a number → used as is. Rows with equal ``_ts`` merge (see DESIGN §4)."""
+        a number → used as is. Rows with equal ``_ts`` merge (see DESIGN §4).
+
+        The hot path: stamp, capture (plain scalars are immutable and kept as
+        they are; anything else is copied and checked), push. Anything invalid
+        raises here, never in the writer."""
         pipe = self._pipe
         if _ts is None:
-            with pipe.ts_lock:
-                t = _time()
-                if t <= pipe.last_auto_ts:
-                    t = pipe.last_auto_ts + 1e-6
-                pipe.last_auto_ts = pipe.last_ts = t
+            pipe.ts_acquire()
+            t = _time()
+            if t <= pipe.last_auto_ts:
+                t = pipe.last_auto_ts + 1e-6
+            pipe.last_auto_ts = pipe.last_ts = t
+            pipe.ts_release()
         else:
             t = self._stamp(_ts)
         if not fields:
             raise ValueError("append() needs at least one field")
         for value in fields.values():
-            if type(value) not in PLAIN_SCALARS:
+            if type(value) not in PLAIN_SCALARS:  # containers, strings, numpy, ...
                 fields = capture_fields(fields)
                 break
+        fields["_ts"] = t  # fields is this call's own dict (or our copy)
         if len(pipe.queue) < pipe.max_events:
             pipe.push((ROW, self._stream, t, fields))
         else:
@@ -99,12 +106,14 @@ class Track:
             for key in fields:
                 if type(key) is not str:
                     raise TypeError(f"field names must be str, got {type(key).__name__}")
-            captured.append((ts, capture_fields(fields)))
+            fields = capture_fields(fields)
+            fields["_ts"] = ts
+            captured.append((ROW, self._stream, ts, fields))
         pipe = self._pipe
         step = pipe.batch_rows
         for first in range(0, len(captured), step):
             chunk = captured[first : first + step]
-            pipe.push_rows((ROWS, self._stream, chunk), len(chunk), self._session._writer.wake)
+            pipe.push_rows((ROWS, self._stream, chunk, len(chunk)), len(chunk), self._session._writer.wake)
 
     def flush(self) -> dict:
         """Write this track's queued rows; returns what this flush window wrote:

@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 PLAIN_SCALARS = frozenset((int, float, bool, type(None)))
+_FLAT_OK = PLAIN_SCALARS  # flat lists of these need no per-item work
 MAX_STRING_LENGTH = 16 << 20
 MAX_ELEMENTS = 16 << 20
 MAX_DEPTH = 32
@@ -69,6 +70,8 @@ def capture(value: Any, depth: int = 0) -> Any:
     if kind is list or kind is tuple:
         if len(value) > MAX_ELEMENTS:
             raise ValueError(f"sequence of {len(value)} elements is longer than {MAX_ELEMENTS}")
+        if set(map(type, value)) <= _FLAT_OK:  # the common flat list: copied in C
+            return list(value)
         return [capture(item, depth + 1) for item in value]
     if kind is dict:
         out = {}
@@ -77,14 +80,15 @@ def capture(value: Any, depth: int = 0) -> Any:
                 raise TypeError(f"dict keys must be str, got {type(key).__name__}")
             out[key] = capture(item, depth + 1)
         return out
-    if isinstance(value, (bool, int, float)) and not hasattr(value, "dtype"):
+    module = kind.__module__
+    if module == "numpy" or module.startswith("torch"):
+        return _from_array_like(value)
+    if isinstance(value, (bool, int, float)):
         # subclasses (IntEnum, ...) are stored as their plain value
         return float(value) if isinstance(value, float) else int(value)
     if isinstance(value, str):
         return capture(str(value), depth)
-    if hasattr(value, "tolist") or hasattr(value, "item"):
-        return _from_array_like(value)
-    raise TypeError(f"values of type {kind.__name__} are not supported")
+    raise TypeError(f"values of type {kind.__name__} are not supported (use JSON types, numpy or torch)")
 
 
 def capture_fields(fields: dict) -> dict:

@@ -1,14 +1,16 @@
 """The one background writer thread of a process.
 
-It drains every open session's queue, feeds the rows to the :class:`Batcher`
-(merge rule), and hands closed rows to each session's sink. Reads, flushes,
+It drains every open session's queue into per-stream pending lists (in bulk:
+``groupby`` + ``list.extend``, no per-row Python work), applies the ``_ts``
+merge rule of :mod:`._batcher` when it writes, and hands the rows to the
+session's sink. Reads, flushes,
 uploads and close arrive as barriers in the same queue and run here, after the
 data queued before them is written.
 
 Tail latency: a thread holding the GIL delays the training loop. The writer
 therefore works in short slices (``SLICE_EVENTS`` events, sinks encode at most
 ``ENCODE_CHUNK_ROWS`` rows per C call) and gives the GIL back between slices
-(``time.sleep(0)``), so a producer waits at most one slice, not the
+(:func:`yield_gil`), so a producer waits at most one slice, not the
 interpreter's 5 ms switch interval.
 
 Failures never reach ``append()``: a failed write is kept (within the
@@ -23,9 +25,11 @@ import logging
 import os
 import threading
 import time
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
-from ._batcher import Batcher
+from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import BARRIER, PARAMS, ROW, ROWS, Waiter
 from ._pipe import SessionPipe, StreamRef
@@ -45,9 +49,14 @@ SLICE_EVENTS = 256
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
 
+_kind_and_target = itemgetter(0, 1)
+
+
 def yield_gil() -> None:
-    """Let a waiting producer thread run (sleep(0) releases the GIL)."""
-    time.sleep(0)
+    """Let a producer thread that waits for the GIL run now rather than after the
+    interpreter's switch interval. ``os.sched_yield`` releases the GIL around the
+    syscall (~1 µs); ``time.sleep(0)`` would cost the timer slack (~50 µs)."""
+    os.sched_yield()
 
 
 class Writer:
@@ -55,7 +64,6 @@ class Writer:
         self._pipes: list[SessionPipe] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._batcher = Batcher()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._pid = os.getpid()
@@ -116,54 +124,84 @@ class Writer:
         for pipe in pipes:
             self._drain(pipe)
         now = time.monotonic()
-        self._batcher.close_open(older_than=now - ROW_MAX_AGE)
-        self._write_closed(None)
         for pipe in pipes:
+            self._write_pipe(pipe, hold_open=True)
+            self._close_aged(pipe, now - ROW_MAX_AGE)
             if pipe.pending_params:
                 self._write_params(pipe)
             if pipe.retry and now >= pipe.retry_at:
                 self._write_retry(pipe)
 
     def _drain(self, pipe: SessionPipe) -> None:
+        """Move queued events into per-stream pending lists, a slice at a time."""
         queue = pipe.queue
         popleft = queue.popleft
-        batcher = self._batcher
-        add = batcher.add
+        pending = pipe.pending
         while queue:
             if pipe.retry and pipe.writer_backlog >= pipe.max_events:
                 return  # sink failing and budget used: leave the rest queued
-            now = time.monotonic()
-            for _ in range(min(SLICE_EVENTS, len(queue))):
-                event = popleft()
-                kind = event[0]
+            events = [popleft() for _ in range(min(SLICE_EVENTS, len(queue)))]
+            for (kind, target), run in groupby(events, _kind_and_target):
                 if kind == ROW:
-                    stream = event[1]
-                    add(stream, event[2], event[3], now, stream.merge)
+                    held = pending.get(target)
+                    if held is None:
+                        held = pending[target] = []
+                    before = len(held)
+                    held.extend(run)
+                    pipe.held_rows += len(held) - before
                 elif kind == ROWS:
-                    stream = event[1]
-                    batcher.add_many(stream, event[2], now, stream.merge)
-                    pipe.rows_taken(len(event[2]))
+                    for event in run:
+                        held = pending.get(target)
+                        if held is None:
+                            held = pending[target] = []
+                        held.extend(event[2])
+                        pipe.held_rows += len(event[2])
+                        pipe.rows_taken(event[3])
                 elif kind == PARAMS:
-                    pipe.pending_params.update(event[1])
+                    for event in run:
+                        pipe.pending_params.update(event[1])
                 else:
-                    self._barrier(pipe, event)
+                    for event in run:
+                        self._barrier(pipe, event)
             if pipe.blocked_waits:
                 pipe.made_room()
-            if batcher.closed_count >= pipe.batch_rows:
-                self._write_closed(None)
+            if pipe.held_rows >= pipe.batch_rows:
+                self._write_pipe(pipe, hold_open=True)
             yield_gil()
 
-    def _streams_of(self, pipe: SessionPipe) -> list[StreamRef]:
-        return list(pipe.streams.values())
-
-    def _write_closed(self, streams: list[StreamRef] | None) -> None:
-        taken = self._batcher.take_closed(streams)
-        for stream, (rows, ts) in taken.items():
-            pipe = stream.pipe
+    def _write_pipe(self, pipe: SessionPipe, hold_open: bool, streams: list | None = None) -> None:
+        """Write the pipe's pending rows; with ``hold_open`` each stream's open row
+        (trailing equal-_ts group) stays pending so it can still merge."""
+        pending = pipe.pending
+        for stream in list(pending) if streams is None else streams:
+            events = pending.get(stream)
+            if not events:
+                continue
+            cut = open_group_start(events) if hold_open else len(events)
+            if hold_open:
+                opened = events[cut][2]
+                if pipe.open_ts.get(stream) != opened:
+                    pipe.open_ts[stream] = opened
+                    pipe.open_since[stream] = time.monotonic()
+                if cut == 0:
+                    continue
+                pending[stream] = events[cut:]
+                events = events[:cut]
+            else:
+                del pending[stream]
+                pipe.open_ts.pop(stream, None)
+                pipe.open_since.pop(stream, None)
+            pipe.held_rows -= len(events)
+            rows, ts = merge_events(events, stream.merge)
             if pipe.retry:
                 self._stash(pipe, stream, rows, ts)
-                continue
-            self._write_rows(pipe, stream, rows, ts)
+            else:
+                self._write_rows(pipe, stream, rows, ts)
+
+    def _close_aged(self, pipe: SessionPipe, opened_before: float) -> None:
+        aged = [s for s, since in pipe.open_since.items() if since <= opened_before and s in pipe.pending]
+        if aged:
+            self._write_pipe(pipe, hold_open=False, streams=aged)
 
     def _write_rows(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list) -> bool:
         try:
@@ -219,11 +257,9 @@ class Writer:
 
     def _settle(self, pipe: SessionPipe) -> None:
         """Write everything of ``pipe`` the writer holds (barrier prelude)."""
-        streams = self._streams_of(pipe)
-        self._batcher.close_open(streams)
         if pipe.retry:
             self._write_retry(pipe)
-        self._write_closed(streams)
+        self._write_pipe(pipe, hold_open=False)
         if pipe.pending_params:
             self._write_params(pipe)
 
@@ -248,7 +284,7 @@ class Writer:
         if pipe.retry or pipe.pending_params:
             raise self._unwritten_error(pipe)
         pipe.sink.flush()
-        streams = self._streams_of(pipe) if names is None else [pipe.stream(n) for n in names]
+        streams = list(pipe.streams.values()) if names is None else [pipe.stream(n) for n in names]
         results = []
         for stream in streams:
             if stream.is_log:
@@ -271,7 +307,6 @@ class Writer:
         with self._lock:
             if unwritten is None and pipe in self._pipes:
                 self._pipes.remove(pipe)
-        self._batcher.forget(self._streams_of(pipe))
         if unwritten is not None:
             raise unwritten
 
@@ -279,7 +314,6 @@ class Writer:
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._batcher = Batcher()
         self._thread = None
         self._pid = os.getpid()
         for pipe in self._pipes:

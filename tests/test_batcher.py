@@ -1,6 +1,10 @@
-"""The merge rule and batching, as pure functions (time passed in)."""
+"""The merge rule and the open-row split, as pure functions."""
 
-from dreamlake._batcher import Batcher, merge_rows
+from dreamlake._batcher import merge_events, merge_rows, open_group_start
+
+
+def _ev(ts, **fields):
+    return (0, "s", ts, {**fields, "_ts": ts})
 
 
 def test_equal_ts_merges_and_later_fields_win():
@@ -16,44 +20,20 @@ def test_non_consecutive_equal_ts_does_not_merge():
     ]
 
 
-def test_batcher_matches_reference_rule_per_stream():
-    b = Batcher()
-    events = [("a", 1.0, {"x": 1}), ("b", 1.0, {"y": 1}), ("a", 1.0, {"z": 2}), ("a", 2.0, {"x": 3}), ("b", 5.0, {"y": 2})]
-    for stream, ts, fields in events:
-        b.add(stream, ts, fields, now=0.0)
-    b.close_open()
-    closed = b.take_closed()
-    for stream in ("a", "b"):
-        expected = merge_rows([(ts, f) for s, ts, f in events if s == stream])
-        assert closed[stream][0] == expected
-        assert closed[stream][1] == [r["_ts"] for r in expected]
-
-
-def test_open_row_stays_open_until_age_then_closes():
-    b = Batcher()
-    b.add("s", 1.0, {"a": 1}, now=10.0)
-    b.close_open(older_than=9.9)
-    assert b.take_closed() == {}
-    b.add("s", 1.0, {"b": 2}, now=10.05)  # same ts, still open: merges
-    b.close_open(older_than=10.0)
-    assert b.take_closed()["s"][0] == [{"_ts": 1.0, "a": 1, "b": 2}]
+def test_distinct_ts_fast_path_returns_the_rows_themselves():
+    events = [_ev(1.0, a=1), _ev(2.0, a=2), _ev(3.0, a=3)]
+    rows, ts = merge_events(events)
+    assert ts == [1.0, 2.0, 3.0]
+    assert all(row is event[3] for row, event in zip(rows, events))  # no copies
 
 
 def test_merge_disabled_for_log_streams():
-    b = Batcher()
-    b.add("logs", 1.0, {"m": "a"}, now=0, merge=False)
-    b.add("logs", 1.0, {"m": "b"}, now=0, merge=False)
-    b.close_open()
-    assert [r["m"] for r in b.take_closed()["logs"][0]] == ["a", "b"]
+    rows, ts = merge_events([_ev(1.0, m="a"), _ev(1.0, m="b")], merge=False)
+    assert [r["m"] for r in rows] == ["a", "b"] and ts == [1.0, 1.0]
 
 
-def test_take_closed_of_some_streams_keeps_the_others_and_counts():
-    b = Batcher()
-    for i in range(3):
-        b.add("a", float(i), {"i": i}, now=0)
-        b.add("b", float(i), {"i": i}, now=0)
-    assert b.closed_count == 4  # the newest row of each stream is still open
-    taken = b.take_closed(["a"])
-    assert [r["i"] for r in taken["a"][0]] == [0, 1]
-    assert b.closed_count == 2
-    assert list(b.closed) == ["b"]
+def test_open_group_is_the_trailing_equal_ts_run():
+    assert open_group_start([]) == 0
+    assert open_group_start([_ev(1.0), _ev(2.0), _ev(2.0)]) == 1
+    assert open_group_start([_ev(5.0), _ev(5.0)]) == 0
+    assert open_group_start([_ev(1.0), _ev(2.0), _ev(3.0)]) == 2

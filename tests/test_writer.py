@@ -61,9 +61,9 @@ def _push_rows(pipe, name, n, start=0):
     stream = pipe.stream(name)
     for i in range(start, start + n):
         if len(pipe.queue) < pipe.max_events:
-            pipe.push((ROW, stream, float(i), {"i": i}))
+            pipe.push((ROW, stream, float(i), {"i": i, "_ts": float(i)}))
         else:
-            pipe.on_full((ROW, stream, float(i), {"i": i}), lambda: None)
+            pipe.on_full((ROW, stream, float(i), {"i": i, "_ts": float(i)}), lambda: None)
 
 
 def test_flush_barrier_returns_window_after_all_earlier_rows(writer):
@@ -88,7 +88,7 @@ def test_failed_writes_are_counted_kept_in_order_and_retried(writer):
     with pytest.raises(SinkError, match="not written yet"):
         writer.call(pipe, "flush", (None,))
     assert pipe.write_errors >= 1
-    assert "No space left" in pipe.health()["lastError"]
+    assert "No space left" in pipe.health()["last_error"]
     _push_rows(pipe, "t", 50, start=50)
     # the sink recovers after its failures; the next barriers retry and succeed
     for _ in range(10):
@@ -98,7 +98,7 @@ def test_failed_writes_are_counted_kept_in_order_and_retried(writer):
         except SinkError:
             continue
     assert [r["i"] for r in sink.rows["t"]] == list(range(100))  # once each, in order
-    assert pipe.health()["pendingRetryRows"] == 0
+    assert pipe.health()["pending_retry_rows"] == 0
 
 
 def test_drop_policy_counts_what_it_drops(writer):
@@ -177,7 +177,8 @@ def test_many_producer_threads_one_stream(writer):
     def produce(k):
         barrier.wait()
         for i in range(2000):
-            pipe.push((ROW, stream, float(k * 10**6 + i), {"k": k, "i": i}))
+            ts = float(k * 10**6 + i)
+            pipe.push((ROW, stream, ts, {"k": k, "i": i, "_ts": ts}))
 
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(8)]
     for t in threads:
@@ -202,8 +203,8 @@ def test_batch_events_count_their_rows_against_the_budget(writer):
     chunk = pipe.batch_rows
     accepted = 0
     for k in range(20):
-        rows = [(float(k * chunk + i), {"i": k * chunk + i}) for i in range(chunk)]
-        if pipe.push_rows((ROWS, stream, rows), len(rows), writer.wake):
+        rows = [(ROW, stream, float(k * chunk + i), {"i": k * chunk + i}) for i in range(chunk)]
+        if pipe.push_rows((ROWS, stream, rows, len(rows)), len(rows), writer.wake):
             accepted += len(rows)
     assert pipe.dropped > 0  # 20 chunks of budget/4 rows cannot all fit
     sink.gate.set()

@@ -110,6 +110,10 @@ def test_threads_appending_to_one_track(tmp_path):
         _run_threads(produce)
         points = read_all(s.track("shared"))
         assert [p["index"] for p in points] == list(range(THREADS * PER_THREAD))
+        health = s.health()
+        # API_CONTRACT spells it write_errors; the rest of the API is camelCase: accept both
+        write_errors = health["write_errors"] if "write_errors" in health else health["writeErrors"]
+        assert health["dropped"] == 0 and write_errors == 0  # on_full="block" is lossless
     rows = disk_rows(sdir, "shared")
     assert len(rows) == THREADS * PER_THREAD
     assert_each_producer_complete_and_ordered(rows, "thread", range(THREADS), PER_THREAD)
@@ -139,6 +143,43 @@ def test_threads_appending_to_distinct_tracks_and_a_shared_one(tmp_path):
     assert_each_producer_complete_and_ordered(disk_rows(sdir, "mixed"), "thread", range(THREADS), PER_THREAD // 4)
     logs = [strict_loads(line) for line in (sdir / "logs.jsonl").read_text().splitlines()]
     assert len(logs) == THREADS * (PER_THREAD // 500)
+
+
+def test_reads_racing_appenders_see_consistent_prefixes(tmp_path):
+    with Session(prefix=PREFIX, root=str(tmp_path)) as s:
+        stop = threading.Event()
+        problems = []
+
+        def reader():
+            last_total = 0
+            while not stop.is_set():
+                page = s.track("raced").read(start_index=max(0, last_total - 50), limit=100)
+                idx = [p["index"] for p in page["data"]]
+                if idx != list(range(idx[0], idx[0] + len(idx))) if idx else False:
+                    problems.append(f"gap in {idx}")
+                count = int(s.track("raced").stats()["totalDataPoints"])
+                if count < last_total:
+                    problems.append(f"count went back {last_total} -> {count}")
+                last_total = count
+
+        r = threading.Thread(target=reader)
+        r.start()
+
+        def produce(k):
+            t = s.track("raced")
+            for i in range(PER_THREAD // 2):
+                t.append(thread=k, i=i)
+
+        try:
+            _run_threads(produce)
+        finally:
+            stop.set()
+            r.join(timeout=30)
+        assert not r.is_alive() and problems == []
+        points = read_all(s.track("raced"))
+        assert [p["index"] for p in points] == list(range(THREADS * PER_THREAD // 2))
+    rows = disk_rows(tmp_path / "ws" / "run", "raced")
+    assert_each_producer_complete_and_ordered(rows, "thread", range(THREADS), PER_THREAD // 2)
 
 
 # ---------------------------------------------------------------- processes

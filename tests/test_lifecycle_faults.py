@@ -161,6 +161,43 @@ def test_signal_while_logging_keeps_everything_appended(tmp_path, signum, style)
     assert session_meta(sdir)["status"] == "interrupted", err
 
 
+USER_SIGTERM_HANDLER = """
+import signal, sys
+from dreamlake import Session
+root, n, when = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+def on_term(signum, frame):
+    print("user handler ran", flush=True)
+    sys.exit(3)
+
+if when == "before":
+    signal.signal(signal.SIGTERM, on_term)
+s = Session(prefix="ws/run", root=root)
+s.open()
+if when == "after":
+    signal.signal(signal.SIGTERM, on_term)
+t = s.track("stream")
+for i in range(n):
+    t.append(i=i)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+# A training framework (Lightning, a SLURM requeue hook) often owns SIGTERM:
+# its handler must still run, and the data must still be written.
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_user_sigterm_handler_still_runs_and_data_is_written(tmp_path, when):
+    n = 20000
+    proc = spawn(USER_SIGTERM_HANDLER, tmp_path, n, when)
+    wait_for_line(proc, "ready")
+    proc.send_signal(signal.SIGTERM)
+    out, err = finish(proc)
+    assert "user handler ran" in out, err
+    assert proc.returncode == 3, err
+    assert [r["i"] for r in disk_rows(tmp_path / "ws" / "run", "stream")] == list(range(n))
+
+
 def test_exception_in_with_marks_failed_records_error_and_reraises(tmp_path):
     proc = spawn(
         """

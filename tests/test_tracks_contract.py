@@ -364,6 +364,18 @@ def test_read_by_ts_range_is_start_inclusive_end_exclusive(session):
     assert t.read(start_ts=20.0, end_ts=30.0)["data"] == []
 
 
+def test_read_by_ts_range_with_out_of_order_ts(session):
+    t = session.track("ooo")
+    for i, ts in enumerate([5.0, 1.0, 3.0, 9.0, 2.0]):
+        t.append(i=i, _ts=ts)
+    page = t.read(start_ts=2.0, end_ts=6.0)
+    # rows whose _ts lies in [2, 6), in index order
+    assert [(p["index"], point_ts(p)) for p in page["data"]] == [(0, 5.0), (2, 3.0), (4, 2.0)]
+    assert t.stats()["firstTs"] == 5.0 and t.stats()["lastTs"] == 2.0 or (
+        t.stats()["firstTs"] == 1.0 and t.stats()["lastTs"] == 9.0
+    )  # first/last by index or by value: either reading is fine
+
+
 def test_read_sees_everything_appended_before_it(session):
     t = session.track("barrier")
     for i in range(5000):

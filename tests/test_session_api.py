@@ -1,0 +1,232 @@
+"""The Session surface: both constructor generations, storage root, lifecycle
+styles, params, files. Everything is read back from disk or the read API."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+import dreamlake
+from dreamlake import Session, SessionStateError, dreamlake_session
+
+
+def _meta(directory):
+    return json.loads((directory / "session.json").read_text())
+
+
+# -- identity and storage root ------------------------------------------------
+
+def test_prefix_and_name_workspace_styles_reach_the_same_directory(tmp_path):
+    with Session(prefix="ws/run", root=str(tmp_path)) as a:
+        a.track("t").append(x=1)
+    with Session(name="run", workspace="ws", local_path=str(tmp_path)) as b:
+        b.track("t").append(x=2)
+        assert b.directory == a.directory == (tmp_path / "ws" / "run").absolute()
+        assert [p["data"]["x"] for p in b.track("t").read()["data"]] == [1, 2]
+
+
+def test_generations_mix_in_one_call(tmp_path):
+    with Session(
+        prefix="ws/mixed", root=str(tmp_path), local_path="store", description="d", tags=["a"], folder="/f"
+    ) as s:
+        assert (s.name, s.workspace, s.prefix) == ("mixed", "ws", "ws/mixed")
+        assert (s.description, s.tags, s.folder) == ("d", ["a"], "/f")
+    assert (tmp_path / "store" / "ws" / "mixed" / "session.json").exists()
+    meta = _meta(tmp_path / "store" / "ws" / "mixed")
+    assert meta["description"] == "d" and meta["tags"] == ["a"] and meta["folder"] == "/f"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prefix": "ws/a", "name": "b"},
+        {"prefix": "ws/a", "workspace": "other"},
+        {"url": "http://a", "remote": "http://b", "prefix": "ws/a"},
+        {"prefix": "no-slash"},
+        {},
+    ],
+)
+def test_conflicting_or_missing_identity_is_refused(tmp_path, kwargs):
+    with pytest.raises(ValueError):
+        Session(root=str(tmp_path), **kwargs)
+
+
+def test_storage_root_rule(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DREAMLAKE_ROOT", raising=False)
+    assert Session(prefix="w/n").directory == (tmp_path / ".dreamlake" / "w" / "n")
+    assert Session(prefix="w/n", root="r").directory == (tmp_path / "r" / "w" / "n")
+    assert Session(prefix="w/n", local_path="l").directory == (tmp_path / "l" / "w" / "n")
+    assert Session(prefix="w/n", root="r", local_path="l").directory == (tmp_path / "r" / "l" / "w" / "n")
+    monkeypatch.setenv("DREAMLAKE_ROOT", str(tmp_path / "env"))
+    assert Session(prefix="w/n").directory == (tmp_path / "env" / "w" / "n")
+
+
+def test_url_without_server_keeps_data_locally_and_says_so(tmp_path):
+    with pytest.warns(RuntimeWarning, match="remote sync is not available"):
+        import dreamlake._session as module
+
+        module._warned_remote = False
+        with Session(prefix="ws/r", root=str(tmp_path), url="https://example.invalid", user_name="me") as s:
+            s.log("kept locally")
+    meta = _meta(tmp_path / "ws" / "r")
+    assert meta["url"] == "https://example.invalid" and meta["userName"] == "me"
+    assert "api_key" not in json.dumps(meta).lower()
+
+
+# -- lifecycle ------------------------------------------------------------------
+
+def test_explicit_open_close_and_state(tmp_path):
+    s = Session(name="test", workspace="test", local_path=str(tmp_path))
+    assert not s._is_open and s.status == "created"
+    with pytest.raises(SessionStateError):
+        s.log("not open yet")
+    s.open()
+    assert s._is_open and s.status == "running"
+    assert _meta(s.directory)["status"] == "running"
+    s.log("Working...")
+    s.close()
+    assert not s._is_open and s.status == "completed"
+    assert _meta(s.directory)["status"] == "completed"
+    with pytest.raises(SessionStateError):
+        s.track("t").append(x=1)
+
+
+def test_decorator_injects_the_session_and_closes_it(tmp_path):
+    seen = {}
+
+    @dreamlake_session(name="deco", workspace="ws", local_path=str(tmp_path))
+    def train(epochs, session):
+        seen["session"] = session
+        for epoch in range(epochs):
+            session.track("loss").append(value=1.0 / (epoch + 1), epoch=epoch)
+        return "done"
+
+    assert train(3) == "done"
+    assert not seen["session"]._is_open
+    lines = (tmp_path / "ws" / "deco" / "tracks" / "loss" / "data.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+
+
+def test_exception_in_with_marks_failed_logs_it_and_reraises(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with Session(prefix="ws/boom", root=str(tmp_path)) as s:
+            s.log("Starting risky operation")
+            1 / 0
+    meta = _meta(tmp_path / "ws" / "boom")
+    assert meta["status"] == "failed" and "ZeroDivisionError" in meta["error"]
+    entries = [json.loads(line) for line in (tmp_path / "ws" / "boom" / "logs.jsonl").read_text().splitlines()]
+    assert entries[-1]["level"] == "error" and "ZeroDivisionError" in entries[-1]["traceback"]
+    assert [e["seq"] for e in entries] == [0, 1]
+
+
+def test_reopen_continues_indices_and_merges_params(tmp_path):
+    with Session(name="long", workspace="ml", local_path=str(tmp_path)) as s:
+        s.parameters().set(epoch=0, learning_rate=0.001)
+        s.track("loss").append(value=0.5, epoch=1)
+    with Session(name="long", workspace="ml", local_path=str(tmp_path)) as s:
+        s.params.set(epoch=1)
+        s.track("loss").append(value=0.3, epoch=2)
+        page = s.track("loss").read()
+        assert [(p["index"], p["data"]["epoch"]) for p in page["data"]] == [(0, 1), (1, 2)]
+        assert s.params.get() == {"epoch": 1, "learning_rate": 0.001}
+    meta = _meta(tmp_path / "ml" / "long")
+    assert meta["opens"] == 2 and meta["status"] == "completed"
+
+
+def test_both_spellings_are_the_same_objects(tmp_path):
+    with Session(prefix="ws/sp", root=str(tmp_path)) as s:
+        assert s.parameters() is s.params
+        assert s.files() is s.files
+        assert s.tracks() is s.tracks
+
+
+# -- params ---------------------------------------------------------------------
+
+def test_params_flatten_merge_and_nest(tmp_path):
+    with Session(prefix="ws/p", root=str(tmp_path)) as s:
+        s.params.set(learning_rate=0.001, batch_size=32)
+        s.params.set(**{"model": {"architecture": "resnet50", "layers": 50}})
+        s.params.set(learning_rate=0.0001)
+        assert s.params.get() == {
+            "learning_rate": 0.0001,
+            "batch_size": 32,
+            "model.architecture": "resnet50",
+            "model.layers": 50,
+        }
+        assert s.params.get(flatten=False)["model"] == {"architecture": "resnet50", "layers": 50}
+        with pytest.raises(TypeError):
+            s.params.set(bad=object())
+    on_disk = json.loads((tmp_path / "ws" / "p" / "parameters.json").read_text())
+    assert on_disk["model.layers"] == 50 and on_disk["learning_rate"] == 0.0001
+
+
+# -- files ------------------------------------------------------------------------
+
+def test_upload_list_download_update_delete(tmp_path):
+    src = tmp_path / "model.pth"
+    payload = os.urandom(100_000)
+    src.write_bytes(payload)
+    with Session(prefix="ws/f", root=str(tmp_path / "store")) as s:
+        entry = s.files.upload(str(src), path="models/", description="m", tags=["best"], metadata={"epoch": 5})
+        assert entry["filename"] == "model.pth" and entry["sizeBytes"] == len(payload)
+        assert entry["checksum"] == hashlib.sha256(payload).hexdigest()
+        assert entry["path"] == "/models" and entry["prefix"] == "/models/"
+        stored = s.directory / "files" / "models" / entry["id"] / "model.pth"
+        assert stored.read_bytes() == payload
+
+        other = tmp_path / "cfg.json"
+        other.write_text("{}")
+        s.files().upload(str(other), path="/config", tags=["config"])
+        assert [f["filename"] for f in s.files.list(path="/models")] == ["model.pth"]
+        assert [f["filename"] for f in s.files.list(tags=["config"])] == ["cfg.json"]
+        assert len(s.files.list()) == 2
+
+        out = s.files.download(entry["id"], tmp_path / "out.pth")
+        assert open(out, "rb").read() == payload
+
+        updated = s.files.update(entry["id"], description="better", tags=["final"])
+        assert updated["description"] == "better" and updated["tags"] == ["final"]
+
+        # same path + filename replaces the old entry and its stored copy
+        src.write_bytes(b"v2")
+        again = s.files.upload(str(src), path="/models")
+        assert [f["id"] for f in s.files.list(path="/models")] == [again["id"]]
+        assert not stored.exists()
+
+        s.files.delete(again["id"])
+        assert [f["filename"] for f in s.files.list()] == ["cfg.json"]
+        with pytest.raises(KeyError):
+            s.files.delete("no-such-id")
+    index = json.loads((tmp_path / "store" / "ws" / "f" / "files" / ".files_metadata.json").read_text())
+    assert [e["filename"] for e in index] == ["cfg.json"]
+
+
+def test_upload_refuses_directories_and_bad_metadata(tmp_path):
+    with Session(prefix="ws/f2", root=str(tmp_path)) as s:
+        with pytest.raises(IsADirectoryError):
+            s.files.upload(str(tmp_path))
+        (tmp_path / "x").write_text("x")
+        with pytest.raises(TypeError):
+            s.files.upload(str(tmp_path / "x"), tags="not-a-list")
+        with pytest.raises(TypeError):
+            s.files.upload(str(tmp_path / "x"), metadata={"k": object()})
+        assert s.files.list() == []
+
+
+# -- budget arguments -----------------------------------------------------------
+
+def test_budget_arguments_are_checked_at_construction(tmp_path):
+    with pytest.raises(ValueError):
+        Session(prefix="ws/b", root=str(tmp_path), on_full="sometimes")
+    with pytest.raises(ValueError):
+        Session(prefix="ws/b", root=str(tmp_path), memory_budget=10)
+    with pytest.raises(TypeError):
+        Session(prefix="ws/b", root=str(tmp_path), memory_budget="big")
+
+
+def test_public_names_are_exported():
+    for name in dreamlake.__all__:
+        assert hasattr(dreamlake, name), name
+    assert {"Session", "dreamlake_session"} <= set(dreamlake.__all__)

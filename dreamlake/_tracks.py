@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Track", "Tracks", "check_ts"]
 
 _time = time.time
+_STR_ONLY = frozenset((str,))
 
 
 def check_ts(value: Any) -> float:
@@ -92,28 +93,49 @@ class Track:
             pipe.on_full((ROW, self._stream, t, fields), self._session._writer.wake)
 
     def append_batch(self, rows: list[dict]) -> None:
-        """Append many rows in one event; each may carry its own ``_ts``."""
+        """Append many rows at once; each may carry its own ``_ts`` (same rules
+        as :meth:`append`). Validated and captured as a whole: one bad row
+        raises and nothing of the batch is queued."""
         if not isinstance(rows, (list, tuple)):
             raise TypeError(f"append_batch() takes a list of dicts, got {type(rows).__name__}")
-        captured = []
-        for row in rows:
-            if not isinstance(row, dict):
-                raise TypeError(f"append_batch() rows must be dicts, got {type(row).__name__}")
-            fields = dict(row)
-            ts = self._stamp(fields.pop("_ts", None))
-            if not fields:
-                raise ValueError("append_batch() rows need at least one field besides _ts")
-            for key in fields:
-                if type(key) is not str:
-                    raise TypeError(f"field names must be str, got {type(key).__name__}")
-            fields = capture_fields(fields)
-            fields["_ts"] = ts
-            captured.append((ROW, self._stream, ts, fields))
         pipe = self._pipe
+        stream = self._stream
+        captured = []
+        pipe.ts_acquire()  # one lock for the batch: its auto _ts are consecutive
+        try:
+            last_auto, last = pipe.last_auto_ts, pipe.last_ts
+            now = _time()
+            for row in rows:
+                if type(row) is not dict:
+                    raise TypeError(f"append_batch() rows must be dicts, got {type(row).__name__}")
+                fields = dict(row)
+                ts = fields.pop("_ts", None)
+                if ts is None:
+                    ts = now if now > last_auto else last_auto + 1e-6
+                    last_auto = last = ts
+                elif ts == -1 and type(ts) in (int, float):
+                    if last == 0.0:
+                        ts = now if now > last_auto else last_auto + 1e-6
+                        last_auto = ts
+                    ts = last
+                else:
+                    ts = last = check_ts(ts)
+                if not fields:
+                    raise ValueError("append_batch() rows need at least one field besides _ts")
+                if not _STR_ONLY.issuperset(map(type, fields)):
+                    raise TypeError("field names must be str")
+                if not PLAIN_SCALARS.issuperset(map(type, fields.values())):
+                    fields = capture_fields(fields)
+                fields["_ts"] = ts
+                captured.append((ROW, stream, ts, fields))
+            pipe.last_auto_ts, pipe.last_ts = last_auto, last
+        finally:
+            pipe.ts_release()
         step = pipe.batch_rows
+        wake = self._session._writer.wake
         for first in range(0, len(captured), step):
             chunk = captured[first : first + step]
-            pipe.push_rows((ROWS, self._stream, chunk, len(chunk)), len(chunk), self._session._writer.wake)
+            pipe.push_rows((ROWS, stream, chunk, len(chunk)), len(chunk), wake)
 
     def flush(self) -> dict:
         """Write this track's queued rows; returns what this flush window wrote:

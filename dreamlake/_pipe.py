@@ -95,6 +95,7 @@ class SessionPipe:
         self.retry_at = 0.0
         self.writer_backlog = 0
         self.closed = False
+        self.close_request: tuple | None = None
         # writer-side state (touched only by the writer thread)
         self.pending: dict[StreamRef, list] = {}
         self.held_rows = 0

@@ -65,8 +65,6 @@ class Writer:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._pid = os.getpid()
         self._retry_delay = RETRY_MIN
         self._logged_errors: set[str] = set()
 
@@ -102,7 +100,6 @@ class Writer:
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
-            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="dreamlake-writer", daemon=True)
             self._thread.start()
 
@@ -115,8 +112,6 @@ class Writer:
                 self._cycle()
             except BaseException as exc:  # never let the thread die silently
                 log.exception("dreamlake writer cycle failed: %s", exc)
-            if self._stopping and not self._pipes:
-                return
 
     def _cycle(self) -> None:
         with self._lock:
@@ -131,6 +126,8 @@ class Writer:
                 self._write_params(pipe)
             if pipe.retry and now >= pipe.retry_at:
                 self._write_retry(pipe)
+            if pipe.close_request is not None and not pipe.retry and not pipe.pending_params:
+                self._close(pipe, *pipe.close_request)  # closed while rows were unwritten
 
     def _drain(self, pipe: SessionPipe) -> None:
         """Move queued events into per-stream pending lists, a slice at a time."""
@@ -301,7 +298,10 @@ class Writer:
         return results
 
     def _close(self, pipe: SessionPipe, status: str, error: str | None) -> None:
+        """Close the sink; if rows are still unwritten, keep retrying them and
+        close once they are written (the caller gets a SinkError now)."""
         unwritten = self._unwritten_error(pipe) if (pipe.retry or pipe.pending_params) else None
+        pipe.close_request = (status, error) if unwritten is not None else None
         if unwritten is None:
             pipe.sink.close(status, error)
         with self._lock:

@@ -210,3 +210,22 @@ def test_batch_events_count_their_rows_against_the_budget(writer):
     sink.gate.set()
     writer.call(pipe, "flush", (None,))
     assert sink.count("t") == accepted == 20 * chunk - pipe.dropped
+
+
+def test_close_while_the_sink_fails_finishes_once_the_retry_succeeds(writer):
+    sink = MemorySink()
+    pipe = SessionPipe(sink)
+    writer.register(pipe)
+    _push_rows(pipe, "t", 10)
+    sink.fail_next = 1
+    with pytest.raises(SinkError):
+        writer.call(pipe, "close", ("completed", None))
+    assert sink.closed_with is None
+    pipe.mark_closed()
+    deadline = __import__("time").monotonic() + 10
+    while sink.closed_with is None and __import__("time").monotonic() < deadline:
+        writer.wake()
+        threading.Event().wait(0.01)  # bounded poll for the background retry
+    assert sink.closed_with == ("completed", None)
+    assert [r["i"] for r in sink.rows["t"]] == list(range(10))
+    assert pipe not in writer.pipes()

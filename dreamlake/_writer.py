@@ -121,7 +121,7 @@ class Writer:
         now = time.monotonic()
         for pipe in pipes:
             self._write_pipe(pipe, hold_open=True)
-            self._close_aged(pipe, now - ROW_MAX_AGE)
+            self._close_aged(pipe, now - getattr(pipe, "row_max_age", ROW_MAX_AGE))
             if pipe.pending_params:
                 self._write_params(pipe)
             if pipe.retry and now >= pipe.retry_at:
@@ -280,6 +280,9 @@ class Writer:
     def _flush(self, pipe: SessionPipe, names: list[str] | None) -> list[dict]:
         if pipe.retry or pipe.pending_params:
             raise self._unwritten_error(pipe)
+        report = getattr(pipe.sink, "flush_report", None)
+        if report is not None:  # agent mode: the agent assigns indices, so it keeps the windows
+            return report([s.name for s in pipe.streams.values() if not s.is_log] if names is None else names)
         pipe.sink.flush()
         streams = list(pipe.streams.values()) if names is None else [pipe.stream(n) for n in names]
         results = []

@@ -1,0 +1,364 @@
+"""One run of a project: a ledger entry, a place for files, and a DreamLake session.
+
+Two worlds in one object:
+
+* the pycaddy-style run — ``uid``, ``status`` (persisted in the ledger),
+  ``folder``, ``path()``, ``files``/``attach_files()``, ``start()``/``done()``/``error()``;
+* a DreamLake session — ``log()``, ``track()``, ``tracks``, ``params``/``parameters()``,
+  ``files.upload()`` ... — whose data directory sits beside the run's files:
+
+  ==========  ==================================  ===================================
+  mode        run files (``run.path("x")``)        DreamLake data (``run.session_dir``)
+  ==========  ==================================  ===================================
+  SUBFOLDER   ``<project>/<identifier>/<uid>/x``   ``<project>/<identifier>/<uid>/``
+  PREFIX      ``<project>/<identifier>/<uid>_x``   ``<project>/<identifier>/<uid>_dreamlake/``
+  ==========  ==================================  ===================================
+
+The DreamLake session is opened by ``start()`` (which also records the run's
+params as its parameters) and closed by ``done()`` (completed) or ``error()``
+(failed). Nothing opens it otherwise: a run used only for paths and status
+never starts a writer or creates session files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ._ledger import from_ledger_path, now_iso, runs_of, to_ledger_path
+from ._params import from_json_value, params_hash
+from ._types import Status, StorageMode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dreamlake import Session
+
+    from ._project import Project
+
+__all__ = ["Run", "RunFiles", "SESSION_DIR_SUFFIX"]
+
+#: PREFIX mode: the DreamLake data of run ``0001`` lives in ``0001_dreamlake/``.
+SESSION_DIR_SUFFIX = "dreamlake"
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.@+=,:\- ]")
+
+
+# -- the adapter to dreamlake.Session (the only place that knows its constructor) --
+def _make_session(run: "Run") -> "Session":
+    from dreamlake import Session
+
+    workspace = _UNSAFE_NAME_CHARS.sub("_", run.identifier).strip() or "run"
+    if workspace in (".", ".."):
+        workspace = "run"
+    return Session(
+        name=run.session_dir.name,
+        workspace=workspace,
+        root=run.project.folder,
+        session_dir=run.session_dir,
+        folder="/" + (run.project.relpath / run.identifier).as_posix(),
+    )
+
+
+def _session_is_open(session: "Session | None") -> bool:
+    return session is not None and bool(getattr(session, "_is_open", False))
+
+
+def _close_session_failed(session: "Session", reason: str) -> None:
+    """Close as ``failed``. Session has no public "close with status" yet, so use its
+    internal finish when present (else a normal close)."""
+    finish = getattr(session, "_finish", None)
+    if finish is None:
+        session.close()
+    else:
+        finish("failed", reason, getattr(session, "_timeout", None))
+
+
+class RunFiles(Mapping):
+    """``run.files``: the attached files as a read-only ``{name: Path}`` mapping (what
+    ``attach_files`` recorded, from the ledger), which is also the DreamLake files API
+    of the run's session (``upload``, ``list``, ``download``, ``delete``, ``update``)."""
+
+    def __init__(self, run: "Run") -> None:
+        self._run = run
+
+    def _paths(self) -> dict[str, Path]:
+        root = self._run.project.root
+        stored = self._run._current_record().get("files", {})
+        return {name: from_ledger_path(root, value) for name, value in stored.items()}
+
+    def __getitem__(self, name: str) -> Path:
+        return self._paths()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths())
+
+    def __len__(self) -> int:
+        return len(self._paths())
+
+    def __repr__(self) -> str:
+        return repr(self._paths())
+
+    def __call__(self) -> "RunFiles":
+        return self
+
+    # -- DreamLake's files API (needs the run started) --
+    def upload(self, local_path: str | os.PathLike, path: str = "/", **kwargs: Any) -> dict:
+        return self._run.session.files.upload(local_path, path, **kwargs)
+
+    def list(self, path: str | None = None, tags: list[str] | None = None) -> list[dict]:
+        return self._run.session.files.list(path, tags)
+
+    def download(self, file_id: str, dest: str | os.PathLike = ".") -> str:
+        return self._run.session.files.download(file_id, dest)
+
+    def delete(self, file_id: str) -> dict:
+        return self._run.session.files.delete(file_id)
+
+    def update(self, file_id: str, **changes: Any) -> dict:
+        return self._run.session.files.update(file_id, **changes)
+
+
+class Run:
+    """One experiment run, identified by ``(identifier, uid)`` within its project path.
+
+    Created by :meth:`Project.session`; not meant to be constructed directly.
+    """
+
+    def __init__(self, project: "Project", identifier: str, uid: str, record: dict) -> None:
+        self.project = project
+        self.identifier = identifier
+        self.uid = uid
+        self.storage_mode = StorageMode(record["storageMode"])
+        self._record = record
+        self._session: "Session | None" = None
+
+    # -- identity and places -----------------------------------------------------
+    @property
+    def relpath(self) -> Path:
+        return self.project.relpath
+
+    @property
+    def config(self) -> dict:
+        """A copy of the params this run was created with (what RESUME matches on)."""
+        return from_json_value(self._record["params"])
+
+    @property
+    def param_hash(self) -> str:
+        return self._record.get("paramsHash") or params_hash(self.config)
+
+    @property
+    def folder(self) -> Path:
+        """The directory this run's files go in (created if missing). SUBFOLDER: the
+        run's own ``<identifier>/<uid>/``; PREFIX: the shared ``<identifier>/``."""
+        folder = self._folder_path()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _folder_path(self) -> Path:
+        folder = self.project.folder / self.identifier
+        return folder / self.uid if self.storage_mode is StorageMode.SUBFOLDER else folder
+
+    @property
+    def session_dir(self) -> Path:
+        """Where this run's DreamLake data (logs, tracks, params, uploads) lives."""
+        base = self.project.folder / self.identifier
+        if self.storage_mode is StorageMode.SUBFOLDER:
+            return base / self.uid
+        return base / f"{self.uid}_{SESSION_DIR_SUFFIX}"
+
+    directory = session_dir
+
+    def path(self, filename: str | os.PathLike, include_identifier: bool = True) -> Path:
+        """A path for ``filename`` in this run's folder.
+
+        SUBFOLDER: ``<folder>/<filename>``. PREFIX: ``<folder>/<uid>_<filename>``;
+        with ``include_identifier=False`` the uid is left out (``<folder>/<filename>``,
+        a name shared by all runs of the identifier in PREFIX mode).
+        """
+        name = os.fspath(filename)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"filename must be a non-empty str, got {filename!r}")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"filename must stay inside the run folder: {name!r}")
+        if include_identifier and self.storage_mode is StorageMode.PREFIX:
+            head, _, tail = name.rpartition("/")
+            name = f"{head}/{self.uid}_{tail}" if head else f"{self.uid}_{tail}"
+        target = self.folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    # -- status ---------------------------------------------------------------------
+    def _current_record(self) -> dict:
+        """The ledger's record (seen by every process), else the last one we knew."""
+        found = runs_of(self.project.ledger.read(), self.project._relkey, self.identifier).get(self.uid)
+        if found is not None:
+            self._record = found
+        return self._record
+
+    @property
+    def status(self) -> Status:
+        return Status(self._current_record()["status"])
+
+    def is_done(self) -> bool:
+        return self.status is Status.DONE
+
+    def refresh(self) -> "Run":
+        self._current_record()
+        return self
+
+    def _update(self, files: Mapping[str, str] | None = None, **changes: Any) -> None:
+        with self.project.ledger.transaction() as doc:
+            runs = runs_of(doc, self.project._relkey, self.identifier, create=True)
+            record = runs.setdefault(self.uid, dict(self._record))  # ledger deleted meanwhile
+            for key, value in changes.items():
+                if value is None:
+                    record.pop(key, None)
+                else:
+                    record[key] = value
+            if files:
+                record["files"] = {**record.get("files", {}), **files}
+            record["updatedAt"] = now_iso()
+        self._record = record
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> "Run":
+        """Mark RUNNING and open the DreamLake session (params recorded as its parameters)."""
+        session = self.session
+        opened_here = False
+        if not _session_is_open(session):
+            session.open()
+            opened_here = True
+            config = self.config
+            if config:
+                session.params.set(**config)
+        try:
+            self._update(
+                status=Status.RUNNING.value,
+                startedAt=now_iso(),
+                endedAt=None,
+                error=None,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+        except BaseException:
+            if opened_here:
+                _close_session_failed(session, "could not record the run as running in the ledger")
+            raise
+        return self
+
+    def done(self) -> "Run":
+        """Close the DreamLake session (completed) and mark DONE."""
+        return self._end(Status.DONE, None)
+
+    def error(self, reason: str | None = None) -> "Run":
+        """Close the DreamLake session (failed) and mark ERROR; ``reason`` is kept in the ledger."""
+        return self._end(Status.ERROR, reason)
+
+    def _end(self, status: Status, reason: str | None, exc_info: tuple | None = None) -> "Run":
+        session = self._session
+        problem: BaseException | None = None
+        if _session_is_open(session):
+            assert session is not None
+            try:
+                if exc_info is not None:
+                    session.__exit__(*exc_info)  # logs the traceback, marks it failed/interrupted
+                elif status is Status.DONE:
+                    session.close()
+                else:
+                    message = "run marked ERROR" + (f": {reason}" if reason else "")
+                    try:
+                        session.log(message, level="error")
+                    finally:
+                        _close_session_failed(session, reason or "run marked ERROR")
+            except BaseException as exc:
+                problem = exc
+                if status is Status.DONE:
+                    status = Status.ERROR
+                    reason = f"closing the DreamLake session failed: {type(exc).__name__}: {exc}"
+        self._update(status=status.value, endedAt=now_iso(), error=reason)
+        if problem is not None:
+            raise problem
+        return self
+
+    def __enter__(self) -> "Run":
+        return self.start()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None or (exc_type is SystemExit and not getattr(exc, "code", None)):
+            self.done()
+        else:
+            self._end(Status.ERROR, f"{exc_type.__name__}: {exc}", (exc_type, exc, tb))
+        return False
+
+    # -- files ----------------------------------------------------------------------
+    @property
+    def files(self) -> RunFiles:
+        """Attached files ``{name: Path}`` (also the session's files API: ``upload``...)."""
+        return RunFiles(self)
+
+    def attach_files(self, file_dict: Mapping[str, str | os.PathLike]) -> "Run":
+        """Record ``{name: path}`` in the ledger (merged; a name given again is replaced)."""
+        if not isinstance(file_dict, Mapping):
+            raise TypeError(f"attach_files takes a dict of name -> path, got {type(file_dict).__name__}")
+        stored = {}
+        for name, path in file_dict.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"attached file names must be non-empty str, got {name!r}")
+            if not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"attached file {name!r} must be a path, got {type(path).__name__}")
+            stored[name] = to_ledger_path(self.project.root, path)
+        if stored:
+            self._update(files=stored)
+        return self
+
+    # -- the DreamLake session ------------------------------------------------------------
+    @property
+    def session(self) -> "Session":
+        """The run's ``dreamlake.Session`` (created on first use, opened by ``start()``)."""
+        if self._session is None:
+            self._session = _make_session(self)
+        return self._session
+
+    open = start
+    close = done
+
+    def log(self, message: str, level: str = "info", metadata: dict | None = None, **extra: Any) -> None:
+        self.session.log(message, level, metadata, **extra)
+
+    def logs(self, start_index: int = 0, limit: int = 1000) -> dict:
+        return self.session.logs(start_index, limit)
+
+    def track(self, name: str) -> Any:
+        return self.session.track(name)
+
+    @property
+    def tracks(self) -> Any:
+        return self.session.tracks
+
+    @property
+    def params(self) -> Any:
+        """The session's params API (``set``/``get``); the run's own params are ``config``."""
+        return self.session.params
+
+    def parameters(self) -> Any:
+        return self.session.params
+
+    def flush(self) -> Any:
+        return self.session.flush()
+
+    def health(self) -> dict:
+        return self.session.health()
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a dreamlake.Session offers (name, workspace, prefix, ...).
+        if name.startswith("_") or hasattr(type(self), name):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.session, name)
+
+    def __repr__(self) -> str:
+        return (
+            f"Run(identifier={self.identifier!r}, uid={self.uid!r}, status={self._record['status']!r}, "
+            f"storage_mode={self.storage_mode.value!r}, folder={str(self._folder_path())!r})"
+        )

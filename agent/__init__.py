@@ -1,0 +1,12 @@
+"""``dreamlake-agent``: one process that writes sessions for many client processes.
+
+Clients opt in with ``Session(agent="auto" | "unix:///path/agent.sock")`` or
+``DREAMLAKE_AGENT``. The agent runs the same pipeline as the writer thread of
+a training process (``dreamlake._pipe`` → ``dreamlake._writer`` →
+``dreamlake._local_sink``); only the source differs: frames from a Unix
+socket (``docs/protocol.md``) instead of an in-memory queue.
+"""
+
+from ._server import AgentServer
+
+__all__ = ["AgentServer"]

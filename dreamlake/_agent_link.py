@@ -1,0 +1,432 @@
+"""Agent mode, client side: a sink that hands a session to ``dreamlake-agent``.
+
+``agent_sink(config)`` connects to the agent socket (starting an agent first
+for ``agent="auto"``) and returns an :class:`AgentSink`, or ``None`` when no
+agent can be reached — the session then writes itself (thread mode) and the
+process says so once.
+
+The :class:`AgentSink` has the local sink's methods and, like it, runs only on
+the process's writer thread, never on the caller's: the writer batches and
+merges as usual and the sink sends each batch as one ``rows`` frame without
+waiting. Only barrier-type calls (open, flush, read, stats, files, close) wait
+for the agent's reply. If the agent goes away, the sink switches the session
+to a :class:`~dreamlake._local_sink.LocalSink` on the same directory, warns
+once, and carries on: nothing hangs and nothing raises into the training loop.
+What the agent had received but not yet written when it was killed (-9) is
+lost; a clean agent shutdown (SIGTERM) writes everything it received, and a
+batch the agent refused to read is written here instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Callable
+
+from ._errors import FlushTimeout, SessionStateError, SinkError
+from ._protocol import (
+    MAX_ROWS_PER_FRAME,
+    PROTOCOL_VERSION,
+    AgentMessage,
+    Call,
+    Close,
+    Err,
+    FrameEncoder,
+    FrameReader,
+    Hello,
+    Join,
+    Ok,
+    Open,
+    Params,
+    Rows,
+    Welcome,
+    ensure_private_dir,
+    parse_address,
+)
+
+__all__ = ["agent_sink", "AgentSink", "connect", "start_agent", "AgentLost"]
+
+log = logging.getLogger("dreamlake")
+
+#: Connecting and the hello exchange (seconds).
+CONNECT_TIMEOUT = 5.0
+#: How long ``agent="auto"`` waits for an agent it started (seconds).
+START_TIMEOUT = 20.0
+#: A send, or the wait for a barrier's reply, longer than this means the agent is gone (seconds).
+IO_TIMEOUT = 120.0
+
+_ERRORS: dict[str, type[BaseException]] = {
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "KeyError": KeyError,
+    "FileNotFoundError": FileNotFoundError,
+    "IsADirectoryError": IsADirectoryError,
+    "NotADirectoryError": NotADirectoryError,
+    "PermissionError": PermissionError,
+    "SessionStateError": SessionStateError,
+    "FlushTimeout": FlushTimeout,
+    "SinkError": SinkError,
+}
+
+_warned = False
+_warn_lock = threading.Lock()
+_started: list[subprocess.Popen] = []
+
+
+class AgentLost(ConnectionError):
+    """The agent connection failed (closed, reset, timed out or spoke garbage)."""
+
+
+def _warn_once(message: str) -> None:
+    global _warned
+    with _warn_lock:
+        if _warned:
+            log.info(message)
+            return
+        _warned = True
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+def _remote_error(reply: Err) -> BaseException:
+    kind = _ERRORS.get(reply.kind)
+    if kind is None:
+        return SinkError(f"agent: {reply.kind}: {reply.message}")
+    return kind(reply.message)
+
+
+# -- connecting --------------------------------------------------------------------
+class _Connection:
+    """A blocking socket speaking frames; used only by one thread at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.encoder = FrameEncoder()
+        self.reader = FrameReader(AgentMessage)
+        self.replies: list = []
+        self.seq = 0
+
+    def send(self, message: Any) -> None:
+        try:
+            self.sock.sendall(self.encoder.encode(message))
+        except OSError as exc:
+            raise AgentLost(f"sending to the agent failed: {exc}") from exc
+
+    def receive(self) -> Any:
+        while not self.replies:
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError as exc:
+                raise AgentLost(f"no reply from the agent: {exc}") from exc
+            if not data:
+                raise AgentLost("the agent closed the connection")
+            messages, error = self.reader.feed(data)
+            self.replies.extend(messages)
+            if error is not None and not self.replies:
+                raise AgentLost(f"the agent sent a bad frame: {error}")
+        return self.replies.pop(0)
+
+    def request(self, make: Callable[[int], Any]) -> Any:
+        self.seq += 1
+        seq = self.seq
+        self.send(make(seq))
+        while True:
+            reply = self.receive()
+            if isinstance(reply, Ok) and reply.seq == seq:
+                return reply.result
+            if isinstance(reply, Err) and reply.seq in (seq, 0):
+                raise _remote_error(reply)
+            # anything else is stale or unsolicited: skip it
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def connect(path: str, timeout: float = CONNECT_TIMEOUT) -> tuple[_Connection, dict]:
+    """Connect to the agent at ``path`` and exchange hellos; returns the connection
+    and the agent's info. Refuses a socket that belongs to another user."""
+    info = os.stat(path)
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConnectionRefusedError(f"{path} is not a socket")
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {info.st_uid}, not to this user")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        connection = _Connection(sock)
+        from . import __version__
+
+        connection.send(Hello(PROTOCOL_VERSION, {"pid": os.getpid(), "client": f"dreamlake-python/{__version__}"}))
+        welcome = connection.receive()
+        if not isinstance(welcome, Welcome):
+            raise AgentLost(f"unexpected first reply from the agent: {type(welcome).__name__}")
+        if welcome.version != PROTOCOL_VERSION:
+            raise AgentLost(f"the agent speaks protocol {welcome.version}, this client {PROTOCOL_VERSION}")
+        sock.settimeout(IO_TIMEOUT)
+        return connection, welcome.info
+    except BaseException:
+        sock.close()
+        raise
+
+
+def start_agent(path: str, root: str | None = None) -> subprocess.Popen:
+    """Start a detached ``dreamlake-agent`` on ``path`` (its log next to the socket).
+    If one is already running (or two clients start one at once), the extra agent
+    finds the first through the lock file and exits."""
+    directory = os.path.dirname(path)
+    ensure_private_dir(directory)
+    for old in list(_started):  # reap agents that exited (lost a start race)
+        if old.poll() is not None:
+            _started.remove(old)
+    command = [sys.executable, "-m", "agent", "--socket", path]
+    if root is not None:
+        command += ["--root", root]
+    env = {k: v for k, v in os.environ.items() if k != "DREAMLAKE_AGENT"}
+    with open(path + ".log", "ab") as logfile:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _started.append(proc)
+    return proc
+
+
+def _connect_or_start(path: str, auto: bool, root: str) -> tuple[_Connection, dict]:
+    try:
+        return connect(path)
+    except (OSError, AgentLost):
+        if not auto:
+            raise
+    start_agent(path, root)
+    deadline = time.monotonic() + START_TIMEOUT
+    delay = 0.005
+    while True:
+        try:
+            return connect(path)
+        except (OSError, AgentLost):
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)  # bounded poll for the agent we started
+        delay = min(delay * 2, 0.1)
+
+
+def agent_sink(config: Any) -> "AgentSink | None":
+    """The sink for a session with ``agent=...``, or None (write locally) when no
+    agent can be reached."""
+    path, auto = parse_address(config.agent)
+    try:
+        connection, _ = _connect_or_start(path, auto, str(config.root))
+    except (OSError, AgentLost) as exc:
+        _warn_once(
+            f"dreamlake: no dreamlake-agent at {path} ({exc}); session {config.prefix} is written "
+            f"by this process instead"
+        )
+        return None
+    return AgentSink(path, connection, str(config.directory))
+
+
+# -- the sink ----------------------------------------------------------------------
+class AgentSink:
+    """Forwards one session to the agent; falls back to a local sink if it is lost."""
+
+    def __init__(self, path: str, connection: _Connection | None, directory: str) -> None:
+        self.path = path
+        self.directory = directory
+        self._conn = connection
+        self._owner = True  # False in a forked child: it joins, never opens or closes
+        self._rejoin = False  # set after fork: connect again (as a joiner) on first use
+        self._closed = False
+        self._info: dict | None = None
+        self._opened = False
+        self._local: Any = None
+        self._windows: dict[str, list] = {}  # flush windows once written locally
+
+    @property
+    def via_agent(self) -> bool:
+        return self._local is None
+
+    # -- plumbing -----------------------------------------------------------
+    def _connection(self) -> _Connection | None:
+        """The live connection, reconnecting (as a joiner) after a fork."""
+        if self._local is not None:
+            return None
+        if self._closed:
+            raise SessionStateError(f"the agent session for {self.directory} is closed")
+        if self._conn is None and self._rejoin:
+            self._rejoin = False
+            connection = None
+            try:
+                connection, _ = connect(self.path)
+                connection.request(lambda seq: Join(seq, self.directory))
+            except Exception as exc:  # unreachable, or it refused us
+                if connection is not None:
+                    connection.close()
+                self._fall_back(exc)
+                return None
+            self._conn = connection
+        if self._conn is None:
+            self._fall_back(AgentLost("not connected"))
+        return self._conn
+
+    def _fall_back(self, why: BaseException) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._local is not None:
+            return
+        from ._local_sink import LocalSink
+
+        _warn_once(
+            f"dreamlake: lost the dreamlake-agent at {self.path} ({why}); this process now writes "
+            f"{self.directory} itself"
+        )
+        local = LocalSink(self.directory)
+        if self._owner and self._opened and self._info is not None:
+            local.open(self._info)
+        self._local = local
+
+    def _request(self, make: Callable[[int], Any]) -> tuple[bool, Any]:
+        """``(True, result)`` from the agent, or ``(False, None)`` after falling back."""
+        connection = self._connection()
+        if connection is None:
+            return False, None
+        try:
+            return True, connection.request(make)
+        except AgentLost as exc:
+            self._fall_back(exc)
+            return False, None
+
+    def _call(self, op: str, *args: Any) -> Any:
+        done, result = self._request(lambda seq: Call(seq, op, list(args)))
+        if done:
+            return result
+        return getattr(self._local, op)(*args)
+
+    # -- lifecycle ----------------------------------------------------------
+    def open(self, info: dict) -> dict:
+        self._info = dict(info)
+        done, result = self._request(lambda seq: Open(seq, self.directory, self._info))
+        self._opened = True
+        if done:
+            return result
+        return self._local.open(info)
+
+    def close(self, status: str, error: str | None) -> None:
+        if self._owner:
+            done, _ = self._request(lambda seq: Close(seq, status, error))
+            if not done:
+                self._local.close(status, error)
+        else:  # a forked child leaves the session to its owner
+            self.flush()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._closed = self._local is None
+
+    def after_fork_in_child(self) -> None:
+        """The parent's connection is the parent's: drop our copy of it (without
+        a word to the agent) and join the session on a new one when needed."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._owner = False
+        self._rejoin = True
+        self._windows = {}
+        if self._local is not None:
+            self._local.after_fork_in_child()
+
+    # -- writing ------------------------------------------------------------
+    def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:
+        connection = self._connection()
+        sent = 0
+        if connection is not None:
+            try:
+                while sent < len(rows):
+                    chunk = rows[sent : sent + MAX_ROWS_PER_FRAME]
+                    connection.send(Rows(name, is_log, chunk))
+                    sent += len(chunk)
+                return 0  # indices are the agent's; flush windows come from flush_report()
+            except AgentLost as exc:
+                self._fall_back(exc)
+        start = self._local.write_rows(name, is_log, rows[sent:], ts[sent:])
+        if not is_log:
+            window = self._windows.get(name)
+            if window is None:
+                self._windows[name] = [start, start + len(rows) - sent - 1, len(rows) - sent]
+            else:
+                window[1] = start + len(rows) - sent - 1
+                window[2] += len(rows) - sent
+        return start
+
+    def write_params(self, flat: dict) -> None:
+        connection = self._connection()
+        if connection is not None:
+            try:
+                connection.send(Params(flat))
+                return
+            except AgentLost as exc:
+                self._fall_back(exc)
+        self._local.write_params(flat)
+
+    def flush(self) -> None:
+        self.flush_report([])
+
+    def flush_report(self, names: list[str]) -> list[dict]:
+        """Flush, and what was written since the last flush for ``names``: the
+        agent's windows (it assigns the indices), or ours once written locally."""
+        done, result = self._request(lambda seq: Call(seq, "flush", [list(names)]))
+        if done:
+            return result
+        self._local.flush()
+        results = []
+        for name in names:
+            start, end, count = self._windows.pop(name, (None, None, 0))
+            results.append({"trackId": name, "startIndex": start, "endIndex": end, "count": count})
+        return results
+
+    # -- barriers -----------------------------------------------------------
+    def read(self, name: str, is_log: bool, start_index: int, limit: int) -> dict:
+        return self._call("read", name, is_log, start_index, limit)
+
+    def read_range(self, name: str, is_log: bool, start_ts: Any, end_ts: Any, limit: int) -> dict:
+        return self._call("read_range", name, is_log, start_ts, end_ts, limit)
+
+    def stats(self, name: str) -> dict:
+        return self._call("stats", name)
+
+    def list_tracks(self) -> list[dict]:
+        return self._call("list_tracks")
+
+    def params_get(self) -> dict:
+        return self._call("params_get")
+
+    def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict) -> dict:
+        return self._call("files_upload", src, folder, description, tags, metadata)
+
+    def files_list(self, folder: str | None, tags: list | None) -> list[dict]:
+        return self._call("files_list", folder, tags)
+
+    def files_download(self, file_id: str, dest: str) -> str:
+        return self._call("files_download", file_id, dest)
+
+    def files_delete(self, file_id: str) -> dict:
+        return self._call("files_delete", file_id)
+
+    def files_update(self, file_id: str, changes: dict) -> dict:
+        return self._call("files_update", file_id, changes)

@@ -160,12 +160,13 @@ class SessionPipe:
         with self.space:
             if self.closed:
                 raise SessionStateError("the session is closed")
-            if len(self.queue) + rows > self.max_events:
+            # a weight larger than the whole budget is admitted once the queue is empty
+            if self.queue and len(self.queue) + rows > self.max_events:
                 if self.on_full_policy == "drop":
-                    self.dropped += rows
+                    self.dropped += len(event[2])
                     return False
                 self.blocked_waits += 1
-                while len(self.queue) + rows > self.max_events and not self.closed:
+                while self.queue and len(self.queue) + rows > self.max_events and not self.closed:
                     wake_writer()
                     self.space.wait(0.05)
             self.max_events -= rows - 1

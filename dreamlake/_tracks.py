@@ -13,7 +13,8 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from ._events import ROW, ROWS
-from ._values import PLAIN_SCALARS, capture_fields
+from ._pipe import EVENT_COST
+from ._values import PLAIN_SCALARS, approx_bytes, capture_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import Session
@@ -85,6 +86,13 @@ class Track:
         for value in fields.values():
             if type(value) not in PLAIN_SCALARS:  # containers, strings, numpy, ...
                 fields = capture_fields(fields)
+                fields["_ts"] = t
+                size = approx_bytes(fields)
+                if size > EVENT_COST:  # a large row takes budget in proportion
+                    weight = size // EVENT_COST
+                    event = (ROWS, self._stream, [(ROW, self._stream, t, fields)], weight)
+                    pipe.push_rows(event, weight, self._session._writer.wake)
+                    return
                 break
         fields["_ts"] = t  # fields is this call's own dict (or our copy)
         if len(pipe.queue) < pipe.max_events:
@@ -101,6 +109,8 @@ class Track:
         pipe = self._pipe
         stream = self._stream
         captured = []
+        weights = []  # running total of budget slots, per row
+        weight = 0
         pipe.ts_acquire()  # one lock for the batch: its auto _ts are consecutive
         try:
             last_auto, last = pipe.last_auto_ts, pipe.last_ts
@@ -126,16 +136,24 @@ class Track:
                     raise TypeError("field names must be str")
                 if not PLAIN_SCALARS.issuperset(map(type, fields.values())):
                     fields = capture_fields(fields)
+                    weight += approx_bytes(fields) // EVENT_COST
+                else:
+                    weight += 1
                 fields["_ts"] = ts
                 captured.append((ROW, stream, ts, fields))
+                weights.append(weight)
             pipe.last_auto_ts, pipe.last_ts = last_auto, last
         finally:
             pipe.ts_release()
-        step = pipe.batch_rows
         wake = self._session._writer.wake
-        for first in range(0, len(captured), step):
-            chunk = captured[first : first + step]
-            pipe.push_rows((ROWS, stream, chunk, len(chunk)), len(chunk), wake)
+        first, taken = 0, 0
+        while first < len(captured):  # chunks that each fit the writer's share
+            last = first + 1
+            while last < len(captured) and weights[last] - taken <= pipe.batch_rows:
+                last += 1
+            chunk_weight = max(1, weights[last - 1] - taken)
+            pipe.push_rows((ROWS, stream, captured[first:last], chunk_weight), chunk_weight, wake)
+            first, taken = last, weights[last - 1]
 
     def flush(self) -> dict:
         """Write this track's queued rows; returns what this flush window wrote:

@@ -19,6 +19,7 @@ __all__ = [
     "PLAIN_SCALARS",
     "capture",
     "capture_fields",
+    "approx_bytes",
     "tag_nonfinite",
     "untag_nonfinite",
     "NONFINITE_MARKER",
@@ -94,6 +95,20 @@ def capture(value: Any, depth: int = 0) -> Any:
 def capture_fields(fields: dict) -> dict:
     """Slow path of append(): copy a row whose values are not all plain scalars."""
     return {key: capture(value) for key, value in fields.items()}
+
+
+def approx_bytes(value: Any) -> int:
+    """A cheap estimate of a captured value's memory, for the queue budget."""
+    kind = type(value)
+    if kind is str:
+        return 50 + len(value)
+    if kind is list:
+        if set(map(type, value)) <= _FLAT_OK:
+            return 56 + 32 * len(value)
+        return 56 + sum(map(approx_bytes, value))
+    if kind is dict:
+        return 64 + sum(48 + approx_bytes(item) for item in value.values())
+    return 32
 
 
 def tag_nonfinite(value: Any) -> Any:

@@ -152,7 +152,7 @@ class Writer:
                         if held is None:
                             held = pending[target] = []
                         held.extend(event[2])
-                        pipe.held_rows += len(event[2])
+                        pipe.held_rows += event[3]  # budget weight, not row count
                         pipe.rows_taken(event[3])
                 elif kind == PARAMS:
                     for event in run:
@@ -188,12 +188,12 @@ class Writer:
                 del pending[stream]
                 pipe.open_ts.pop(stream, None)
                 pipe.open_since.pop(stream, None)
-            pipe.held_rows -= len(events)
             rows, ts = merge_events(events, stream.merge)
             if pipe.retry:
                 self._stash(pipe, stream, rows, ts)
             else:
                 self._write_rows(pipe, stream, rows, ts)
+        pipe.held_rows = sum(map(len, pending.values()))  # what is left: open rows
 
     def _close_aged(self, pipe: SessionPipe, opened_before: float) -> None:
         aged = [s for s, since in pipe.open_since.items() if since <= opened_before and s in pipe.pending]

@@ -229,3 +229,21 @@ def test_close_while_the_sink_fails_finishes_once_the_retry_succeeds(writer):
     assert sink.closed_with == ("completed", None)
     assert [r["i"] for r in sink.rows["t"]] == list(range(10))
     assert pipe not in writer.pipes()
+
+
+def test_large_rows_count_their_size_against_the_budget(tmp_path):
+    """A row of ~40 KB takes ~80 budget slots, so a 64 KiB budget holds about one."""
+    from dreamlake import Session
+
+    with Session(prefix="ws/big", root=str(tmp_path), memory_budget=64 << 10, on_full="drop") as s:
+        pipe = s._pipe
+        gate = threading.Event()
+        real_write = pipe.sink.write_rows
+        pipe.sink.write_rows = lambda *a: (gate.wait(10), real_write(*a))[1]
+        payload = "x" * 40_000
+        for i in range(50):
+            s.track("t").append(blob=payload, i=i)
+        dropped = s.health()["dropped"]
+        gate.set()
+        written = s.track("t").read(limit=100)["total"]
+    assert dropped > 0 and written + dropped == 50

@@ -1,22 +1,21 @@
 """The ledger: one human-readable JSON registry of runs per project root.
 
-File: ``<root>/ledger.json`` (``cat``/``jq`` friendly, 2-space indented)::
+File: ``<root>/ledger.json`` (``cat``/``grep``/``jq`` friendly: indented down to the
+runs, then one run per line)::
 
     {
       "format": "dreamlake.project.ledger",
       "version": 1,
-      "projects": {                       # keyed by relpath, "." for the root itself
+      "projects": {
         "imagenet/randaug": {
-          "train": {                      # keyed by identifier
-            "0001": {                     # keyed by uid
-              "status": "done",
-              "params": {"aug_level": 5},
-              "paramsHash": "3f0c...",
-              "storageMode": "subfolder",
-              "files": {"log": "imagenet/randaug/train/0001/train.log"},
-              "createdAt": "...", "updatedAt": "...", "startedAt": "...", "endedAt": "...",
-              "host": "...", "pid": 1234
-            }}}}}
+          "train": {
+            "0001": {"status": "done", "params": {"aug_level": 5}, "paramsHash": "3f0c...", "storageMode": "subfolder", "files": {"log": "imagenet/randaug/train/0001/train.log"}, "createdAt": "...", "updatedAt": "...", "startedAt": "...", "host": "...", "pid": 1234, "endedAt": "..."}
+          }
+        }
+      }
+    }
+
+``projects`` is keyed by relpath (``"."`` for the root itself), then identifier, then uid.
 
 Concurrency and crash safety:
 
@@ -40,12 +39,13 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import json
 import os
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
+
+import msgspec
 
 from .._errors import DreamLakeError
 
@@ -141,8 +141,8 @@ class Ledger:
 
     def _parse(self, data: bytes) -> dict:
         try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+            doc = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
             raise LedgerError(f"the run ledger {str(self.path)!r} is not valid JSON ({exc}); "
                               "fix or move it away — it is never overwritten while unreadable") from None
         if (
@@ -170,14 +170,14 @@ class Ledger:
             self._remove_stale_temps()
             try:
                 with open(self.path, "rb") as src:
-                    doc = self._parse(src.read())
+                    before = src.read()
+                doc = self._parse(before)
             except FileNotFoundError:
-                doc = _empty()
-            before = _dump(doc)
+                before, doc = b"", _empty()
             yield doc
-            text = _dump(doc)
-            if text != before:
-                self._replace(text)
+            data = _dump(doc)
+            if data != before:
+                self._replace(data)
         finally:
             os.close(fd)  # releases the lock
 
@@ -192,12 +192,12 @@ class Ledger:
                 with contextlib.suppress(OSError):
                     os.unlink(self.root / name)
 
-    def _replace(self, text: str) -> None:
+    def _replace(self, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=self.root)
         try:
             with os.fdopen(fd, "wb") as out:
                 os.fchmod(out.fileno(), 0o644)
-                out.write(text.encode("utf-8"))
+                out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
@@ -208,8 +208,31 @@ class Ledger:
         _fsync_dir(self.root)
 
 
-def _dump(doc: dict) -> str:
-    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+_encoder = msgspec.json.Encoder()
+
+
+def _one_line(value: Any) -> bytes:
+    """Compact JSON with a space after ``:`` and ``,`` (what ``json.dumps`` writes)."""
+    return msgspec.json.format(_encoder.encode(value), indent=0)
+
+
+def _block(items: list[bytes], indent: bytes) -> bytes:
+    return b"{\n" + b",\n".join(items) + b"\n" + indent + b"}" if items else b"{}"
+
+
+def _dump(doc: dict) -> bytes:
+    """Indented down to the runs, then one run per line: readable and ``grep``-able."""
+    projects = []
+    for relkey, identifiers in doc["projects"].items():
+        idents = [
+            b"      " + _one_line(identifier) + b": "
+            + _block([b"        " + _one_line(uid) + b": " + _one_line(rec) for uid, rec in runs.items()], b"      ")
+            for identifier, runs in identifiers.items()
+        ]
+        projects.append(b"    " + _one_line(relkey) + b": " + _block(idents, b"    "))
+    top = [b"  " + _one_line(key) + b": " + _one_line(value) for key, value in doc.items() if key != "projects"]
+    top.append(b'  "projects": ' + _block(projects, b"  "))
+    return _block(top, b"") + b"\n"
 
 
 def _fsync_dir(directory: Path) -> None:

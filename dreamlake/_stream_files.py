@@ -34,6 +34,8 @@ __all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS"]
 
 #: Rows encoded per C call; bounds how long the writer holds the GIL (~0.2 ms).
 ENCODE_CHUNK_ROWS = 1024
+#: ...and bytes per chunk, so large rows do not make large transient buffers.
+ENCODE_CHUNK_BYTES = 256 << 10
 
 _LITTLE = sys.byteorder == "little"
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
@@ -98,6 +100,7 @@ class StreamFiles:
         self._fds: tuple[int, int, int, int] | None = None
         # what we know after our own last append: (data size, rows, last ts)
         self._known: tuple[int, int, float] | None = None
+        self._chunk_rows = 64  # learned from the bytes per row of earlier chunks
 
     # -- file handles --------------------------------------------------------
     def _open(self) -> tuple[int, int, int, int]:
@@ -209,8 +212,10 @@ class StreamFiles:
                 self._mark_unsorted()
             written = 0
             while written < len(rows):
-                chunk = rows[written : written + ENCODE_CHUNK_ROWS]
+                chunk = rows[written : written + self._chunk_rows]
                 buf = encode_rows(chunk)
+                per_row = len(buf) // len(chunk) + 1
+                self._chunk_rows = max(8, min(ENCODE_CHUNK_ROWS, ENCODE_CHUNK_BYTES // per_row))
                 lines = buf.split(b"\n")
                 lines.pop()
                 starts = list(accumulate(map((1).__add__, map(len, lines)), initial=data_size))

@@ -175,3 +175,49 @@ def test_sigkill_never_loses_committed_runs_or_breaks_the_ledger(tmp_path):
         assert all(runs[uid]["status"] == "done" for uid in acknowledged)
     after = Project(tmp_path).session("train", {})
     assert int(after.uid) > max(map(int, ledger(tmp_path)["projects"]["."]["train"].keys() - {after.uid}))
+
+
+EXITS_WHILE_RUNNING = """
+    import sys
+    from dreamlake.project import Project
+    run = Project(sys.argv[1]).session("train", {"how": sys.argv[2]}).start()
+    run.track("loss").append(value=1)
+    if sys.argv[2] == "raises":
+        raise RuntimeError("diverged")
+"""
+
+
+@pytest.mark.parametrize("how", ["returns", "raises"])
+def test_a_run_left_running_at_exit_is_marked_error(tmp_path, how):
+    child = start_child(EXITS_WHILE_RUNNING, tmp_path, how)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == (1 if how == "raises" else 0), err
+    rec = ledger(tmp_path)["projects"]["."]["train"]["0001"]
+    assert rec["status"] == "error"
+    expected = "RuntimeError: diverged" if how == "raises" else "exited before done()"
+    assert expected in rec["error"]
+    sdir = tmp_path / "train" / "0001"
+    assert json.loads((sdir / "session.json").read_text())["status"] == "failed"
+    assert json.loads((sdir / "tracks" / "loss" / "data.jsonl").read_text())["value"] == 1
+    # RESUME does not take it for finished
+    assert Project(tmp_path).session("train", {"how": how}, "resume").uid == "0002"
+
+
+def test_projects_and_runs_travel_to_worker_processes(tmp_path):
+    import multiprocessing
+    import pickle
+
+    run = Project(tmp_path).sub("pool").session("train", {"lr": 1})
+    run.attach_files({"m": run.path("m.pt")})
+    copy = pickle.loads(pickle.dumps(run))
+    assert (copy.uid, copy.folder, copy.files["m"]) == (run.uid, run.folder, run.files["m"])
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        uid = pool.apply(_finish_in_worker, (run,))
+    assert uid == run.uid and run.is_done()
+    assert json.loads((run.folder / "session.json").read_text())["status"] == "completed"
+
+
+def _finish_in_worker(run):
+    with run:
+        run.log("from a worker")
+    return run.uid

@@ -41,7 +41,6 @@ import datetime as _dt
 import fcntl
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -112,8 +111,10 @@ class Ledger:
         self.root = Path(root)
         self.path = self.root / LEDGER_NAME
         self.lock_path = self.root / LOCK_NAME
-        self._cache: tuple[bytes, dict] | None = None
-        self._cache_lock = threading.Lock()
+        self._cache: tuple[bytes, dict] | None = None  # replaced whole: no lock needed
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
@@ -132,8 +133,7 @@ class Ledger:
         if cached is not None and cached[0] == data:
             return cached[1]
         doc = self._parse(data)
-        with self._cache_lock:
-            self._cache = (data, doc)
+        self._cache = (data, doc)
         return doc
 
     def record(self, relkey: str, identifier: str, uid: str) -> dict | None:

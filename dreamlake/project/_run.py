@@ -22,9 +22,12 @@ never starts a writer or creates session files.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import socket
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -43,6 +46,30 @@ __all__ = ["Run", "RunFiles", "SESSION_DIR_SUFFIX"]
 #: PREFIX mode: the DreamLake data of run ``0001`` lives in ``0001_dreamlake/``.
 SESSION_DIR_SUFFIX = "dreamlake"
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.@+=,:\- ]")
+
+# Runs started in this process and not yet ended (see _end_runs_at_exit).
+_started: "set[Run]" = set()
+_started_lock = threading.Lock()
+
+
+def _end_runs_at_exit() -> None:
+    """A run still RUNNING when its process exits did not finish: mark it ERROR (so
+    RESUME runs it again) with the reason, and close its session as failed."""
+    failed = getattr(sys, "last_value", None)
+    reason = (
+        f"process exited on {type(failed).__name__}: {failed}" if failed is not None else "process exited before done()"
+    )
+    with _started_lock:
+        runs = list(_started)
+    for run in runs:
+        if run._started_pid == os.getpid():  # not a forked child's copy
+            try:
+                run._end(Status.ERROR, reason)
+            except Exception:  # exit must go on
+                pass
+
+
+atexit.register(_end_runs_at_exit)
 
 
 # -- the adapter to dreamlake.Session (the only place that knows its constructor) --
@@ -133,6 +160,14 @@ class Run:
         self.storage_mode = StorageMode(record["storageMode"])
         self._record = record
         self._session: "Session | None" = None
+        self._started_pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        # Picklable for worker pools; the receiving process makes its own session.
+        return {**self.__dict__, "_session": None, "_started_pid": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     # -- identity and places -----------------------------------------------------
     @property
@@ -246,6 +281,9 @@ class Run:
             if opened_here:
                 _close_session_failed(session, "could not record the run as running in the ledger")
             raise
+        self._started_pid = os.getpid()
+        with _started_lock:
+            _started.add(self)
         return self
 
     def done(self) -> "Run":
@@ -257,6 +295,9 @@ class Run:
         return self._end(Status.ERROR, reason)
 
     def _end(self, status: Status, reason: str | None, exc_info: tuple | None = None) -> "Run":
+        with _started_lock:
+            _started.discard(self)
+        self._started_pid = None
         session = self._session
         problem: BaseException | None = None
         if _session_is_open(session):

@@ -39,10 +39,14 @@ _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 def _canonical(value: Any, where: str, depth: int) -> Any:
     if depth > _MAX_DEPTH:
         raise ValueError(f"params nested deeper than {_MAX_DEPTH} levels at {where}")
-    if value is None or isinstance(value, (bool, str)):
-        return value.value if isinstance(value, enum.Enum) else value
+    if value is None:
+        return None
     if isinstance(value, enum.Enum):
         return _canonical(value.value, where, depth + 1)
+    if isinstance(value, str):
+        return value if type(value) is str else str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):

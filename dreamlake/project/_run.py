@@ -130,15 +130,15 @@ class RunFiles(Mapping):
     def __call__(self) -> "RunFiles":
         return self
 
-    # -- DreamLake's files API (needs the run started) --
-    def upload(self, local_path: str | os.PathLike, path: str = "/", **kwargs: Any) -> dict:
-        return self._run.session.files.upload(local_path, path, **kwargs)
+    # -- DreamLake's files API (needs the run started); same signatures as Session.files --
+    def upload(self, local_path: str | os.PathLike, *args: Any, **kwargs: Any) -> dict:
+        return self._run.session.files.upload(local_path, *args, **kwargs)
 
-    def list(self, path: str | None = None, tags: list[str] | None = None) -> list[dict]:
-        return self._run.session.files.list(path, tags)
+    def list(self, *args: Any, **kwargs: Any) -> list[dict]:
+        return self._run.session.files.list(*args, **kwargs)
 
-    def download(self, file_id: str, dest: str | os.PathLike = ".") -> str:
-        return self._run.session.files.download(file_id, dest)
+    def download(self, file_id: str, *args: Any, **kwargs: Any) -> str:
+        return self._run.session.files.download(file_id, *args, **kwargs)
 
     def delete(self, file_id: str) -> dict:
         return self._run.session.files.delete(file_id)

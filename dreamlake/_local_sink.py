@@ -15,6 +15,7 @@ from typing import Any
 from ._file_store import FileStore
 from ._fsutil import locked, now_iso, read_json, write_json_atomic
 from ._stream_files import StreamFiles
+from ._values import tag_nonfinite, untag_nonfinite
 from ._writer import yield_gil
 
 __all__ = ["LocalSink", "track_dir", "list_track_names", "read_page", "read_ts_page", "track_stats"]
@@ -182,7 +183,7 @@ class LocalSink:
         path = os.path.join(self.directory, "parameters.json")
         with locked(os.path.join(self.directory, ".parameters.lock")):
             params = read_json(path, default={}) or {}
-            params.update(flat)
+            params.update(tag_nonfinite(flat))  # NaN/inf as {"$float": ...}: valid JSON
             write_json_atomic(path, params)
 
     def flush(self) -> None:
@@ -213,7 +214,7 @@ class LocalSink:
         return [track_stats(self.directory, name) for name in names]
 
     def params_get(self) -> dict:
-        return read_json(os.path.join(self.directory, "parameters.json"), default={}) or {}
+        return untag_nonfinite(read_json(os.path.join(self.directory, "parameters.json"), default={}) or {})
 
     def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict) -> dict:
         return self.files.upload(src, folder, description, tags, metadata)

@@ -29,6 +29,7 @@ __all__ = ["Session", "dreamlake_session", "LOG_LEVELS"]
 log = logging.getLogger("dreamlake")
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+_END_STATUSES = ("completed", "failed", "interrupted")
 _LEVEL_ALIASES = {"warning": "warn", "critical": "fatal"}
 _LOG_STREAM = "logs"
 _time = time.time
@@ -125,6 +126,7 @@ class Session:
         self._state = "created"
         self._status = "created"
         self._owner_pid = os.getpid()
+        self._close_callbacks: list[Callable[[str, str | None], Any]] = []
         self.params = Params(self)
         self.files = Files(self)
         self.tracks = Tracks(self)
@@ -186,9 +188,20 @@ class Session:
         _lifecycle.track_open(self)
         return self
 
-    def close(self) -> None:
-        """Write everything, mark the session completed and release it."""
-        self._finish("completed", None, self._timeout)
+    def close(self, status: str = "completed", error: str | None = None) -> None:
+        """Write everything, record ``status`` (completed, failed or interrupted)
+        and release the session."""
+        if status not in _END_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(_END_STATUSES)}, got {status!r}")
+        if error is not None and not isinstance(error, str):
+            raise TypeError("error must be a str")
+        self._finish(status, error, self._timeout)
+
+    def on_close(self, callback: Callable[[str, str | None], Any]) -> Callable:
+        """Call ``callback(status, error)`` once the session is closed, whatever
+        closes it: close(), a ``with`` block, interpreter exit or SIGTERM."""
+        self._close_callbacks.append(callback)
+        return callback
 
     def _finish(self, status: str, error: str | None, timeout: float | None) -> None:
         if self._state != "open":
@@ -203,6 +216,11 @@ class Session:
             self._state = "closed"
             self._status = status
             _lifecycle.track_closed(self)
+            for callback in self._close_callbacks:
+                try:
+                    callback(status, error)
+                except Exception as exc:  # a hook must not break closing
+                    log.error("dreamlake: on_close callback %r failed: %s", callback, exc)
 
     def _flush_quietly(self, timeout: float | None) -> None:
         if self._state == "open" and self._pipe is not None:

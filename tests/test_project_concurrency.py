@@ -221,3 +221,31 @@ def _finish_in_worker(run):
     with run:
         run.log("from a worker")
     return run.uid
+
+
+def test_sigterm_while_running_marks_the_run_error_in_the_ledger(tmp_path):
+    """The session is closed as interrupted by DreamLake's SIGTERM handler; the
+    run hears it through Session.on_close, so the ledger never stays RUNNING."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from dreamlake.project import Project
+        run = Project({str(tmp_path)!r}).session("train", params={{"lr": 0.1}})
+        run.start()
+        run.track("loss").append(value=1.0)
+        print("ready", flush=True)
+        sys.stdin.read()
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        child.kill()
+    rec = ledger(tmp_path)["projects"]["."]["train"]["0001"]
+    assert rec["status"] == "error" and "SIGTERM" in rec["error"]
+    sdir = tmp_path / "train" / "0001"
+    assert json.loads((sdir / "session.json").read_text())["status"] == "interrupted"
+    assert len((sdir / "tracks" / "loss" / "data.jsonl").read_text().splitlines()) == 1

@@ -230,3 +230,29 @@ def test_public_names_are_exported():
     for name in dreamlake.__all__:
         assert hasattr(dreamlake, name), name
     assert {"Session", "dreamlake_session"} <= set(dreamlake.__all__)
+
+
+def test_close_with_a_status_and_on_close_callbacks(tmp_path):
+    seen = []
+    s = Session(prefix="ws/st", root=str(tmp_path)).open()
+    s.on_close(lambda status, error: seen.append((status, error)))
+    with pytest.raises(ValueError):
+        s.close(status="great")
+    s.close(status="failed", error="diverged")
+    assert seen == [("failed", "diverged")]
+    meta = _meta(tmp_path / "ws" / "st")
+    assert meta["status"] == "failed" and meta["error"] == "diverged"
+
+
+def test_nonfinite_params_round_trip_and_file_stays_valid_json(tmp_path):
+    import math
+
+    with Session(prefix="ws/nan", root=str(tmp_path)) as s:
+        s.params.set(x=float("nan"), y=float("-inf"), z=1.5)
+        got = s.params.get()
+        assert math.isnan(got["x"]) and got["y"] == -math.inf and got["z"] == 1.5
+
+    def refuse(name):
+        raise AssertionError(name)
+
+    json.loads((tmp_path / "ws" / "nan" / "parameters.json").read_text(), parse_constant=refuse)

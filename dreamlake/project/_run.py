@@ -93,13 +93,7 @@ def _session_is_open(session: "Session | None") -> bool:
 
 
 def _close_session_failed(session: "Session", reason: str) -> None:
-    """Close as ``failed``. Session has no public "close with status" yet, so use its
-    internal finish when present (else a normal close)."""
-    finish = getattr(session, "_finish", None)
-    if finish is None:
-        session.close()
-    else:
-        finish("failed", reason, getattr(session, "_timeout", None))
+    session.close(status="failed", error=reason)
 
 
 class RunFiles(Mapping):
@@ -264,6 +258,7 @@ class Run:
         opened_here = False
         if not _session_is_open(session):
             session.open()
+            session.on_close(self._session_closed)
             opened_here = True
             config = self.config
             if config:
@@ -285,6 +280,14 @@ class Run:
         with _started_lock:
             _started.add(self)
         return self
+
+    def _session_closed(self, status: str, error: str | None) -> None:
+        """The session was closed by something other than this run (SIGTERM,
+        interpreter exit): record the outcome so the ledger never stays RUNNING."""
+        with _started_lock:
+            still_running = self in _started
+        if still_running:
+            self._end(Status.DONE if status == "completed" else Status.ERROR, error or status)
 
     def done(self) -> "Run":
         """Close the DreamLake session (completed) and mark DONE."""

@@ -156,6 +156,7 @@ class AgentServer:
         self.stopping = False
         self.started = time.time()
         self.protocol_errors = 0
+        self.opens = 0  # sessions opened by clients since start
         self._stop: anyio.Event | None = None
         self._encoder = FrameEncoder()
 
@@ -350,6 +351,7 @@ class AgentServer:
         if not owner:
             await self._send(client, Ok(message.seq, None))
             return
+        self.opens += 1
         try:
             result = await self._barrier(entry, "open", (dict(message.info),))
         except Exception as exc:
@@ -480,6 +482,7 @@ class AgentServer:
             "startedAt": self.started,
             "mergeWindow": self.merge_window,
             "protocolErrors": self.protocol_errors,
+            "opens": self.opens,
             "connections": len(self.clients),
             "sessions": [
                 {

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     timeout = _timeout(args)
     common = (["--quick"] if args.quick else []) + (["--rows-read", str(args.rows_read)] if args.rows_read else [])
     results: dict[str, dict] = {}
+    load_start = _load()
     t_start = time.perf_counter()
     try:
         for col, module, extra, probe in systems:
@@ -163,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    load_end = _load()
     title = (f"DreamLake benchmarks — {'quick' if args.quick else 'full'} run, "
              f"{_dt.datetime.now().astimezone().isoformat(timespec='seconds')}, "
-             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, commit {_git_commit() or '?'}")
+             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, commit {_git_commit() or '?'}, "
+             f"load avg {load_start} at start / {load_end} at end (other work on the machine adds noise)")
     table = render(results, dl_columns, title)
     print(table)
     doc = {
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "commit": _git_commit(),
             "wall_s": round(time.perf_counter() - t_start, 1),
+            "loadavg_1m": [load_start, load_end],
         },
         "systems": results,
         "table": table,
@@ -190,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     failed = [c for c in dl_columns if results[c].get("status") != "ok"
               or any(r.get("status") == "error" for r in results[c].get("workloads", {}).values())]
     return 1 if failed else 0
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _progress(msg: str) -> None:

@@ -80,6 +80,8 @@ def _child_env(scratch: Path) -> dict[str, str]:
         WANDB_CACHE_DIR=str(scratch / "wandb-cache"),
         WANDB_DATA_DIR=str(scratch / "wandb-data"),
         WANDB_ARTIFACT_DIR=str(scratch / "wandb-artifacts"),
+        # agent="auto" starts a private agent here; main() stops it at the end
+        DREAMLAKE_AGENT_SOCKET=str(scratch / "agent.sock"),
         MLFLOW_ALLOW_FILE_STORE="true",
         MLFLOW_DISABLE_TELEMETRY="true",
         MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false",
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 _progress(f"{col} {w}: {wres.get('status')} ({time.perf_counter() - t0:.1f} s)"
                           + (f" — {wres.get('reason')}" if wres.get("status") != "ok" else ""))
     finally:
+        _stop_agent(scratch / "agent.sock", env)
         shutil.rmtree(scratch, ignore_errors=True)
 
     load_end = _load()
@@ -194,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     failed = [c for c in dl_columns if results[c].get("status") != "ok"
               or any(r.get("status") == "error" for r in results[c].get("workloads", {}).values())]
     return 1 if failed else 0
+
+
+def _stop_agent(sock: Path, env: dict) -> None:
+    """Stop the agent a DreamLake agent-mode run started on our private socket."""
+    if not sock.exists():
+        return
+    try:
+        subprocess.run([sys.executable, "-m", "agent", "stop", "--socket", str(sock), "--timeout", "10"],
+                       cwd=REPO, env=env, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        _progress(f"could not stop the benchmark's agent at {sock}: {e}")
 
 
 def _load() -> float | None:

@@ -41,6 +41,7 @@ __all__ = ["MODES", "WORKLOADS", "Sizes", "FULL", "QUICK", "Target", "DreamLakeT
 #: Adding a mode is one line here, e.g. ``"agent": {"agent": "auto"},``.
 MODES: dict[str, dict[str, Any]] = {
     "thread": {},
+    "agent": {"agent": "auto"},  # the parent points $DREAMLAKE_AGENT_SOCKET at its scratch dir
 }
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -134,3 +135,10 @@ def test_private_dir_is_created_0700_and_open_dirs_are_refused(tmp_path):
     link.symlink_to(private)
     with pytest.raises(PermissionError):
         ensure_private_dir(str(link))
+
+
+def test_the_byte_examples_in_docs_protocol_md_are_what_we_send():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    dumps = {" ".join(line.split()) for line in doc.splitlines() if line.startswith("00 00 00 ")}
+    assert frames(Hello(1, {"pid": 42})).hex(" ") in dumps
+    assert frames(Rows("t", False, [{"_ts": 1.5, "v": 1}])).hex(" ") in dumps

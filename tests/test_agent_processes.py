@@ -376,7 +376,9 @@ AUTO = """
 
 def test_auto_starts_one_agent_even_when_clients_race_and_cli_status_stop(agents):
     address = "auto+" + agents.address
-    procs = [client(AUTO, address, agents.root, f"r{i}") for i in range(3)]
+    procs = [client(AUTO, address, agents.root, f"r{i}") for i in range(2)]
+    # plain "auto" uses the default socket, here redirected by DREAMLAKE_AGENT_SOCKET
+    procs.append(client(AUTO, "auto", agents.root, "r2", env={"DREAMLAKE_AGENT_SOCKET": agents.sock}))
     for proc in procs:
         expect_line(proc, "DONE")
         assert proc.wait(timeout=20) == 0, proc.stderr.read()

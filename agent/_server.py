@@ -354,9 +354,13 @@ class AgentServer:
         self.opens += 1
         try:
             result = await self._barrier(entry, "open", (dict(message.info),))
-        except Exception as exc:
-            client.owner = False
-            await self._leave(client, None, None)
+        except Exception as exc:  # could not open (permissions, ...): detach, close nothing
+            client.entry = None
+            entry.clients.discard(client)
+            if not entry.clients and self.sessions.get(directory) is entry:
+                del self.sessions[directory]
+                entry.pipe.mark_closed()
+                self.writer.unregister(entry.pipe)
             await self._send(client, _error_reply(message.seq, exc))
             return
         await self._send(client, Ok(message.seq, result))

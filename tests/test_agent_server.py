@@ -300,6 +300,18 @@ async def test_session_directories_that_escape_are_refused_but_the_connection_st
         assert isinstance(status, Ok) and status.result["sessions"] == []
 
 
+async def test_a_session_that_cannot_be_opened_is_an_error_and_the_connection_stays(sockdir, tmp_path):
+    async with running(make_agent(sockdir, tmp_path)) as agent:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        client = await RawClient.connect(agent.socket_path)
+        reply = await client.request(lambda seq: Open(seq, str(blocker / "ws" / "run"), {}))
+        assert isinstance(reply, Err) and reply.kind in ("NotADirectoryError", "FileExistsError"), reply
+        assert agent.sessions == {}
+        reply = await client.request(lambda seq: Open(seq, str(tmp_path / "ws" / "ok"), {}))
+        assert isinstance(reply, Ok)
+
+
 async def test_bad_calls_get_errors_and_the_connection_stays(sockdir, tmp_path):
     async with running(make_agent(sockdir, tmp_path)) as agent:
         client = await open_session(agent, str(tmp_path / "ws" / "calls"))

@@ -76,7 +76,7 @@ SHUTDOWN_GRACE = 10.0
 #: Seconds a worker thread waits on a barrier before checking for cancellation.
 WAIT_SLICE = 1.0
 #: Key of the log stream in a session's pipe (cannot collide with a track name).
-LOG_STREAM = "\x00logs"
+from dreamlake._pipe import LOG_STREAM  # noqa: E402  (one key for the log stream, both sides)
 _STATUS_RANK = {"completed": 0, "interrupted": 1, "failed": 2}
 _NUMBER = frozenset((float, int))
 

@@ -47,6 +47,7 @@ def track_open(session: "Session") -> None:
     with _lock:
         _open[id(session)] = session
     _install_sigterm()
+    _hook_multiprocessing()
 
 
 def track_closed(session: "Session") -> None:
@@ -99,11 +100,35 @@ def _install_sigterm() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    if not _open:
-        return
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:  # multiprocessing children leave through os._exit
-        mp_util.Finalize(None, _finish_all, args=("completed",), exitpriority=100)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Token:
+    """A weak-referenceable key for multiprocessing's after-fork registry."""
+
+
+_mp_token = _Token()
+_mp_hooked = False
+
+
+def _register_exit_flush() -> None:
+    """In a multiprocessing child: it leaves through ``os._exit``, skipping atexit,
+    but runs its finalizers first. (``Process._bootstrap`` clears the finalizer
+    registry after ``os.register_at_fork`` hooks run, so this is registered from
+    multiprocessing's own after-fork callbacks, which run after the clear.)"""
+    import multiprocessing.util as mp_util
+
+    if _open:
+        mp_util.Finalize(None, _finish_all, args=("completed",), exitpriority=100)
+
+
+def _hook_multiprocessing() -> None:
+    global _mp_hooked
+    if _mp_hooked:
+        return
+    _mp_hooked = True
+    import multiprocessing.util as mp_util
+
+    mp_util.register_after_fork(_mp_token, lambda token: _register_exit_flush())

@@ -20,12 +20,14 @@ from typing import Any
 
 from ._errors import SessionStateError
 
-__all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM"]
 
 #: Measured cost of one queued small-row event (tuple + dict of 3 floats), bytes.
 EVENT_COST = 512
 DEFAULT_MEMORY_BUDGET = 64 << 20
 MIN_MEMORY_BUDGET = 64 << 10
+#: The log stream's key: not a valid track name, so a track named "logs" is its own stream.
+LOG_STREAM = "\x00logs"
 #: Most rows the writer holds for one session before it writes them.
 MAX_WRITER_ROWS = 4096
 
@@ -98,6 +100,9 @@ class SessionPipe:
         self.writer_backlog = 0
         self.closed = False
         self.close_request: tuple | None = None
+        #: how long a stream's newest row stays open for merging (None: the writer's default);
+        #: the agent widens it so rows from several processes can meet
+        self.row_max_age: float | None = None
         # writer-side state (touched only by the writer thread)
         self.pending: dict[StreamRef, list] = {}
         self.held_rows = 0

@@ -19,7 +19,7 @@ from ._events import ROW
 from ._files_api import Files
 from ._names import check_track_name
 from ._params import Params
-from ._pipe import DEFAULT_MEMORY_BUDGET, SessionPipe
+from ._pipe import DEFAULT_MEMORY_BUDGET, LOG_STREAM, SessionPipe
 from ._tracks import Track, Tracks
 from ._values import capture, capture_fields
 from ._writer import Writer, get_writer
@@ -31,7 +31,6 @@ log = logging.getLogger("dreamlake")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 _END_STATUSES = ("completed", "failed", "interrupted")
 _LEVEL_ALIASES = {"warning": "warn", "critical": "fatal"}
-_LOG_STREAM = "logs"
 _time = time.time
 _warned_remote = False
 
@@ -282,7 +281,7 @@ class Session:
         if extra:
             entry.update(capture_fields(extra))
         pipe = self._require_pipe()
-        event = (ROW, pipe.stream(_LOG_STREAM, is_log=True), now, entry)
+        event = (ROW, pipe.stream(LOG_STREAM, is_log=True), now, entry)
         if len(pipe.queue) < pipe.max_events:
             pipe.push(event)
         else:
@@ -290,7 +289,7 @@ class Session:
 
     def logs(self, start_index: int = 0, limit: int = 1000) -> dict:
         """Read log entries back (same page shape as ``Track.read``)."""
-        return self._call("read", _LOG_STREAM, True, start_index, limit)
+        return self._call("read", LOG_STREAM, True, start_index, limit)
 
     def flush(self) -> list[dict]:
         """Write everything queued so far (all tracks, logs, params)."""

@@ -121,7 +121,7 @@ class Writer:
         now = time.monotonic()
         for pipe in pipes:
             self._write_pipe(pipe, hold_open=True)
-            self._close_aged(pipe, now - getattr(pipe, "row_max_age", ROW_MAX_AGE))
+            self._close_aged(pipe, now - (pipe.row_max_age or ROW_MAX_AGE))
             if pipe.pending_params:
                 self._write_params(pipe)
             if pipe.retry and now >= pipe.retry_at:

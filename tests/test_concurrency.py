@@ -380,3 +380,38 @@ def test_fork_while_another_thread_is_mid_append(tmp_path):
     sdir = tmp_path / "ws" / "run"
     assert [r["k"] for r in disk_rows(sdir, "forked")] == list(range(20))
     assert [r["i"] for r in disk_rows(sdir, "bg")] == list(range(n_bg))
+
+
+_MP_WORKERS = r"""
+import multiprocessing as mp, sys
+from dreamlake import Session
+
+def work(k):
+    # a DataLoader-style worker: logs and returns; multiprocessing ends it with os._exit
+    track = session.track("workers")
+    for i in range(50):
+        track.append(worker=k, i=i)
+
+if __name__ == "__main__":
+    session = Session(prefix="ws/mp", root=sys.argv[1]).open()
+    session.track("main").append(x=1)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=work, args=(k,)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0, p.exitcode
+    session.close()
+"""
+
+
+def test_multiprocessing_fork_workers_rows_land_without_explicit_flush(tmp_path):
+    """multiprocessing children leave through os._exit; their rows must still be written."""
+    script = tmp_path / "mp_workers.py"
+    script.write_text(_MP_WORKERS)
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=60)
+    rows = disk_rows(tmp_path / "ws" / "mp", "workers")
+    assert sorted((r["worker"], r["i"]) for r in rows) == [(k, i) for k in range(3) for i in range(50)]
+    meta = json.loads((tmp_path / "ws" / "mp" / "session.json").read_text())
+    assert meta["status"] == "completed"  # the workers did not close the parent's session

@@ -256,3 +256,12 @@ def test_nonfinite_params_round_trip_and_file_stays_valid_json(tmp_path):
         raise AssertionError(name)
 
     json.loads((tmp_path / "ws" / "nan" / "parameters.json").read_text(), parse_constant=refuse)
+
+
+def test_a_track_named_logs_is_not_the_log_stream(tmp_path):
+    with Session(prefix="ws/lg", root=str(tmp_path)) as s:
+        s.log("a log entry")
+        s.track("logs").append(value=1)
+        assert [p["data"]["value"] for p in s.track("logs").read()["data"]] == [1]
+        assert [p["data"]["message"] for p in s.logs()["data"]] == ["a log entry"]
+    assert (tmp_path / "ws" / "lg" / "tracks" / "logs" / "data.jsonl").exists()

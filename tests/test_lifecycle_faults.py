@@ -17,23 +17,14 @@ import time
 
 import pytest
 
+from disk import disk_rows, read_all, strict_loads
 from dreamlake import Session, dreamlake_session
 
 PREFIX = "ws/run"
 
 
-def _reject_constant(name):
-    raise ValueError(f"non-standard JSON constant {name!r} on disk")
 
 
-def strict_loads(text):
-    return json.loads(text, parse_constant=_reject_constant)
-
-
-def disk_rows(sdir, track):
-    text = (sdir / "tracks" / track / "data.jsonl").read_text()
-    assert text == "" or text.endswith("\n")
-    return [strict_loads(line) for line in text.splitlines()]
 
 
 def session_meta(sdir):
@@ -50,14 +41,6 @@ def log_messages(sdir):
     return [strict_loads(line)["message"] for line in (sdir / "logs.jsonl").read_text().splitlines()]
 
 
-def read_all(track):
-    out, start = [], 0
-    while True:
-        page = track.read(start_index=start, limit=1000)
-        out.extend(page["data"])
-        if not page["hasMore"] or not page["data"]:
-            return out
-        start = page["data"][-1]["index"] + 1
 
 
 def spawn(script, *args):

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from disk import disk_rows, read_all, strict_loads
 from dreamlake import Session
 
 WS, NAME = "ws", "run"
@@ -21,23 +22,7 @@ WS, NAME = "ws", "run"
 # ----------------------------------------------------------------- helpers
 
 
-def _reject_constant(name):
-    raise ValueError(f"non-standard JSON constant {name!r} on disk")
 
-
-def strict_loads(text):
-    """json.loads that fails on NaN/Infinity: files must stay valid JSON."""
-    return json.loads(text, parse_constant=_reject_constant)
-
-
-def disk_rows(sdir, track):
-    """All rows of a track as written on disk; every line must be a complete JSON object."""
-    path = sdir / "tracks" / track / "data.jsonl"
-    if not path.exists():
-        return []
-    text = path.read_text()
-    assert text == "" or text.endswith("\n"), "data.jsonl does not end with a newline"
-    return [strict_loads(line) for line in text.splitlines()]
 
 
 def point_ts(point):
@@ -51,14 +36,6 @@ def fields(point):
     return {k: v for k, v in point["data"].items() if k != "_ts"}
 
 
-def read_all(track):
-    out, start = [], 0
-    while True:
-        page = track.read(start_index=start, limit=1000)
-        out.extend(page["data"])
-        if not page["hasMore"] or not page["data"]:
-            return out
-        start = page["data"][-1]["index"] + 1
 
 
 def tree(root):

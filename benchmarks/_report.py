@@ -217,7 +217,7 @@ def _notes(results: dict[str, dict], dl_columns: list[str], ref: str | None) -> 
                      "extra mean step time ÷ 1 ms period (a step runs from its scheduled start, so late wake-ups "
                      "waiting for the GIL count); CPU-bound = the same steps back to back, no sleep.")
         if any("agent" in c for c in dl_columns):
-            notes.append("- dreamlake[agent]: peak RSS and bytes are the client process's; the agent process "
+            notes.append("- dreamlake[agent]: peak RSS is the client process's; the agent process "
                          "(started by agent=\"auto\" on a private socket) is not counted.")
         notes.append("- capped: a system far slower than the sizes assume stops at a time cap per loop "
                      "(or its own row cap); the figures cover the calls it made.")

@@ -4,8 +4,8 @@ the writer thread runs in a training process.
 For each session directory there is one :class:`~dreamlake._pipe.SessionPipe`
 with a :class:`~dreamlake._local_sink.LocalSink`, registered with this
 process's own writer (:func:`dreamlake._writer.get_writer`). A connection
-handler only decodes frames and pushes the same event tuples a ``Session``
-pushes (``ROWS``, ``PARAMS``, ``BARRIER`` from ``dreamlake._events``); for a
+handler only decodes frames and pushes the same items a ``Session`` pushes
+(through ``SessionPipe.push_batch``, ``push_params``, ``push_barrier``); for a
 barrier it waits for the :class:`~dreamlake._events.Waiter` in a worker thread
 and sends the result back. All clients of one session share its pipe, so rows
 get consecutive indices and equal-``_ts`` rows from different processes merge.
@@ -33,14 +33,13 @@ import socket
 import struct
 import time
 from array import array
-from itertools import repeat
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from anyio.abc import SocketAttribute, SocketStream
 
-from dreamlake._events import BARRIER, PARAMS, ROW, ROWS, Waiter
+from dreamlake._events import Waiter
 from dreamlake._local_sink import LocalSink
 from dreamlake._names import check_file_folder, check_segment, check_track_name
 from dreamlake._pipe import DEFAULT_MEMORY_BUDGET, SessionPipe
@@ -404,7 +403,7 @@ class AgentServer:
     # -- events ------------------------------------------------------------------
     async def _barrier(self, entry: _Session, op: str, args: tuple) -> Any:
         waiter = Waiter()
-        entry.pipe.push((BARRIER, op, args, waiter))
+        entry.pipe.push_barrier(op, args, waiter)
         self.writer.wake()
         while not await anyio.to_thread.run_sync(waiter.wait, WAIT_SLICE, abandon_on_cancel=True):
             pass
@@ -446,16 +445,15 @@ class AgentServer:
             for row, stamp in zip(rows, ts):
                 row["_ts"] = stamp
         pipe = entry.pipe
-        events = list(zip(repeat(ROW), repeat(stream), ts, rows))
+        stamps = ts.tolist()
         step = max(1, min(1024, pipe.max_events // 2))
         wake = self.writer.wake
-        for first in range(0, len(events), step):
-            chunk = events[first : first + step]
-            event = (ROWS, stream, chunk, len(chunk))
-            if len(pipe.queue) + len(chunk) <= pipe.max_events:
-                pipe.push_rows(event, len(chunk), wake)
+        for first in range(0, len(rows), step):
+            chunk_ts, chunk = stamps[first : first + step], rows[first : first + step]
+            if len(pipe.queue) + 3 * len(chunk) <= pipe.max_items:
+                pipe.push_batch(stream, chunk_ts, chunk, len(chunk), wake)
             else:  # at budget: wait for the writer in a thread (backpressure reaches the client)
-                await anyio.to_thread.run_sync(pipe.push_rows, event, len(chunk), wake)
+                await anyio.to_thread.run_sync(pipe.push_batch, stream, chunk_ts, chunk, len(chunk), wake)
 
     def _params(self, client: _Client, message: Params) -> None:
         entry = self._attached(client, "params")
@@ -463,7 +461,7 @@ class AgentServer:
             return
         if not all(isinstance(k, str) and k for k in message.values):
             raise ProtocolError("parameter names must be non-empty strings")
-        entry.pipe.push((PARAMS, message.values))
+        entry.pipe.push_params(message.values)
 
     async def _call(self, client: _Client, message: Call) -> None:
         entry = self._attached(client, "call")

@@ -1,8 +1,7 @@
 """The ``_ts`` merge rule and the open-row split, as pure functions.
 
-Rows reach the writer as ROW events ``(ROW, stream, ts, fields)`` whose
-``fields`` dict already holds ``"_ts"`` (the API stamps it). The writer keeps each
-stream's events in arrival order and, when it writes, calls:
+The writer keeps each stream's rows (dicts that already hold ``"_ts"``) and
+their ``_ts`` in two parallel lists, in arrival order, and when it writes calls:
 
 * :func:`open_group_start` — where the stream's trailing group of equal-``_ts``
   rows begins. That group is the stream's *open* row: it is held back (it may
@@ -23,21 +22,20 @@ from typing import Sequence
 __all__ = ["merge_events", "open_group_start", "merge_rows"]
 
 
-def open_group_start(events: Sequence[tuple]) -> int:
-    """Index of the first event of the trailing equal-``_ts`` group."""
-    k = len(events) - 1
+def open_group_start(ts: Sequence[float]) -> int:
+    """Index of the first row of the trailing equal-``_ts`` group."""
+    k = len(ts) - 1
     if k < 0:
         return 0
-    last = events[k][2]
-    while k > 0 and events[k - 1][2] == last:
+    last = ts[k]
+    while k > 0 and ts[k - 1] == last:
         k -= 1
     return k
 
 
-def merge_events(events: Sequence[tuple], merge: bool = True) -> tuple[list[dict], list[float]]:
-    """Rows and their ``_ts`` for a run of one stream's ROW events."""
-    ts = [event[2] for event in events]
-    rows = [event[3] for event in events]
+def merge_events(ts: list[float], rows: list[dict], merge: bool = True) -> tuple[list[dict], list[float]]:
+    """One stream's rows (in arrival order, ``ts[i]`` the ``_ts`` of ``rows[i]``)
+    with consecutive equal ``_ts`` merged, and their ``_ts``."""
     if not merge or len(set(ts)) == len(ts):  # no equal _ts at all: nothing to merge
         return rows, ts
     out_rows: list = []
@@ -61,6 +59,5 @@ def _merged(rows: list[dict]) -> dict:
 
 
 def merge_rows(rows: Sequence[tuple[float, dict]]) -> list[dict]:
-    """The rule over ``(ts, fields)`` pairs, decoded (for tests and docs)."""
-    events = [(None, None, ts, {**fields, "_ts": ts}) for ts, fields in rows]
-    return merge_events(events)[0]
+    """The rule over ``(ts, fields)`` pairs (for tests and docs)."""
+    return merge_events([ts for ts, _ in rows], [{**fields, "_ts": ts} for ts, fields in rows])[0]

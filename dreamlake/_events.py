@@ -1,16 +1,24 @@
 """The events that flow from the API objects to the writer.
 
-Events are plain tuples (the cheapest object CPython can build); the first item
-is the kind:
+A session's queue holds items in threes, each three pushed with one
+``deque.extend`` (atomic in CPython, so threes from several threads never
+interleave):
 
-    (ROW, stream, ts, line)            one track row or log entry; ``line`` is the
-                                        row encoded as JSON bytes, ``_ts`` included
-    (ROWS, stream, [ROW, ...], weight)  append_batch, or one large row; ``weight``
+    stream_id, ts, fields               one track row or log entry (stream_id >= 0;
+                                        ``fields`` already holds ``"_ts"``)
+    -ROWS,    (stream_id, ts_list, rows, weight), None
+                                        append_batch, or one large row; ``weight``
                                         is the budget slots it holds while queued
-    (PARAMS, flat_dict)                 a params.set() call, already flattened
-    (BARRIER, op, args, waiter)         run ``sink.<op>(*args)`` after everything
+    -PARAMS,  flat_dict, None           a params.set() call, already flattened
+    -BARRIER, (op, args, waiter), None  run ``sink.<op>(*args)`` after everything
                                         queued before it is written; the result
                                         goes to ``waiter``
+
+Why flat items rather than one tuple per event: a row's items are an int, a
+float and a dict of scalars, none of which CPython's cyclic GC tracks. Tuples
+would be tracked, promoted while they wait, and trigger full collections
+(measured: 6 full collections, 38-46 ms each on the caller's thread, per 300k
+queued rows, against 1 of 4-6 ms with flat items).
 
 A barrier is a marker in the stream, so a flush, read or close stays ordered
 with the data the same thread appended before it.
@@ -21,9 +29,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["ROW", "ROWS", "PARAMS", "BARRIER", "Waiter"]
+__all__ = ["ROWS", "PARAMS", "BARRIER", "Waiter"]
 
-ROW = 0
+# pushed negated as the first item of a three (stream ids are >= 0)
 ROWS = 1
 PARAMS = 2
 BARRIER = 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._events import PARAMS
 from ._values import capture
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,7 +51,7 @@ class Params:
         flat = flatten(values)
         if flat:
             pipe = self._session._require_pipe()
-            pipe.push((PARAMS, flat))
+            pipe.push_params(flat)
         return self
 
     update = set

@@ -1,15 +1,16 @@
 """A session's lock-free queue, its memory budget and its counters.
 
-Producers call ``pipe.push(event)`` — a bound ``deque.append``, atomic in
-CPython and lock-free. Only when the queue is at its budget does a producer
-take the slow path (:meth:`SessionPipe.on_full`), which applies the policy:
+Producers call ``pipe.push((stream_id, ts, fields))`` — a bound
+``deque.extend`` of one three (see :mod:`._events`), atomic in CPython and
+lock-free. Only when the queue is at its budget does a producer take the slow
+path (:meth:`SessionPipe.on_full`), which applies the policy:
 
 * ``block`` (default, lossless): wait until the writer has made room;
 * ``drop``: discard the event and count it.
 
-The budget is expressed in bytes and enforced as a number of queued events
-(``memory_budget // EVENT_COST``), which the hot path checks with one
-``len()``; events carrying large captured values also count their size.
+The budget is expressed in bytes and enforced as a number of queued items
+(three per event, ``memory_budget // EVENT_COST`` events), which the hot path
+checks with one ``len()``; events carrying large values count their size.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from ._errors import SessionStateError
+from ._events import BARRIER, PARAMS, ROWS
 
 __all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM"]
 
@@ -35,10 +37,11 @@ MAX_WRITER_ROWS = 4096
 class StreamRef:
     """One track (or the log stream) of one session, as the writer sees it."""
 
-    __slots__ = ("pipe", "name", "is_log", "merge", "flush_start", "flush_end", "flush_count", "__weakref__")
+    __slots__ = ("pipe", "sid", "name", "is_log", "merge", "flush_start", "flush_end", "flush_count", "__weakref__")
 
-    def __init__(self, pipe: "SessionPipe", name: str, is_log: bool = False) -> None:
+    def __init__(self, pipe: "SessionPipe", sid: int, name: str, is_log: bool = False) -> None:
         self.pipe = pipe
+        self.sid = sid  # what queue items carry: an int is not tracked by the GC
         self.name = name
         self.is_log = is_log
         self.merge = not is_log
@@ -73,7 +76,7 @@ class SessionPipe:
             raise ValueError(f"memory_budget must be at least {MIN_MEMORY_BUDGET} bytes")
         self.sink = sink
         self.queue: deque = deque()
-        self.push = self.queue.append
+        self.push = self.queue.extend
         self.memory_budget = memory_budget
         # the budget covers the queue (50 %), the rows the writer holds before
         # writing them (20 %), and allocator slack plus the writer's encode
@@ -81,10 +84,12 @@ class SessionPipe:
         # stalled sink nor large rows grow memory past it
         budget_events = memory_budget // EVENT_COST
         self.max_events = max(16, budget_events // 2)
+        self.max_items = 3 * self.max_events  # what the hot path compares len(queue) with
         self.batch_rows = max(8, min(MAX_WRITER_ROWS, budget_events // 5))
         self.on_full_policy = on_full
         self.space = threading.Condition(threading.Lock())
         self.streams: dict[str, StreamRef] = {}
+        self.stream_refs: list[StreamRef] = []  # by stream id
         self.last_ts = 0.0  # last _ts used on any track (for _ts=-1)
         self.last_auto_ts = 0.0  # last generated _ts (strictly increasing)
         self._make_ts_lock()
@@ -104,10 +109,10 @@ class SessionPipe:
         #: the agent widens it so rows from several processes can meet
         self.row_max_age: float | None = None
         # writer-side state (touched only by the writer thread)
-        self.pending: dict[StreamRef, list] = {}
+        self.pending: dict[int, list] = {}  # stream id -> [ts list, rows list]
         self.held_rows = 0
-        self.open_ts: dict[StreamRef, float] = {}
-        self.open_since: dict[StreamRef, float] = {}
+        self.open_ts: dict[int, float] = {}
+        self.open_since: dict[int, float] = {}
 
     def _make_ts_lock(self) -> None:
         # taken around the read-compare-store of the last auto _ts, so _ts stays
@@ -119,7 +124,7 @@ class SessionPipe:
     def mark_closed(self) -> None:
         """Make every later push raise, at no cost to the open hot path."""
         self.closed = True
-        self.max_events = -1
+        self.max_items = -1
         self.push = _refuse
 
     def after_fork_in_child(self) -> None:
@@ -138,11 +143,27 @@ class SessionPipe:
     def stream(self, name: str, is_log: bool = False) -> StreamRef:
         ref = self.streams.get(name)
         if ref is None:
-            ref = self.streams.setdefault(name, StreamRef(self, name, is_log))
+            with self.space:  # two threads may ask for a new stream at once
+                ref = self.streams.get(name)
+                if ref is None:
+                    ref = StreamRef(self, len(self.stream_refs), name, is_log)
+                    self.stream_refs.append(ref)
+                    self.streams[name] = ref
         return ref
 
     def is_full(self) -> bool:
-        return len(self.queue) + self.writer_backlog >= self.max_events
+        return len(self.queue) + 3 * self.writer_backlog >= self.max_items
+
+    # -- constructors of the non-row items (the agent uses them too) ---------------
+    def push_params(self, flat: dict) -> None:
+        self.push((-PARAMS, flat, None))
+
+    def push_barrier(self, op: str, args: tuple, waiter: Any) -> None:
+        self.push((-BARRIER, (op, args, waiter), None))
+
+    def push_batch(self, stream: StreamRef, ts: list, rows: list, weight: int, wake_writer) -> bool:
+        """Queue rows of one stream as one item worth ``weight`` budget slots."""
+        return self.push_rows((-ROWS, (stream.sid, ts, rows, weight), None), weight, wake_writer)
 
     def on_full(self, event: tuple, wake_writer) -> bool:
         """Slow path when the queue is at budget. Returns True if the event was queued."""
@@ -160,31 +181,32 @@ class SessionPipe:
         self.push(event)
         return True
 
-    def push_rows(self, event: tuple, rows: int, wake_writer) -> bool:
-        """Queue a ROWS event ``(ROWS, stream, [ROW events], weight)`` worth ``rows``
-        budget slots. While it waits it shrinks ``max_events`` by ``rows - 1``
-        until the writer takes it (:meth:`rows_taken`)."""
+    def push_rows(self, item: tuple, weight: int, wake_writer) -> bool:
+        """Queue a ROWS item (see :meth:`push_batch`) worth ``weight`` budget slots.
+        While it waits it shrinks ``max_items`` by ``3 * (weight - 1)`` until the
+        writer takes it (:meth:`rows_taken`)."""
+        extra = 3 * (weight - 1)
         with self.space:
             if self.closed:
                 raise SessionStateError("the session is closed")
             # a weight larger than the whole budget is admitted once the queue is empty
-            if self.queue and len(self.queue) + rows > self.max_events:
+            if self.queue and len(self.queue) + 3 * weight > self.max_items:
                 if self.on_full_policy == "drop":
-                    self.dropped += len(event[2])
+                    self.dropped += len(item[1][2])
                     return False
                 self.blocked_waits += 1
-                while self.queue and len(self.queue) + rows > self.max_events and not self.closed:
+                while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
                     wake_writer()
                     self.space.wait(0.05)
-            self.max_events -= rows - 1
-            self.push(event)
+            self.max_items -= extra
+            self.push(item)
             return True
 
-    def rows_taken(self, rows: int) -> None:
+    def rows_taken(self, weight: int) -> None:
         """Writer side of :meth:`push_rows`."""
         with self.space:
             if not self.closed:
-                self.max_events += rows - 1
+                self.max_items += 3 * (weight - 1)
             self.space.notify_all()
 
     def made_room(self) -> None:
@@ -194,7 +216,7 @@ class SessionPipe:
 
     def health(self) -> dict:
         return {
-            "queued": len(self.queue),
+            "queued": len(self.queue) // 3,
             "max_queued": self.max_events,
             "memory_budget": self.memory_budget,
             "on_full": self.on_full_policy,

@@ -15,7 +15,6 @@ from typing import Any, Callable
 from . import _lifecycle
 from ._config import SessionConfig, resolve
 from ._errors import SessionStateError
-from ._events import ROW
 from ._files_api import Files
 from ._names import check_track_name
 from ._params import Params
@@ -281,11 +280,11 @@ class Session:
         if extra:
             entry.update(capture_fields(extra))
         pipe = self._require_pipe()
-        event = (ROW, pipe.stream(LOG_STREAM, is_log=True), now, entry)
-        if len(pipe.queue) < pipe.max_events:
-            pipe.push(event)
+        item = (pipe.stream(LOG_STREAM, is_log=True).sid, now, entry)
+        if len(pipe.queue) < pipe.max_items:
+            pipe.push(item)
         else:
-            pipe.on_full(event, self._writer.wake)
+            pipe.on_full(item, self._writer.wake)
 
     def logs(self, start_index: int = 0, limit: int = 1000) -> dict:
         """Read log entries back (same page shape as ``Track.read``)."""

@@ -12,7 +12,6 @@ import time
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
-from ._events import ROW, ROWS
 from ._pipe import EVENT_COST
 from ._values import PLAIN_SCALARS, approx_bytes, capture_fields
 
@@ -38,12 +37,13 @@ def check_ts(value: Any) -> float:
 class Track:
     """One time series of a session; get it with ``session.track(name)``."""
 
-    __slots__ = ("_session", "_pipe", "_stream", "name")
+    __slots__ = ("_session", "_pipe", "_stream", "_sid", "name")
 
     def __init__(self, session: "Session", name: str) -> None:
         self._session = session
         self._pipe = session._require_pipe()
         self._stream = self._pipe.stream(name)
+        self._sid = self._stream.sid
         self.name = name
 
     def _stamp(self, _ts: Any) -> float:
@@ -89,16 +89,14 @@ class Track:
                 fields["_ts"] = t
                 size = approx_bytes(fields)
                 if size > EVENT_COST:  # a large row takes budget in proportion
-                    weight = size // EVENT_COST
-                    event = (ROWS, self._stream, [(ROW, self._stream, t, fields)], weight)
-                    pipe.push_rows(event, weight, self._session._writer.wake)
+                    pipe.push_batch(self._stream, [t], [fields], size // EVENT_COST, self._session._writer.wake)
                     return
                 break
         fields["_ts"] = t  # fields is this call's own dict (or our copy)
-        if len(pipe.queue) < pipe.max_events:
-            pipe.push((ROW, self._stream, t, fields))
+        if len(pipe.queue) < pipe.max_items:
+            pipe.push((self._sid, t, fields))
         else:
-            pipe.on_full((ROW, self._stream, t, fields), self._session._writer.wake)
+            pipe.on_full((self._sid, t, fields), self._session._writer.wake)
 
     def append_batch(self, rows: list[dict]) -> None:
         """Append many rows at once; each may carry its own ``_ts`` (same rules
@@ -108,7 +106,8 @@ class Track:
             raise TypeError(f"append_batch() takes a list of dicts, got {type(rows).__name__}")
         pipe = self._pipe
         stream = self._stream
-        captured = []
+        captured: list[dict] = []
+        stamps: list[float] = []
         weights = []  # running total of budget slots, per row
         weight = 0
         pipe.ts_acquire()  # one lock for the batch: its auto _ts are consecutive
@@ -140,7 +139,8 @@ class Track:
                 else:
                     weight += 1
                 fields["_ts"] = ts
-                captured.append((ROW, stream, ts, fields))
+                stamps.append(ts)
+                captured.append(fields)
                 weights.append(weight)
             pipe.last_auto_ts, pipe.last_ts = last_auto, last
         finally:
@@ -152,7 +152,7 @@ class Track:
             while last < len(captured) and weights[last] - taken <= pipe.batch_rows:
                 last += 1
             chunk_weight = max(1, weights[last - 1] - taken)
-            pipe.push_rows((ROWS, stream, captured[first:last], chunk_weight), chunk_weight, wake)
+            pipe.push_batch(stream, stamps[first:last], captured[first:last], chunk_weight, wake)
             first, taken = last, weights[last - 1]
 
     def flush(self) -> dict:

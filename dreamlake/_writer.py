@@ -31,7 +31,7 @@ from typing import Any
 
 from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
-from ._events import BARRIER, PARAMS, ROW, ROWS, Waiter
+from ._events import PARAMS, ROWS, Waiter
 from ._pipe import SessionPipe, StreamRef
 
 __all__ = ["Writer", "get_writer", "TICK", "ROW_MAX_AGE"]
@@ -49,7 +49,7 @@ SLICE_EVENTS = 256
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
 
-_kind_and_target = itemgetter(0, 1)
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def yield_gil() -> None:
@@ -86,7 +86,7 @@ class Writer:
     def call(self, pipe: SessionPipe, op: str, args: tuple = (), timeout: float | None = 60.0) -> Any:
         """Queue a barrier and wait for its result (see ``_events``)."""
         waiter = Waiter()
-        pipe.push((BARRIER, op, args, waiter))
+        pipe.push_barrier(op, args, waiter)
         self._wake.set()
         if not waiter.wait(timeout):
             from ._errors import FlushTimeout
@@ -130,75 +130,91 @@ class Writer:
                 self._close(pipe, *pipe.close_request)  # closed while rows were unwritten
 
     def _drain(self, pipe: SessionPipe) -> None:
-        """Move queued events into per-stream pending lists, a slice at a time."""
+        """Move queued items into per-stream pending lists, a slice at a time.
+        A slice of rows of one stream (the common case) moves with two C-level
+        slices; mixed slices go run by run."""
         queue = pipe.queue
         popleft = queue.popleft
-        pending = pipe.pending
-        while queue:
+        while len(queue) >= 3:
             if pipe.retry and pipe.writer_backlog >= pipe.max_events:
                 return  # sink failing and budget used: leave the rest queued
-            events = [popleft() for _ in range(min(SLICE_EVENTS, len(queue)))]
-            for (kind, target), run in groupby(events, _kind_and_target):
-                if kind == ROW:
-                    held = pending.get(target)
-                    if held is None:
-                        held = pending[target] = []
-                    before = len(held)
-                    held.extend(run)
-                    pipe.held_rows += len(held) - before
-                elif kind == ROWS:
-                    for event in run:
-                        held = pending.get(target)
-                        if held is None:
-                            held = pending[target] = []
-                        held.extend(event[2])
-                        pipe.held_rows += event[3]  # budget weight, not row count
-                        pipe.rows_taken(event[3])
-                elif kind == PARAMS:
-                    for event in run:
-                        pipe.pending_params.update(event[1])
-                else:
-                    for event in run:
-                        self._barrier(pipe, event)
+            items = [popleft() for _ in range(min(SLICE_EVENTS, len(queue) // 3) * 3)]
+            sids = items[0::3]
+            first = sids[0]
+            if first >= 0 and min(sids) == first == max(sids):
+                held = self._held(pipe, first)
+                held[0].extend(items[1::3])
+                held[1].extend(items[2::3])
+                pipe.held_rows += len(sids)
+            else:
+                for key, run in groupby(zip(sids, items[1::3], items[2::3]), _first):
+                    if key >= 0:
+                        run = list(run)
+                        held = self._held(pipe, key)
+                        held[0].extend(map(_second, run))
+                        held[1].extend(map(_third, run))
+                        pipe.held_rows += len(run)
+                    elif key == -ROWS:
+                        for _, (sid, ts, rows, weight), _ in run:
+                            held = self._held(pipe, sid)
+                            held[0].extend(ts)
+                            held[1].extend(rows)
+                            pipe.held_rows += weight  # budget weight, not row count
+                            pipe.rows_taken(weight)
+                    elif key == -PARAMS:
+                        for _, flat, _ in run:
+                            pipe.pending_params.update(flat)
+                    else:
+                        for _, barrier, _ in run:
+                            self._barrier(pipe, barrier)
             if pipe.blocked_waits:
                 pipe.made_room()
             if pipe.held_rows >= pipe.batch_rows:
                 self._write_pipe(pipe, hold_open=True)
             yield_gil()
 
-    def _write_pipe(self, pipe: SessionPipe, hold_open: bool, streams: list | None = None) -> None:
+    @staticmethod
+    def _held(pipe: SessionPipe, sid: int) -> list:
+        held = pipe.pending.get(sid)
+        if held is None:
+            held = pipe.pending[sid] = [[], []]
+        return held
+
+    def _write_pipe(self, pipe: SessionPipe, hold_open: bool, sids: list | None = None) -> None:
         """Write the pipe's pending rows; with ``hold_open`` each stream's open row
         (trailing equal-_ts group) stays pending so it can still merge."""
         pending = pipe.pending
-        for stream in list(pending) if streams is None else streams:
-            events = pending.get(stream)
-            if not events:
+        for sid in list(pending) if sids is None else sids:
+            held = pending.get(sid)
+            if not held or not held[0]:
                 continue
-            cut = open_group_start(events) if hold_open else len(events)
+            ts, rows = held
+            cut = open_group_start(ts) if hold_open else len(ts)
             if hold_open:
-                opened = events[cut][2]
-                if pipe.open_ts.get(stream) != opened:
-                    pipe.open_ts[stream] = opened
-                    pipe.open_since[stream] = time.monotonic()
+                opened = ts[cut]
+                if pipe.open_ts.get(sid) != opened:
+                    pipe.open_ts[sid] = opened
+                    pipe.open_since[sid] = time.monotonic()
                 if cut == 0:
                     continue
-                pending[stream] = events[cut:]
-                events = events[:cut]
+                pending[sid] = [ts[cut:], rows[cut:]]
+                ts, rows = ts[:cut], rows[:cut]
             else:
-                del pending[stream]
-                pipe.open_ts.pop(stream, None)
-                pipe.open_since.pop(stream, None)
-            rows, ts = merge_events(events, stream.merge)
+                del pending[sid]
+                pipe.open_ts.pop(sid, None)
+                pipe.open_since.pop(sid, None)
+            stream = pipe.stream_refs[sid]
+            rows, ts = merge_events(ts, rows, stream.merge)
             if pipe.retry:
                 self._stash(pipe, stream, rows, ts)
             else:
                 self._write_rows(pipe, stream, rows, ts)
-        pipe.held_rows = sum(map(len, pending.values()))  # what is left: open rows
+        pipe.held_rows = sum(len(held[0]) for held in pending.values())  # what is left: open rows
 
     def _close_aged(self, pipe: SessionPipe, opened_before: float) -> None:
-        aged = [s for s, since in pipe.open_since.items() if since <= opened_before and s in pipe.pending]
+        aged = [sid for sid, since in pipe.open_since.items() if since <= opened_before and sid in pipe.pending]
         if aged:
-            self._write_pipe(pipe, hold_open=False, streams=aged)
+            self._write_pipe(pipe, hold_open=False, sids=aged)
 
     def _write_rows(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list) -> bool:
         try:
@@ -260,8 +276,8 @@ class Writer:
         if pipe.pending_params:
             self._write_params(pipe)
 
-    def _barrier(self, pipe: SessionPipe, event: tuple) -> None:
-        _, op, args, waiter = event
+    def _barrier(self, pipe: SessionPipe, barrier: tuple) -> None:
+        op, args, waiter = barrier
         try:
             self._settle(pipe)
             if op == "flush":

@@ -3,8 +3,9 @@
 from dreamlake._batcher import merge_events, merge_rows, open_group_start
 
 
-def _ev(ts, **fields):
-    return (0, "s", ts, {**fields, "_ts": ts})
+def _rows(*pairs):
+    """(ts, fields) pairs as the writer holds them: a ts list and a rows list."""
+    return [ts for ts, _ in pairs], [{**fields, "_ts": ts} for ts, fields in pairs]
 
 
 def test_equal_ts_merges_and_later_fields_win():
@@ -21,19 +22,19 @@ def test_non_consecutive_equal_ts_does_not_merge():
 
 
 def test_distinct_ts_fast_path_returns_the_rows_themselves():
-    events = [_ev(1.0, a=1), _ev(2.0, a=2), _ev(3.0, a=3)]
-    rows, ts = merge_events(events)
+    ts_in, rows_in = _rows((1.0, {"a": 1}), (2.0, {"a": 2}), (3.0, {"a": 3}))
+    rows, ts = merge_events(ts_in, rows_in)
     assert ts == [1.0, 2.0, 3.0]
-    assert all(row is event[3] for row, event in zip(rows, events))  # no copies
+    assert rows is rows_in  # no copies
 
 
 def test_merge_disabled_for_log_streams():
-    rows, ts = merge_events([_ev(1.0, m="a"), _ev(1.0, m="b")], merge=False)
+    rows, ts = merge_events(*_rows((1.0, {"m": "a"}), (1.0, {"m": "b"})), merge=False)
     assert [r["m"] for r in rows] == ["a", "b"] and ts == [1.0, 1.0]
 
 
 def test_open_group_is_the_trailing_equal_ts_run():
     assert open_group_start([]) == 0
-    assert open_group_start([_ev(1.0), _ev(2.0), _ev(2.0)]) == 1
-    assert open_group_start([_ev(5.0), _ev(5.0)]) == 0
-    assert open_group_start([_ev(1.0), _ev(2.0), _ev(3.0)]) == 2
+    assert open_group_start([1.0, 2.0, 2.0]) == 1
+    assert open_group_start([5.0, 5.0]) == 0
+    assert open_group_start([1.0, 2.0, 3.0]) == 2

@@ -6,7 +6,6 @@ import threading
 import pytest
 
 from dreamlake._errors import SessionStateError, SinkError
-from dreamlake._events import ROW
 from dreamlake._pipe import SessionPipe
 from dreamlake._writer import Writer
 
@@ -60,10 +59,10 @@ def writer():
 def _push_rows(pipe, name, n, start=0):
     stream = pipe.stream(name)
     for i in range(start, start + n):
-        if len(pipe.queue) < pipe.max_events:
-            pipe.push((ROW, stream, float(i), {"i": i, "_ts": float(i)}))
+        if len(pipe.queue) < pipe.max_items:
+            pipe.push((stream.sid, float(i), {"i": i, "_ts": float(i)}))
         else:
-            pipe.on_full((ROW, stream, float(i), {"i": i, "_ts": float(i)}), lambda: None)
+            pipe.on_full((stream.sid, float(i), {"i": i, "_ts": float(i)}), lambda: None)
 
 
 def test_flush_barrier_returns_window_after_all_earlier_rows(writer):
@@ -133,24 +132,22 @@ def test_block_policy_loses_nothing_and_bounds_the_queue(writer):
     writer.call(pipe, "flush", (None,))
     assert [r["i"] for r in sink.rows["t"]] == list(range(n))
     assert pipe.dropped == 0 and pipe.blocked_waits > 0
-    assert max(peak) <= pipe.max_events
+    assert max(peak) <= pipe.max_items  # queue items, three per row
 
 
 def test_params_merge_and_close_marks_status(writer):
     sink = MemorySink()
     pipe = SessionPipe(sink)
     writer.register(pipe)
-    from dreamlake._events import PARAMS
-
-    pipe.push((PARAMS, {"a": 1, "b": 2}))
-    pipe.push((PARAMS, {"b": 3}))
+    pipe.push_params({"a": 1, "b": 2})
+    pipe.push_params({"b": 3})
     writer.call(pipe, "close", ("completed", None))
     assert sink.params == {"a": 1, "b": 3}
     assert sink.closed_with == ("completed", None)
     assert pipe not in writer.pipes()
     pipe.mark_closed()
     with pytest.raises(SessionStateError):
-        pipe.push((PARAMS, {"c": 1}))
+        pipe.push_params({"c": 1})
 
 
 def test_barrier_errors_reach_the_caller_not_the_writer(writer):
@@ -178,7 +175,7 @@ def test_many_producer_threads_one_stream(writer):
         barrier.wait()
         for i in range(2000):
             ts = float(k * 10**6 + i)
-            pipe.push((ROW, stream, ts, {"k": k, "i": i, "_ts": ts}))
+            pipe.push((stream.sid, ts, {"k": k, "i": i, "_ts": ts}))
 
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(8)]
     for t in threads:
@@ -193,8 +190,6 @@ def test_many_producer_threads_one_stream(writer):
 
 
 def test_batch_events_count_their_rows_against_the_budget(writer):
-    from dreamlake._events import ROWS
-
     sink = MemorySink()
     sink.gate.clear()
     pipe = SessionPipe(sink, memory_budget=64 << 10, on_full="drop")
@@ -203,8 +198,9 @@ def test_batch_events_count_their_rows_against_the_budget(writer):
     chunk = pipe.batch_rows
     accepted = 0
     for k in range(20):
-        rows = [(ROW, stream, float(k * chunk + i), {"i": k * chunk + i}) for i in range(chunk)]
-        if pipe.push_rows((ROWS, stream, rows, len(rows)), len(rows), writer.wake):
+        ts = [float(k * chunk + i) for i in range(chunk)]
+        rows = [{"i": k * chunk + i, "_ts": t} for i, t in zip(range(chunk), ts)]
+        if pipe.push_batch(stream, ts, rows, len(rows), writer.wake):
             accepted += len(rows)
     assert pipe.dropped > 0  # 20 chunks of budget/4 rows cannot all fit
     sink.gate.set()

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
+from itertools import chain, repeat
+from operator import setitem
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,7 @@ __all__ = ["Track", "Tracks", "check_ts"]
 
 _time = time.time
 _STR_ONLY = frozenset((str,))
+_DICT_ONLY = frozenset((dict,))
 
 
 def check_ts(value: Any) -> float:
@@ -104,6 +108,8 @@ class Track:
         raises and nothing of the batch is queued."""
         if not isinstance(rows, (list, tuple)):
             raise TypeError(f"append_batch() takes a list of dicts, got {type(rows).__name__}")
+        if rows and self._append_plain_batch(rows):
+            return
         pipe = self._pipe
         stream = self._stream
         captured: list[dict] = []
@@ -154,6 +160,38 @@ class Track:
             chunk_weight = max(1, weights[last - 1] - taken)
             pipe.push_batch(stream, stamps[first:last], captured[first:last], chunk_weight, wake)
             first, taken = last, weights[last - 1]
+
+    def _append_plain_batch(self, rows: list | tuple) -> bool:
+        """The common batch — dicts of plain scalars without ``_ts`` — checked and
+        copied with C-level passes over the whole batch. Returns False (nothing
+        queued) for any other batch, which then takes the row-by-row path."""
+        if not _DICT_ONLY.issuperset(map(type, rows)):
+            return False
+        keys = set().union(*rows)
+        if "_ts" in keys or not keys or not _STR_ONLY.issuperset(map(type, keys)):
+            return False
+        if not PLAIN_SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, rows)))):
+            return False
+        if not all(rows):
+            raise ValueError("append_batch() rows need at least one field besides _ts")
+        copies = list(map(dict, rows))
+        pipe = self._pipe
+        n = len(copies)
+        pipe.ts_acquire()  # the batch's auto _ts: consecutive, 1 µs apart, after any earlier
+        try:
+            now = _time()
+            base = now if now > pipe.last_auto_ts else pipe.last_auto_ts + 1e-6
+            stamps = [base + i * 1e-6 for i in range(n)]
+            pipe.last_auto_ts = pipe.last_ts = stamps[-1]
+        finally:
+            pipe.ts_release()
+        deque(map(setitem, copies, repeat("_ts", n), stamps), maxlen=0)
+        wake = self._session._writer.wake
+        step = pipe.batch_rows
+        for first in range(0, n, step):
+            last = first + step
+            pipe.push_batch(self._stream, stamps[first:last], copies[first:last], len(copies[first:last]), wake)
+        return True
 
     def flush(self) -> dict:
         """Write this track's queued rows; returns what this flush window wrote:

@@ -265,3 +265,25 @@ def test_a_track_named_logs_is_not_the_log_stream(tmp_path):
         assert [p["data"]["value"] for p in s.track("logs").read()["data"]] == [1]
         assert [p["data"]["message"] for p in s.logs()["data"]] == ["a log entry"]
     assert (tmp_path / "ws" / "lg" / "tracks" / "logs" / "data.jsonl").exists()
+
+
+def test_append_batch_fast_path_copies_stamps_in_order_and_falls_back(tmp_path):
+    with Session(prefix="ws/batch", root=str(tmp_path)) as s:
+        s.track("a").append(first=True)
+        rows = [{"v": i} for i in range(5)]
+        s.track("a").append_batch(rows)  # plain rows: the whole-batch fast path
+        rows[0]["v"] = 999  # captured at the call
+        # a mixed batch takes the row-by-row path; _ts=-1 is the batch's last _ts,
+        # so that row merges into the still-open v=4 row (later fields win)
+        s.track("a").append_batch([{"w": 5, "_ts": -1}, {"v": 6, "tag": "x" * 10}])
+        with pytest.raises(TypeError):
+            s.track("a").append_batch([{"v": 1}, "not a dict"])
+        with pytest.raises(TypeError):
+            s.track("a").append_batch([{"v": {1, 2}}])
+        with pytest.raises(ValueError):
+            s.track("a").append_batch([{"v": 1}, {}])
+        data = [p["data"] for p in s.track("a").read()["data"]]
+    assert [d.get("v") for d in data] == [None, 0, 1, 2, 3, 4, 6]
+    assert data[5]["w"] == 5 and data[6]["tag"] == "x" * 10
+    stamps = [d["_ts"] for d in data]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)

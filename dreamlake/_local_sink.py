@@ -22,7 +22,6 @@ __all__ = ["LocalSink", "track_dir", "list_track_names", "read_page", "read_ts_p
 
 #: Track metadata.json is rewritten at most this often while rows arrive (seconds).
 METADATA_INTERVAL = 1.0
-_RESERVED = {"data.jsonl", "metadata.json", "index.offsets", "index.ts", "index.unsorted", ".lock"}
 
 
 def track_dir(session_dir: str, name: str) -> str:

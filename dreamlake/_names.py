@@ -48,9 +48,19 @@ def _check_relative(value: object, what: str, allow_empty: bool) -> str:
     return "/".join(parts)
 
 
+#: Names of the files inside a track's directory: a track name segment may not be one.
+RESERVED_TRACK_SEGMENTS = frozenset(
+    ("data.jsonl", "metadata.json", "index.offsets", "index.ts", "index.unsorted", ".lock")
+)
+
+
 def check_track_name(value: object) -> str:
     """A hierarchical track name such as ``robot/pose/left``."""
-    return _check_relative(value, "track name", allow_empty=False)
+    name = _check_relative(value, "track name", allow_empty=False)
+    for part in name.split("/"):
+        if part in RESERVED_TRACK_SEGMENTS or part.startswith(".tmp"):
+            raise ValueError(f"track name {value!r} uses {part!r}, which names a file of the store")
+    return name
 
 
 def check_file_folder(value: object) -> str:

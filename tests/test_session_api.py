@@ -287,3 +287,12 @@ def test_append_batch_fast_path_copies_stamps_in_order_and_falls_back(tmp_path):
     assert data[5]["w"] == 5 and data[6]["tag"] == "x" * 10
     stamps = [d["_ts"] for d in data]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+@pytest.mark.parametrize("name", ["a/data.jsonl", "index.ts", "x/.lock/y", "metadata.json"])
+def test_track_names_that_would_collide_with_store_files_are_refused(tmp_path, name):
+    with Session(prefix="ws/res", root=str(tmp_path)) as s:
+        s.track("a").append(x=1)
+        with pytest.raises(ValueError, match="names a file of the store"):
+            s.track(name)
+        assert s.track("a").read()["total"] == 1

@@ -16,6 +16,7 @@ checks with one ``len()``; events carrying large values count their size.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -120,6 +121,16 @@ class SessionPipe:
         self.ts_lock = threading.Lock()
         self.ts_acquire = self.ts_lock.acquire
         self.ts_release = self.ts_lock.release
+
+    def next_auto_ts(self) -> float:
+        """Now, strictly after every auto ``_ts`` this session gave before."""
+        self.ts_acquire()
+        t = time.time()
+        if t <= self.last_auto_ts:
+            t = self.last_auto_ts + 1e-6
+        self.last_auto_ts = self.last_ts = t
+        self.ts_release()
+        return t
 
     def mark_closed(self) -> None:
         """Make every later push raise, at no cost to the open hot path."""

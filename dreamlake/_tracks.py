@@ -53,16 +53,10 @@ class Track:
     def _stamp(self, _ts: Any) -> float:
         pipe = self._pipe
         if _ts is None:
-            pipe.ts_acquire()
-            t = _time()
-            if t <= pipe.last_auto_ts:
-                t = pipe.last_auto_ts + 1e-6
-            pipe.last_auto_ts = pipe.last_ts = t
-            pipe.ts_release()
-            return t
+            return pipe.next_auto_ts()
         if _ts == -1 and (type(_ts) is int or type(_ts) is float):
             if pipe.last_ts == 0.0:
-                return self._stamp(None)
+                return pipe.next_auto_ts()
             return pipe.last_ts
         t = check_ts(_ts)
         pipe.last_ts = t
@@ -76,7 +70,7 @@ class Track:
         they are; anything else is copied and checked), push. Anything invalid
         raises here, never in the writer."""
         pipe = self._pipe
-        if _ts is None:
+        if _ts is None:  # SessionPipe.next_auto_ts, inlined: a call costs ~60 ns here
             pipe.ts_acquire()
             t = _time()
             if t <= pipe.last_auto_ts:

@@ -20,7 +20,6 @@ and retried with backoff; an explicit ``flush()`` reports it.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading

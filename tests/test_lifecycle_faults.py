@@ -7,8 +7,6 @@ what is on disk; never by sleeping for a guessed duration.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys

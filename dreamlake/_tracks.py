@@ -11,7 +11,7 @@ import math
 import time
 from collections import deque
 from itertools import chain, repeat
-from operator import setitem
+from operator import methodcaller, setitem
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,8 @@ __all__ = ["Track", "Tracks", "check_ts"]
 _time = time.time
 _STR_ONLY = frozenset((str,))
 _DICT_ONLY = frozenset((dict,))
+_NUMBER_ONLY = frozenset((int, float))
+_get_ts = methodcaller("get", "_ts")
 
 
 def check_ts(value: Any) -> float:
@@ -156,29 +158,42 @@ class Track:
             first, taken = last, weights[last - 1]
 
     def _append_plain_batch(self, rows: list | tuple) -> bool:
-        """The common batch — dicts of plain scalars without ``_ts`` — checked and
-        copied with C-level passes over the whole batch. Returns False (nothing
-        queued) for any other batch, which then takes the row-by-row path."""
+        """The common batch — dicts of plain scalars, with no ``_ts`` or with a
+        finite number as ``_ts`` in every row — checked and copied with C-level
+        passes over the whole batch. Returns False (nothing queued) for any other
+        batch (``_ts=-1`` or None in some rows, strings, containers), which then
+        takes the row-by-row path."""
         if not _DICT_ONLY.issuperset(map(type, rows)):
             return False
         keys = set().union(*rows)
-        if "_ts" in keys or not keys or not _STR_ONLY.issuperset(map(type, keys)):
+        if not keys or not _STR_ONLY.issuperset(map(type, keys)):
             return False
         if not PLAIN_SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, rows)))):
             return False
-        if not all(rows):
+        explicit = "_ts" in keys
+        if explicit:
+            given = list(map(_get_ts, rows))
+            if not _NUMBER_ONLY.issuperset(map(type, given)) or -1 in given or not all(map(math.isfinite, given)):
+                return False  # None, -1, bool or non-finite somewhere: row by row
+            if min(map(len, rows)) < 2:  # every row holds _ts: it needs one more field
+                raise ValueError("append_batch() rows need at least one field besides _ts")
+        elif not all(rows):
             raise ValueError("append_batch() rows need at least one field besides _ts")
         copies = list(map(dict, rows))
         pipe = self._pipe
         n = len(copies)
-        pipe.ts_acquire()  # the batch's auto _ts: consecutive, 1 µs apart, after any earlier
-        try:
-            now = _time()
-            base = now if now > pipe.last_auto_ts else pipe.last_auto_ts + 1e-6
-            stamps = [base + i * 1e-6 for i in range(n)]
-            pipe.last_auto_ts = pipe.last_ts = stamps[-1]
-        finally:
-            pipe.ts_release()
+        if explicit:
+            stamps = list(map(float, given))
+            pipe.last_ts = stamps[-1]
+        else:
+            pipe.ts_acquire()  # the batch's auto _ts: consecutive, 1 µs apart, after any earlier
+            try:
+                now = _time()
+                base = now if now > pipe.last_auto_ts else pipe.last_auto_ts + 1e-6
+                stamps = [base + i * 1e-6 for i in range(n)]
+                pipe.last_auto_ts = pipe.last_ts = stamps[-1]
+            finally:
+                pipe.ts_release()
         deque(map(setitem, copies, repeat("_ts", n), stamps), maxlen=0)
         wake = self._session._writer.wake
         step = pipe.batch_rows

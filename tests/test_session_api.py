@@ -296,3 +296,19 @@ def test_track_names_that_would_collide_with_store_files_are_refused(tmp_path, n
         with pytest.raises(ValueError, match="names a file of the store"):
             s.track(name)
         assert s.track("a").read()["total"] == 1
+
+
+def test_append_batch_with_explicit_ts_in_every_row(tmp_path):
+    with Session(prefix="ws/bts", root=str(tmp_path)) as s:
+        t = s.track("replay")
+        t.append_batch([{"_ts": 10 + i, "v": i} for i in range(4)] + [{"_ts": 13, "w": 9}])  # equal _ts merges
+        s.track("other").append(x=1, _ts=-1)  # -1 is the batch's last _ts
+        with pytest.raises(ValueError):
+            t.append_batch([{"_ts": 1.0, "v": 1}, {"_ts": 2.0}])
+        with pytest.raises(ValueError):
+            t.append_batch([{"_ts": float("nan"), "v": 1}])
+        data = [p["data"] for p in t.read()["data"]]
+        assert [(d["_ts"], d["v"]) for d in data] == [(10.0, 0), (11.0, 1), (12.0, 2), (13.0, 3)]
+        assert data[-1]["w"] == 9 and type(data[0]["_ts"]) is float
+        assert s.track("other").read()["data"][0]["data"]["_ts"] == 13.0
+        assert [p["index"] for p in t.read(start_ts=11, end_ts=13)["data"]] == [1, 2]

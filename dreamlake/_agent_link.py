@@ -59,8 +59,12 @@ log = logging.getLogger("dreamlake")
 CONNECT_TIMEOUT = 5.0
 #: How long ``agent="auto"`` waits for an agent it started (seconds).
 START_TIMEOUT = 20.0
-#: A send, or the wait for a barrier's reply, longer than this means the agent is gone (seconds).
+#: Waiting this long for a barrier's reply means the agent is gone (seconds); long,
+#: because an upload or a read of a big track is a legitimate slow barrier.
 IO_TIMEOUT = 120.0
+#: A send blocked this long means the agent stopped reading (frozen, stuck disk):
+#: the session falls back to writing itself rather than stall the training loop.
+SEND_TIMEOUT = 5.0
 
 _ERRORS: dict[str, type[BaseException]] = {
     "ValueError": ValueError,
@@ -114,13 +118,15 @@ class _Connection:
 
     def send(self, message: Any) -> None:
         try:
+            self.sock.settimeout(SEND_TIMEOUT)
             self.sock.sendall(self.encoder.encode(message))
-        except OSError as exc:
+        except OSError as exc:  # socket.timeout included
             raise AgentLost(f"sending to the agent failed: {exc}") from exc
 
     def receive(self) -> Any:
         while not self.replies:
             try:
+                self.sock.settimeout(IO_TIMEOUT)
                 data = self.sock.recv(1 << 16)
             except OSError as exc:
                 raise AgentLost(f"no reply from the agent: {exc}") from exc

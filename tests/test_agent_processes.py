@@ -476,3 +476,36 @@ def test_user_doc_examples_and_contract_suites_pass_in_agent_mode(agents):
     )
     served = json.loads(status.stdout)
     assert served["opens"] >= 50 and served["protocolErrors"] == 0
+
+
+def test_a_frozen_agent_does_not_stall_the_client(agents, monkeypatch):
+    """An agent that stops reading (SIGSTOP stands in for a hung disk) must not
+    stall the client: a blocked send gives up after SEND_TIMEOUT and the session
+    writes itself, with everything appended on disk."""
+    import dreamlake._agent_link as link
+    from dreamlake import Session
+
+    monkeypatch.setattr(link, "SEND_TIMEOUT", 0.5)
+    proc = agents.start()
+    session = Session(prefix="ws/frozen", root=str(agents.root), agent=agents.address).open()
+    try:
+        track = session.track("t")
+        track.append(i=-1)
+        track.flush()  # through the agent
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            payload = "x" * 2000
+            with pytest.warns(RuntimeWarning):
+                for i in range(2000):  # ~4 MB: more than the socket buffers hold
+                    track.append(i=i, pad=payload)
+                track.flush()
+            rows = track.read(limit=5000)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+    finally:
+        session.close()
+    assert [p["data"]["i"] for p in rows["data"]] == list(range(-1, 2000))
+    proc.send_signal(signal.SIGTERM)  # the agent resumes, drains what it had, exits
+    proc.wait(timeout=30)
+    on_disk = [p["data"]["i"] for p in read_all(Path(agents.root) / "ws" / "frozen", "t")["data"]]
+    assert sorted(on_disk) == list(range(-1, 2000)), "rows lost or written twice"

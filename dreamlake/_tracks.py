@@ -125,9 +125,8 @@ class Track:
                     ts = now if now > last_auto else last_auto + 1e-6
                     last_auto = last = ts
                 elif ts == -1 and type(ts) in (int, float):
-                    if last == 0.0:
-                        ts = now if now > last_auto else last_auto + 1e-6
-                        last_auto = ts
+                    if last == 0.0:  # no _ts yet in this session: -1 means now
+                        last = last_auto = now if now > last_auto else last_auto + 1e-6
                     ts = last
                 else:
                     ts = last = check_ts(ts)

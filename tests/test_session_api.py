@@ -312,3 +312,14 @@ def test_append_batch_with_explicit_ts_in_every_row(tmp_path):
         assert data[-1]["w"] == 9 and type(data[0]["_ts"]) is float
         assert s.track("other").read()["data"][0]["data"]["_ts"] == 13.0
         assert [p["index"] for p in t.read(start_ts=11, end_ts=13)["data"]] == [1, 2]
+
+
+def test_append_batch_minus_one_ts_as_the_first_row_of_a_session_is_now(tmp_path):
+    import time as _time
+
+    before = _time.time()
+    with Session(prefix="ws/first", root=str(tmp_path)) as s:
+        s.track("t").append_batch([{"_ts": -1, "v": 1}, {"v": 2}])
+        data = [p["data"] for p in s.track("t").read()["data"]]
+    assert data[0]["_ts"] >= before  # like append(_ts=-1) with no earlier _ts: now
+    assert data[1]["_ts"] > data[0]["_ts"]

@@ -1,15 +1,18 @@
 """The files area of a local session: ``files/<folder>/<id>/<filename>`` plus
-``files/.files_metadata.json`` (a JSON list of entries, updated under a lock)."""
+``files/.files_metadata.json`` (``{"files": [...]}``, updated under a lock; see
+:mod:`._format`)."""
 
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import os
 import shutil
 import uuid
 from typing import Any
 
 from ._errors import SinkError
+from ._format import files_doc, files_from_doc
 from ._fsutil import locked, now_iso, read_json, write_json_atomic
 
 __all__ = ["FileStore"]
@@ -37,6 +40,15 @@ def _public(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k != "deletedAt"}
 
 
+def _storage_path(entry: dict) -> str:
+    """Where an entry's bytes are, relative to ``files/`` (upstream's entries do
+    not record it: ``<path>/<id>/<filename>``)."""
+    stored = entry.get("storagePath")
+    if stored:
+        return stored
+    return "/".join(p for p in (entry.get("path", "").strip("/"), entry["id"], entry["filename"]) if p)
+
+
 class FileStore:
     def __init__(self, session_dir: str) -> None:
         self.root = os.path.join(session_dir, "files")
@@ -44,10 +56,13 @@ class FileStore:
         self.lock_path = os.path.join(self.root, ".lock")
 
     def _entries(self) -> list[dict]:
-        return read_json(self.index_path, default=[]) or []
+        return files_from_doc(read_json(self.index_path, default=None))
+
+    def _write_entries(self, entries: list[dict]) -> None:
+        write_json_atomic(self.index_path, files_doc(entries))
 
     def _stored_path(self, entry: dict) -> str:
-        return os.path.join(self.root, *entry["storagePath"].split("/"))
+        return os.path.join(self.root, *_storage_path(entry).split("/"))
 
     def upload(self, src: str, folder: str, description: str | None, tags: list, metadata: dict) -> dict:
         os.makedirs(self.root, exist_ok=True)
@@ -70,18 +85,21 @@ class FileStore:
             "description": description,
             "tags": list(tags),
             "metadata": metadata,
+            "contentType": mimetypes.guess_type(filename)[0] or "application/octet-stream",
             "storagePath": relative,
             "createdAt": stamp,
+            "uploadedAt": stamp,
             "updatedAt": stamp,
+            "deletedAt": None,
         }
         with locked(self.lock_path):
             entries = self._entries()
             replaced = [e for e in entries if e["path"] == logical and e["filename"] == filename]
             entries = [e for e in entries if e not in replaced] + [entry]
-            write_json_atomic(self.index_path, entries)
+            self._write_entries(entries)
         for old in replaced:
             shutil.rmtree(os.path.dirname(self._stored_path(old)), ignore_errors=True)
-        return dict(entry)
+        return _public(entry)
 
     def list(self, folder: str | None, tags: list | None) -> list[dict]:
         entries = self._entries()
@@ -113,7 +131,7 @@ class FileStore:
             entries = self._entries()
             entry = self._find(entries, file_id)
             entries.remove(entry)
-            write_json_atomic(self.index_path, entries)
+            self._write_entries(entries)
         shutil.rmtree(os.path.dirname(self._stored_path(entry)), ignore_errors=True)
         return _public(entry)
 
@@ -123,5 +141,5 @@ class FileStore:
             entry = self._find(entries, file_id)
             entry.update(changes)
             entry["updatedAt"] = now_iso()
-            write_json_atomic(self.index_path, entries)
+            self._write_entries(entries)
         return _public(entry)

@@ -8,17 +8,28 @@ locks of its own; cross-process safety comes from ``flock`` in
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from typing import Any
 
 from ._file_store import FileStore
+from ._format import params_doc, params_from_doc
 from ._fsutil import locked, now_iso, read_json, write_json_atomic
 from ._stream_files import StreamFiles
-from ._values import tag_nonfinite, untag_nonfinite
 from ._writer import yield_gil
 
-__all__ = ["LocalSink", "track_dir", "list_track_names", "read_page", "read_ts_page", "track_stats"]
+__all__ = [
+    "LocalSink",
+    "track_dir",
+    "list_track_names",
+    "read_page",
+    "read_ts_page",
+    "track_stats",
+    "read_params",
+    "log_paths",
+    "reader_stream",
+]
 
 #: Track metadata.json is rewritten at most this often while rows arrive (seconds).
 METADATA_INTERVAL = 1.0
@@ -38,10 +49,58 @@ def list_track_names(session_dir: str) -> list[str]:
     return sorted(names)
 
 
+def log_paths(session_dir: str) -> tuple[str, str]:
+    """(index directory, data file) of the log stream: ``logs/logs.jsonl`` (upstream's
+    path; ``logs.jsonl`` beside it is a link to it), or a store of this project's
+    earlier format, whose ``logs.jsonl`` is a plain file indexed under ``.logs/``."""
+    current = os.path.join(session_dir, "logs")
+    legacy = os.path.join(session_dir, "logs.jsonl")
+    if not os.path.exists(os.path.join(current, "logs.jsonl")) and os.path.isfile(legacy) and not os.path.islink(legacy):
+        return os.path.join(session_dir, ".logs"), legacy
+    return current, os.path.join(current, "logs.jsonl")
+
+
+def _settle_log_layout(session_dir: str) -> None:
+    """Give a session directory the current log layout: move an earlier-format
+    ``logs.jsonl`` into ``logs/`` (its derived index is rebuilt there) and link
+    ``logs.jsonl`` to ``logs/logs.jsonl``, so both paths name one file."""
+    index_dir, data_path = log_paths(session_dir)
+    target = os.path.join(session_dir, "logs", "logs.jsonl")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if data_path != target:
+        os.replace(data_path, target)
+        shutil.rmtree(index_dir, ignore_errors=True)
+    link = os.path.join(session_dir, "logs.jsonl")
+    if not os.path.lexists(link):
+        with open(target, "ab"):
+            pass
+        os.symlink(os.path.join("logs", "logs.jsonl"), link)
+
+
 def stream_files(session_dir: str, name: str, is_log: bool = False) -> StreamFiles:
     if is_log:
-        return StreamFiles(os.path.join(session_dir, ".logs"), os.path.join(session_dir, "logs.jsonl"))
+        index_dir, data_path = log_paths(session_dir)
+        return StreamFiles(index_dir, data_path, is_log=True)
     return StreamFiles(track_dir(session_dir, name))
+
+
+def reader_stream(session_dir: str, name: str, is_log: bool = False) -> StreamFiles:
+    """A stream for reading, its derived index brought up to date with the data
+    first (a store written by upstream or by a crashed process may lack it). On a
+    store this process may not write, it reads what is indexed."""
+    files = stream_files(session_dir, name, is_log)
+    try:
+        files.reconcile()
+    except PermissionError:
+        pass
+    finally:
+        files.close()
+    return files
+
+
+def read_params(session_dir: str) -> dict:
+    """The flat params of a session (``parameters.json`` in either format)."""
+    return params_from_doc(read_json(os.path.join(session_dir, "parameters.json"), default={}))[0]
 
 
 def _page(rows: list, total: int, start: int) -> dict:
@@ -90,16 +149,19 @@ def track_stats(session_dir: str, name: str) -> dict:
         updated = now_iso(data_stat.st_mtime)
     except FileNotFoundError:
         created = updated = None
+    total = files.count()
     return {
         "name": name,
         "trackId": name,
-        "totalDataPoints": files.count(),
+        "totalDataPoints": total,
+        "nextIndex": total,
         "firstTs": first,
         "lastTs": last,
         "createdAt": created,
         "updatedAt": updated,
         "description": meta.get("description"),
         "tags": meta.get("tags", []),
+        "metadata": meta.get("metadata"),
     }
 
 
@@ -111,6 +173,7 @@ class LocalSink:
         self._streams: dict[tuple[str, bool], StreamFiles] = {}
         self._meta_due: dict[str, float] = {}
         self._meta_dirty: set[str] = set()
+        self._log_sequence_due: int | None = None
         self.files = FileStore(self.directory)
 
     # -- lifecycle -----------------------------------------------------------
@@ -119,6 +182,7 @@ class LocalSink:
 
     def open(self, info: dict) -> dict:
         os.makedirs(os.path.join(self.directory, "tracks"), exist_ok=True)
+        _settle_log_layout(self.directory)
         with locked(os.path.join(self.directory, ".session.lock")):
             meta = read_json(self._session_json(), default={}) or {}
             stamp = now_iso()
@@ -163,7 +227,9 @@ class LocalSink:
     def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:
         files = self._files(name, is_log)
         if is_log:
-            return files.append(rows, ts, prepare=_stamp_log_entries, between_chunks=yield_gil)
+            first = files.append(rows, ts, between_chunks=yield_gil)
+            self._log_sequence_due = first + len(rows)
+            return first
         first = files.append(rows, ts, between_chunks=yield_gil)
         self._meta_dirty.add(name)
         now = time.monotonic()
@@ -181,13 +247,17 @@ class LocalSink:
     def write_params(self, flat: dict) -> None:
         path = os.path.join(self.directory, "parameters.json")
         with locked(os.path.join(self.directory, ".parameters.lock")):
-            params = read_json(path, default={}) or {}
-            params.update(tag_nonfinite(flat))  # NaN/inf as {"$float": ...}: valid JSON
-            write_json_atomic(path, params)
+            # NaN/inf as {"$float": ...}: valid JSON
+            write_json_atomic(path, params_doc(read_json(path, default={}), flat, now_iso()))
 
     def flush(self) -> None:
         for name in list(self._meta_dirty):
             self._write_track_metadata(name)
+        if self._log_sequence_due is not None:
+            # upstream 0.3 numbers its next log entry from this file
+            with open(os.path.join(self.directory, "logs", ".log_sequence"), "w") as out:
+                out.write(str(self._log_sequence_due))
+            self._log_sequence_due = None
 
     # -- reading (barriers: everything queued before is already written) ----
     def _reconciled(self, name: str, is_log: bool) -> StreamFiles:
@@ -213,7 +283,7 @@ class LocalSink:
         return [track_stats(self.directory, name) for name in names]
 
     def params_get(self) -> dict:
-        return untag_nonfinite(read_json(os.path.join(self.directory, "parameters.json"), default={}) or {})
+        return read_params(self.directory)
 
     def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict) -> dict:
         return self.files.upload(src, folder, description, tags, metadata)
@@ -230,9 +300,3 @@ class LocalSink:
     def files_update(self, file_id: str, changes: dict) -> dict:
         return self.files.update(file_id, changes)
 
-
-def _stamp_log_entries(rows: list, first: int) -> None:
-    """Log entries get their sequence number (= index) and a readable time."""
-    for seq, entry in enumerate(rows, first):
-        entry["seq"] = seq
-        entry["timestamp"] = now_iso(entry["_ts"])

@@ -20,7 +20,7 @@ from ._names import check_track_name
 from ._params import Params
 from ._pipe import DEFAULT_MEMORY_BUDGET, LOG_STREAM, SessionPipe
 from ._tracks import Track, Tracks
-from ._values import capture, capture_fields
+from ._values import capture
 from ._writer import Writer, get_writer
 
 __all__ = ["Session", "dreamlake_session", "LOG_LEVELS"]
@@ -255,7 +255,11 @@ class Session:
         return self._writer.call(self._require_pipe(), op, args, self._timeout)
 
     # -- the API -----------------------------------------------------------------
-    def track(self, name: str) -> Track:
+    def track(self, name: str | None = None) -> Track | Tracks:
+        """The track ``name`` (created on first append). Without a name, the tracks
+        builder of upstream 0.3: ``session.track().list_all()``."""
+        if name is None:
+            return self.tracks
         track = self._tracks.get(name)
         if track is None:
             track = Track(self, check_track_name(name))
@@ -263,7 +267,8 @@ class Session:
         return track
 
     def log(self, message: str, level: str = "info", metadata: dict | None = None, **extra: Any) -> None:
-        """Append a log entry (levels: debug, info, warn, error, fatal)."""
+        """Append a log entry (levels: debug, info, warn, error, fatal). Keyword
+        ``extra`` fields are merged into ``metadata``."""
         if not isinstance(message, str):
             raise TypeError(f"log message must be a str, got {type(message).__name__}")
         if not isinstance(level, str):
@@ -273,12 +278,10 @@ class Session:
             raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}")
         now = _time()
         entry: dict = {"_ts": now, "level": level, "message": capture(message)}
-        if metadata is not None:
-            if not isinstance(metadata, dict):
-                raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
-            entry["metadata"] = capture(metadata)
-        if extra:
-            entry.update(capture_fields(extra))
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if metadata or extra:  # keyword extras are stored in the entry's metadata
+            entry["metadata"] = capture({**(metadata or {}), **extra})
         pipe = self._require_pipe()
         item = (pipe.stream(LOG_STREAM, is_log=True).sid, now, entry)
         if len(pipe.queue) < pipe.max_items:

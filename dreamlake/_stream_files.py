@@ -1,8 +1,8 @@
 """One stream on disk: ``data.jsonl`` plus a derived binary index.
 
-Layout of a stream (a track directory, or ``.logs/`` for the log stream):
+Layout of a stream (a track directory, or ``logs/`` for the log stream):
 
-    data.jsonl      one JSON object per line, the row itself
+    data.jsonl      one JSON line per row (``logs.jsonl`` for logs; see :mod:`._format`)
     index.offsets   little-endian uint64 per row: byte offset of the row's line
     index.ts        little-endian float64 per row: the row's ``_ts``
     index.unsorted  present once a row's ``_ts`` went backwards (range reads scan)
@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ._values import NONFINITE_MARKER, tag_nonfinite, untag_nonfinite
+from ._format import decode_line, encode_log_lines, encode_track_lines, line_payload, line_ts
 
 __all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS"]
 
@@ -70,28 +70,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-_encoder = msgspec.json.Encoder()
-_decode = msgspec.json.Decoder().decode
-
-
-def decode_row(line: bytes) -> Any:
-    row = _decode(line)
-    if NONFINITE_MARKER in line:
-        row = untag_nonfinite(row)
-    return row
-
-
-def encode_rows(rows: list) -> bytes:
-    """JSON lines; non-finite floats (which msgspec writes as null) get tagged."""
-    buf = _encoder.encode_lines(rows)
-    if b"null" in buf:
-        buf = _encoder.encode_lines([tag_nonfinite(row) for row in rows])
-    return buf
-
-
 class StreamFiles:
-    def __init__(self, directory: str, data_path: str | None = None) -> None:
+    """One stream's files. ``is_log`` picks the line format (log entries or track rows)."""
+
+    def __init__(self, directory: str, data_path: str | None = None, is_log: bool = False) -> None:
         self.directory = directory
+        self._encode = encode_log_lines if is_log else encode_track_lines
         self.data_path = data_path or os.path.join(directory, "data.jsonl")
         self.offsets_path = os.path.join(directory, "index.offsets")
         self.ts_path = os.path.join(directory, "index.ts")
@@ -167,9 +151,8 @@ class StreamFiles:
             position = indexed_end
             for line in tail[:complete].split(b"\n")[:-1]:
                 try:
-                    row = decode_row(line)
-                    ts = float(row["_ts"])
-                except Exception:
+                    ts = line_ts(decode_line(line))
+                except msgspec.DecodeError:
                     ts = None  # a garbage line stays in the file but is never indexed
                 if ts is not None:
                     starts.append(position)
@@ -194,26 +177,22 @@ class StreamFiles:
         self,
         rows: list[dict],
         ts: list[float],
-        prepare: Callable[[list[dict], int], None] | None = None,
         between_chunks: Callable[[], None] | None = None,
     ) -> int:
         """Append rows under the stream lock; returns the index of the first.
 
-        ``rows`` are dicts (``_ts`` included). ``prepare(rows, first_index)``
-        may stamp them (log sequence numbers) once their indices are known.
+        ``rows`` are dicts (``_ts`` included); each line records its index.
         """
         data_fd, off_fd, ts_fd, lock_fd = self._open()
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         try:
             data_size, first, last_ts = self._reconcile(data_fd, off_fd, ts_fd)
-            if prepare is not None:
-                prepare(rows, first)
             if ts and (ts[0] < last_ts or any(map(gt, ts, islice(ts, 1, None)))):
                 self._mark_unsorted()
             written = 0
             while written < len(rows):
                 chunk = rows[written : written + self._chunk_rows]
-                buf = encode_rows(chunk)
+                buf = self._encode(chunk, first + written)
                 per_row = len(buf) // len(chunk) + 1
                 self._chunk_rows = max(8, min(ENCODE_CHUNK_ROWS, ENCODE_CHUNK_BYTES // per_row))
                 lines = buf.split(b"\n")
@@ -278,7 +257,7 @@ class StreamFiles:
             e = buf.find(b"\n", s)
             if e < 0:
                 break
-            out.append((start + i, stamps[i], decode_row(buf[s:e])))
+            out.append((start + i, stamps[i], line_payload(decode_line(buf[s:e]))))
         return out, total
 
     def index_range(self, start_ts: float | None, end_ts: float | None) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ._config import storage_root
 from ._fsutil import read_json
-from ._local_sink import list_track_names, read_page, stream_files, track_stats
+from ._local_sink import list_track_names, read_page, read_params, reader_stream
 
 __all__ = ["main"]
 
@@ -57,7 +57,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for directory in sessions:
         meta = read_json(str(directory / "session.json"), default={}) or {}
         names = list_track_names(str(directory))
-        rows = sum(stream_files(str(directory), n).count() for n in names)
+        rows = sum(reader_stream(str(directory), n).count() for n in names)
         prefix = f"{directory.parent.name}/{directory.name}"
         print(f"{prefix:<40} {session_status(meta):<12} {len(names):>6} {rows:>10,}  {meta.get('updatedAt', '')}")
     return 0
@@ -77,19 +77,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key in ("description", "tags", "folder", "createdAt", "closedAt", "error"):
         if meta.get(key):
             print(f"  {key}: {meta[key]}")
-    params = read_json(str(directory / "parameters.json"), default={}) or {}
+    params = read_params(str(directory))
     print(f"params ({len(params)})")
     for key, value in sorted(params.items()):
         print(f"  {key} = {_fmt(value)}")
     names = list_track_names(str(directory))
     print(f"tracks ({len(names)})")
     for name in names:
-        stats = track_stats(str(directory), name)
-        total = stats["totalDataPoints"]
-        last = read_page(stream_files(str(directory), name), max(0, total - 1), 1)["data"]
+        files = reader_stream(str(directory), name)
+        total = files.count()
+        last = read_page(files, max(0, total - 1), 1)["data"]
         last_row = {k: v for k, v in last[0]["data"].items() if k != "_ts"} if last else {}
         print(f"  {name:<24} {total:>9,} rows  last {_fmt(last_row)}")
-    logs = stream_files(str(directory), "logs", is_log=True)
+    logs = reader_stream(str(directory), "logs", is_log=True)
     total = logs.count()
     print(f"logs ({total}, last {min(args.logs, total)})")
     for entry in read_page(logs, max(0, total - args.logs), args.logs)["data"]:
@@ -100,7 +100,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     directory = _session_dir(args)
-    files = stream_files(str(directory), args.track, is_log=False) if args.track else stream_files(str(directory), "logs", True)
+    files = reader_stream(str(directory), args.track, is_log=False) if args.track else reader_stream(str(directory), "logs", True)
     if args.track and args.track not in list_track_names(str(directory)):
         raise SystemExit(f"dreamlake: no track {args.track!r} in {args.prefix}")
     total = files.count()

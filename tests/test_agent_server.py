@@ -117,7 +117,9 @@ def make_agent(sockdir, tmp_path):
 
 
 def lines(path):
-    return [json.loads(line) for line in open(path).read().splitlines()]
+    """A stream's lines as stored; a track row line ``{"index", "data"}`` gives its data."""
+    parsed = [json.loads(line) for line in open(path).read().splitlines()]
+    return [line["data"] if set(line) == {"index", "data"} else line for line in parsed]
 
 
 async def open_session(server, directory, info=None):

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from disk import disk_rows, read_all, strict_loads
+from disk import disk_logs, disk_rows, read_all, strict_loads
 from dreamlake import Session
 
 PREFIX = "ws/run"
@@ -123,8 +123,7 @@ def test_threads_appending_to_distinct_tracks_and_a_shared_one(tmp_path):
     for k in range(THREADS):
         assert [r["i"] for r in disk_rows(sdir, f"thread/{k}")] == list(range(PER_THREAD))
     assert_each_producer_complete_and_ordered(disk_rows(sdir, "mixed"), "thread", range(THREADS), PER_THREAD // 4)
-    logs = [strict_loads(line) for line in (sdir / "logs.jsonl").read_text().splitlines()]
-    assert len(logs) == THREADS * (PER_THREAD // 500)
+    assert len(disk_logs(sdir)) == THREADS * (PER_THREAD // 500)
 
 
 def test_reads_racing_appenders_see_consistent_prefixes(tmp_path):
@@ -223,8 +222,7 @@ def test_processes_appending_to_the_same_track(tmp_path):
     rows = disk_rows(sdir, "shared")
     assert len(rows) == PROCS * PER_PROC
     assert_each_producer_complete_and_ordered(rows, "proc", range(PROCS), PER_PROC)
-    logs = [strict_loads(line) for line in (sdir / "logs.jsonl").read_text().splitlines()]
-    assert len(logs) == PROCS * (PER_PROC // 300)
+    assert len(disk_logs(sdir)) == PROCS * (PER_PROC // 300)
     strict_loads((sdir / "session.json").read_text())  # concurrent metadata updates left valid JSON
     with Session(prefix=PREFIX, root=str(tmp_path)) as s:
         t = s.track("shared")
@@ -296,7 +294,7 @@ def test_fork_children_log_while_parent_logs(tmp_path, exit_style):
     assert seen == {f"child{k}": list(range(500)) for k in range(4)}
     for k in range(4):
         assert [r["i"] for r in disk_rows(sdir, f"child/{k}")] == list(range(500))
-    messages = [strict_loads(line)["message"] for line in (sdir / "logs.jsonl").read_text().splitlines()]
+    messages = [entry["message"] for entry in disk_logs(sdir)]
     assert sorted(m for m in messages if m.startswith("child")) == [f"child {k} done" for k in range(4)]
     assert "parent done" in messages
     assert strict_loads((sdir / "session.json").read_text())["status"] == "completed"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from disk import disk_rows, read_all, strict_loads
+from disk import disk_logs, disk_params, disk_rows, read_all, strict_loads
 from dreamlake import Session, dreamlake_session
 
 PREFIX = "ws/run"
@@ -29,14 +29,8 @@ def session_meta(sdir):
     return strict_loads((sdir / "session.json").read_text())
 
 
-def disk_params(sdir):
-    doc = strict_loads((sdir / "parameters.json").read_text())
-    # the design says "flattened params"; tolerate a {"data": {...}} envelope too
-    return doc["data"] if isinstance(doc.get("data"), dict) else doc
-
-
 def log_messages(sdir):
-    return [strict_loads(line)["message"] for line in (sdir / "logs.jsonl").read_text().splitlines()]
+    return [entry["message"] for entry in disk_logs(sdir)]
 
 
 
@@ -270,7 +264,7 @@ def test_kill9_in_thread_mode_loses_at_most_the_last_tick_and_files_stay_readabl
     complete = [strict_loads(line) for line in lines[:-1]]  # every complete line parses
     k = len(complete)
     assert k >= marker
-    assert [r["i"] for r in complete] == list(range(k)), "rows on disk are not a gapless prefix"
+    assert [(r["index"], r["data"]["i"]) for r in complete] == [(i, i) for i in range(k)], "rows on disk are not a gapless prefix"
 
     with Session(prefix=PREFIX, root=str(tmp_path)) as s:
         t = s.track("stream")
@@ -291,7 +285,7 @@ def test_kill9_in_thread_mode_loses_at_most_the_last_tick_and_files_stay_readabl
         except ValueError:
             broken.append(line)
     # the torn tail may be cut off or left as one skipped line; the new row is whole
-    assert [r["i"] for r in parsed] == list(range(k + 1))
+    assert [(r["index"], r["data"]["i"]) for r in parsed] == [(i, i) for i in range(k + 1)]
     assert len(broken) <= 1
 
 

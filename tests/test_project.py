@@ -12,6 +12,7 @@ import dreamlake.project as project_module
 from dreamlake import SessionStateError
 from dreamlake.project import ExistingRun, LedgerError, Project, Run, Status, StorageMode
 from dreamlake.project._params import canonical_params, params_hash
+from disk import disk_logs, disk_params, disk_rows
 
 
 def ledger(root):
@@ -395,9 +396,9 @@ def test_run_is_a_dreamlake_session_in_subfolder_mode(tmp_path):
     folder = tmp_path / "results" / "train" / "0001"
     assert run.session_dir == folder and run.is_done()
     assert json.loads((folder / "session.json").read_text())["status"] == "completed"
-    assert [r["value"] for r in jsonl(folder / "tracks" / "loss" / "data.jsonl")] == [1.0, 0.5, 1.0 / 3]
-    assert jsonl(folder / "logs.jsonl")[0]["message"] == "epoch done"
-    assert json.loads((folder / "parameters.json").read_text())["lr"] == 0.001
+    assert [r["value"] for r in disk_rows(folder, "loss")] == [1.0, 0.5, 1.0 / 3]
+    assert disk_logs(folder)[0]["message"] == "epoch done"
+    assert disk_params(folder)["lr"] == 0.001
     stored = folder / "files" / "models" / entry["id"] / "weights.bin"
     assert stored.read_bytes() == artifact.read_bytes()
 
@@ -412,8 +413,8 @@ def test_prefix_mode_runs_keep_separate_sessions(tmp_path):
     assert sorted(x.name for x in train.iterdir()) == ["0001_dreamlake", "0001_model.pt", "0002_dreamlake", "0002_model.pt"]
     for uid, lr in (("0001", 0.1), ("0002", 0.2)):
         sdir = train / f"{uid}_dreamlake"
-        assert [r["value"] for r in jsonl(sdir / "tracks" / "loss" / "data.jsonl")] == [lr]
-        assert json.loads((sdir / "parameters.json").read_text()) == {"lr": lr}
+        assert [r["value"] for r in disk_rows(sdir, "loss")] == [lr]
+        assert disk_params(sdir) == {"lr": lr}
 
 
 def test_exception_in_with_marks_error_and_the_session_failed(tmp_path):
@@ -427,8 +428,8 @@ def test_exception_in_with_marks_error_and_the_session_failed(tmp_path):
     assert rec["status"] == "error" and "ZeroDivisionError" in rec["error"]
     meta = json.loads((run.session_dir / "session.json").read_text())
     assert meta["status"] == "failed"
-    assert any("ZeroDivisionError" in e.get("traceback", "") for e in jsonl(run.session_dir / "logs.jsonl"))
-    assert jsonl(run.session_dir / "tracks" / "loss" / "data.jsonl")[0]["value"] == 1
+    assert any("ZeroDivisionError" in e.get("metadata", {}).get("traceback", "") for e in disk_logs(run.session_dir))
+    assert disk_rows(run.session_dir, "loss")[0]["value"] == 1
 
 
 def test_keyboard_interrupt_in_with_marks_error(tmp_path):
@@ -445,7 +446,7 @@ def test_error_closes_the_session_as_failed(tmp_path):
     run.error("nan loss")
     meta = json.loads((run.session_dir / "session.json").read_text())
     assert meta["status"] == "failed" and run.status is Status.ERROR
-    assert [e["level"] for e in jsonl(run.session_dir / "logs.jsonl")] == ["info", "error"]
+    assert [e["level"] for e in disk_logs(run.session_dir)] == ["info", "error"]
 
 
 def test_paths_and_status_never_open_a_session(tmp_path):

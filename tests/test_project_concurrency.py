@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dreamlake.project import Project
+from disk import disk_rows
 
 WORKERS = 16
 
@@ -88,7 +89,7 @@ def test_sixteen_processes_get_sixteen_uids_and_lose_no_update(tmp_path):
         folder = tmp_path / "train" / uid
         assert (folder / "model.pt").read_text() == str(worker)
         assert json.loads((folder / "session.json").read_text())["status"] == "completed"
-        assert json.loads((folder / "tracks" / "loss" / "data.jsonl").read_text())["value"] == worker
+        assert [row["value"] for row in disk_rows(folder, "loss")] == [worker]
     assert all(r.is_done() for r in Project(tmp_path).runs())
 
 
@@ -198,7 +199,7 @@ def test_a_run_left_running_at_exit_is_marked_error(tmp_path, how):
     assert expected in rec["error"]
     sdir = tmp_path / "train" / "0001"
     assert json.loads((sdir / "session.json").read_text())["status"] == "failed"
-    assert json.loads((sdir / "tracks" / "loss" / "data.jsonl").read_text())["value"] == 1
+    assert [row["value"] for row in disk_rows(sdir, "loss")] == [1]
     # RESUME does not take it for finished
     assert Project(tmp_path).session("train", {"how": how}, "resume").uid == "0002"
 

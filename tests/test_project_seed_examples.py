@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from disk import disk_params
+
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
@@ -59,7 +61,7 @@ def test_quick_start():
     rec = ledger("results")["projects"]["."]["train"]["0001"]
     assert rec["status"] == "done" and rec["params"] == {"lr": 1e-3}
     # the run was a DreamLake session too: params recorded, session completed
-    assert json.loads(Path("results/train/0001/parameters.json").read_text()) == {"lr": 1e-3}
+    assert disk_params(Path("results/train/0001")) == {"lr": 1e-3}
     assert json.loads(Path("results/train/0001/session.json").read_text())["status"] == "completed"
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from dreamlake import Session
+from disk import disk_logs, disk_params, disk_rows
 
 REMOTE_SKIP = "remote mode needs a DreamLake API server; none is available to the test run"
 
@@ -45,7 +46,7 @@ def jsonl(path):
 
 
 def rows(sdir, track):
-    return jsonl(sdir / "tracks" / track / "data.jsonl")
+    return disk_rows(sdir, track)
 
 
 def fields(row):
@@ -53,13 +54,7 @@ def fields(row):
 
 
 def logs(sdir):
-    return jsonl(sdir / "logs.jsonl")
-
-
-def disk_params(sdir):
-    doc = strict_loads((sdir / "parameters.json").read_text())
-    # the design says "flattened params"; tolerate a {"data": {...}} envelope too
-    return doc["data"] if isinstance(doc.get("data"), dict) else doc
+    return disk_logs(sdir)
 
 
 def meta(sdir):

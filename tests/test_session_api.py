@@ -9,6 +9,7 @@ import pytest
 
 import dreamlake
 from dreamlake import Session, SessionStateError, dreamlake_session
+from disk import disk_logs, disk_params, disk_rows
 
 
 def _meta(directory):
@@ -105,8 +106,7 @@ def test_decorator_injects_the_session_and_closes_it(tmp_path):
 
     assert train(3) == "done"
     assert not seen["session"]._is_open
-    lines = (tmp_path / "ws" / "deco" / "tracks" / "loss" / "data.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    assert [row["epoch"] for row in disk_rows(tmp_path / "ws" / "deco", "loss")] == [0, 1, 2]
 
 
 def test_exception_in_with_marks_failed_logs_it_and_reraises(tmp_path):
@@ -116,9 +116,9 @@ def test_exception_in_with_marks_failed_logs_it_and_reraises(tmp_path):
             1 / 0
     meta = _meta(tmp_path / "ws" / "boom")
     assert meta["status"] == "failed" and "ZeroDivisionError" in meta["error"]
-    entries = [json.loads(line) for line in (tmp_path / "ws" / "boom" / "logs.jsonl").read_text().splitlines()]
-    assert entries[-1]["level"] == "error" and "ZeroDivisionError" in entries[-1]["traceback"]
-    assert [e["seq"] for e in entries] == [0, 1]
+    entries = disk_logs(tmp_path / "ws" / "boom")
+    assert entries[-1]["level"] == "error" and "ZeroDivisionError" in entries[-1]["metadata"]["traceback"]
+    assert [e["sequenceNumber"] for e in entries] == [0, 1]
 
 
 def test_reopen_continues_indices_and_merges_params(tmp_path):
@@ -158,7 +158,7 @@ def test_params_flatten_merge_and_nest(tmp_path):
         assert s.params.get(flatten=False)["model"] == {"architecture": "resnet50", "layers": 50}
         with pytest.raises(TypeError):
             s.params.set(bad=object())
-    on_disk = json.loads((tmp_path / "ws" / "p" / "parameters.json").read_text())
+    on_disk = disk_params(tmp_path / "ws" / "p")
     assert on_disk["model.layers"] == 50 and on_disk["learning_rate"] == 0.0001
 
 
@@ -200,7 +200,7 @@ def test_upload_list_download_update_delete(tmp_path):
         with pytest.raises(KeyError):
             s.files.delete("no-such-id")
     index = json.loads((tmp_path / "store" / "ws" / "f" / "files" / ".files_metadata.json").read_text())
-    assert [e["filename"] for e in index] == ["cfg.json"]
+    assert [e["filename"] for e in index["files"]] == ["cfg.json"]
 
 
 def test_upload_refuses_directories_and_bad_metadata(tmp_path):

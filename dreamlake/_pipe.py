@@ -91,7 +91,9 @@ class SessionPipe:
         self.space = threading.Condition(threading.Lock())
         self.streams: dict[str, StreamRef] = {}
         self.stream_refs: list[StreamRef] = []  # by stream id
-        self.last_ts = 0.0  # last _ts used on any track (for _ts=-1)
+        #: ``.last``: the last ``_ts`` the current thread used on any track (``_ts=-1``);
+        #: per thread, so a robot thread and a training thread never borrow each other's
+        self.thread_ts = threading.local()
         self.last_auto_ts = 0.0  # last generated _ts (strictly increasing)
         self._make_ts_lock()
         # counters, read by health(); written by one side each
@@ -128,7 +130,7 @@ class SessionPipe:
         t = time.time()
         if t <= self.last_auto_ts:
             t = self.last_auto_ts + 1e-6
-        self.last_auto_ts = self.last_ts = t
+        self.last_auto_ts = self.thread_ts.last = t
         self.ts_release()
         return t
 

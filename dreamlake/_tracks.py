@@ -40,6 +40,22 @@ def check_ts(value: Any) -> float:
     return value
 
 
+def _positional_row(row: Any, fields: dict) -> dict:
+    """``append({"loss": 1})``: the dict is the row (keywords are added to it)."""
+    if type(row) is not dict:
+        if isinstance(row, Real):
+            raise TypeError(
+                f"append() got the number {row!r} as a positional argument; _ts and fields are "
+                "keywords: append(loss=0.5, step=3) or append(loss=0.5, _ts=t)"
+            )
+        if not isinstance(row, dict):
+            raise TypeError(f"append() takes a dict row or keyword fields, got {type(row).__name__}")
+    for key in row:
+        if type(key) is not str:
+            raise TypeError(f"field names must be str, got {type(key).__name__}")
+    return {**row, **fields}
+
+
 class Track:
     """One time series of a session; get it with ``session.track(name)``."""
 
@@ -57,27 +73,32 @@ class Track:
         if _ts is None:
             return pipe.next_auto_ts()
         if _ts == -1 and (type(_ts) is int or type(_ts) is float):
-            if pipe.last_ts == 0.0:
-                return pipe.next_auto_ts()
-            return pipe.last_ts
+            last = getattr(pipe.thread_ts, "last", 0.0)
+            return pipe.next_auto_ts() if last == 0.0 else last
         t = check_ts(_ts)
-        pipe.last_ts = t
+        pipe.thread_ts.last = t
         return t
 
-    def append(self, _ts: Any = None, **fields: Any) -> None:
-        """Append one row. ``_ts``: None → now, -1 → the session's last ``_ts``,
-        a number → used as is. Rows with equal ``_ts`` merge (see DESIGN §4).
+    def append(self, row: Any = None, /, _ts: Any = None, **fields: Any) -> "Track":
+        """Append one row and return the track (so appends chain). ``_ts``: None →
+        now, -1 → the last ``_ts`` this thread used in this session, a number →
+        used as is. Rows with equal ``_ts`` merge (see DESIGN §4). A dict passed
+        positionally is the row (``append({"loss": 0.1})``), keywords add to it.
 
         The hot path: stamp, capture (plain scalars are immutable and kept as
         they are; anything else is copied and checked), push. Anything invalid
         raises here, never in the writer."""
+        if row is not None:
+            fields = _positional_row(row, fields)
+            if "_ts" in fields:
+                _ts = fields.pop("_ts")
         pipe = self._pipe
         if _ts is None:  # SessionPipe.next_auto_ts, inlined: a call costs ~60 ns here
             pipe.ts_acquire()
             t = _time()
             if t <= pipe.last_auto_ts:
                 t = pipe.last_auto_ts + 1e-6
-            pipe.last_auto_ts = pipe.last_ts = t
+            pipe.last_auto_ts = pipe.thread_ts.last = t
             pipe.ts_release()
         else:
             t = self._stamp(_ts)
@@ -90,22 +111,28 @@ class Track:
                 size = approx_bytes(fields)
                 if size > EVENT_COST:  # a large row takes budget in proportion
                     pipe.push_batch(self._stream, [t], [fields], size // EVENT_COST, self._session._writer.wake)
-                    return
+                    return self
                 break
         fields["_ts"] = t  # fields is this call's own dict (or our copy)
         if len(pipe.queue) < pipe.max_items:
             pipe.push((self._sid, t, fields))
         else:
             pipe.on_full((self._sid, t, fields), self._session._writer.wake)
+        return self
 
-    def append_batch(self, rows: list[dict]) -> None:
+    log = append  # upstream 0.3's spelling
+
+    def append_batch(self, rows: list[dict]) -> dict:
         """Append many rows at once; each may carry its own ``_ts`` (same rules
         as :meth:`append`). Validated and captured as a whole: one bad row
-        raises and nothing of the batch is queued."""
+        raises and nothing of the batch is queued. Returns ``{"trackId",
+        "count"}`` at once (indices are assigned when the rows are written:
+        ``flush()`` reports them)."""
         if not isinstance(rows, (list, tuple)):
             raise TypeError(f"append_batch() takes a list of dicts, got {type(rows).__name__}")
+        result = {"trackId": self.name, "count": len(rows)}
         if rows and self._append_plain_batch(rows):
-            return
+            return result
         pipe = self._pipe
         stream = self._stream
         captured: list[dict] = []
@@ -114,7 +141,7 @@ class Track:
         weight = 0
         pipe.ts_acquire()  # one lock for the batch: its auto _ts are consecutive
         try:
-            last_auto, last = pipe.last_auto_ts, pipe.last_ts
+            last_auto, last = pipe.last_auto_ts, getattr(pipe.thread_ts, "last", 0.0)
             now = _time()
             for row in rows:
                 if type(row) is not dict:
@@ -143,7 +170,7 @@ class Track:
                 stamps.append(ts)
                 captured.append(fields)
                 weights.append(weight)
-            pipe.last_auto_ts, pipe.last_ts = last_auto, last
+            pipe.last_auto_ts, pipe.thread_ts.last = last_auto, last
         finally:
             pipe.ts_release()
         wake = self._session._writer.wake
@@ -155,6 +182,7 @@ class Track:
             chunk_weight = max(1, weights[last - 1] - taken)
             pipe.push_batch(stream, stamps[first:last], captured[first:last], chunk_weight, wake)
             first, taken = last, weights[last - 1]
+        return result
 
     def _append_plain_batch(self, rows: list | tuple) -> bool:
         """The common batch — dicts of plain scalars, with no ``_ts`` or with a
@@ -183,14 +211,14 @@ class Track:
         n = len(copies)
         if explicit:
             stamps = list(map(float, given))
-            pipe.last_ts = stamps[-1]
+            pipe.thread_ts.last = stamps[-1]
         else:
             pipe.ts_acquire()  # the batch's auto _ts: consecutive, 1 µs apart, after any earlier
             try:
                 now = _time()
                 base = now if now > pipe.last_auto_ts else pipe.last_auto_ts + 1e-6
                 stamps = [base + i * 1e-6 for i in range(n)]
-                pipe.last_auto_ts = pipe.last_ts = stamps[-1]
+                pipe.last_auto_ts = pipe.thread_ts.last = stamps[-1]
             finally:
                 pipe.ts_release()
         deque(map(setitem, copies, repeat("_ts", n), stamps), maxlen=0)
@@ -242,6 +270,8 @@ class Tracks:
 
     def list(self) -> list[dict]:
         return self._session._call("list_tracks")
+
+    list_all = list  # upstream 0.3: session.track().list_all()
 
     def __call__(self) -> "Tracks":
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -410,7 +411,7 @@ def test_torn_last_line_never_breaks_reading_and_later_appends_continue(tmp_path
             parsed.append(strict_loads(line))
         except ValueError:
             broken.append(line)
-    assert [r["i"] for r in parsed] == list(range(7))  # new rows are whole lines of their own
+    assert [(r["index"], r["data"]["i"]) for r in parsed] == [(i, i) for i in range(7)]  # new rows are whole lines of their own
     assert len(broken) <= 1
 
 
@@ -502,3 +503,54 @@ def test_upload_of_missing_file_raises_filenotfounderror_at_the_call(session, tm
     with pytest.raises(FileNotFoundError):
         session.files.upload(str(tmp_path / "does-not-exist.pth"), path="/models")
     assert session.files.list() == []
+
+
+# ---------------------------------------------------------------- upstream 0.3 call shapes
+
+
+def test_append_chains_log_is_a_synonym_and_a_dict_positional_is_the_row(tmp_path):
+    with Session(prefix="ws/chain", root=str(tmp_path)) as s:
+        t = s.track("a")
+        assert t.append(x=1).append(x=2) is t
+        assert t.log(x=3) is t
+        t.append({"x": 4, "_ts": 50.0}, y=1)  # dict positional, keywords added, _ts inside
+        with pytest.raises(TypeError, match="keywords"):
+            t.append(3, loss=0.5)  # the step as a positional: refused, not stored as _ts
+        with pytest.raises(TypeError, match="field names must be str"):
+            t.append({1: 2})
+        result = s.track("b").append_batch([{"v": 1}, {"v": 2}])
+        assert result["count"] == 2 and result["trackId"] == "b"
+        assert [tr["name"] for tr in s.track().list_all()] == ["a", "b"]
+        rows = [p["data"] for p in t.read()["data"]]
+    assert [r["x"] for r in rows] == [1, 2, 3, 4]
+    assert rows[3] == {"x": 4, "y": 1, "_ts": 50.0}
+    assert all(r["_ts"] > 1e9 for r in rows[:3])
+
+
+def test_ts_minus_one_borrows_only_this_threads_last_stamp(tmp_path):
+    """A robot thread and a training thread log into one session: ``_ts=-1`` in
+    each gets its own thread's last stamp, never the other's."""
+    start = threading.Barrier(2)
+    with Session(prefix="ws/threads", root=str(tmp_path)) as s:
+
+        def robot():
+            start.wait()
+            for i in range(2000):
+                s.track("robot/pose").append(q=i, _ts=1000.0 + i)
+                s.track("robot/cam").append(frame=i, _ts=-1)
+
+        def train():
+            start.wait()
+            for i in range(2000):
+                s.track("train").append(loss=i, _ts=5000.0 + i)
+                s.track("train/extra").append(lr=i, _ts=-1)
+
+        threads = [threading.Thread(target=robot), threading.Thread(target=train)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        cam = read_all(s.track("robot/cam"))
+        extra = read_all(s.track("train/extra"))
+    assert [(p["data"]["frame"], p["data"]["_ts"]) for p in cam] == [(i, 1000.0 + i) for i in range(2000)]
+    assert [(p["data"]["lr"], p["data"]["_ts"]) for p in extra] == [(i, 5000.0 + i) for i in range(2000)]

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._errors import SinkError
 from ._format import files_doc, files_from_doc
-from ._fsutil import locked, now_iso, read_json, write_json_atomic
+from ._fsutil import locked, now_iso, read_json_to_update, write_json_atomic
 
 __all__ = ["FileStore"]
 
@@ -56,7 +56,7 @@ class FileStore:
         self.lock_path = os.path.join(self.root, ".lock")
 
     def _entries(self) -> list[dict]:
-        return files_from_doc(read_json(self.index_path, default=None))
+        return files_from_doc(read_json_to_update(self.index_path, default=None))
 
     def _write_entries(self, entries: list[dict]) -> None:
         write_json_atomic(self.index_path, files_doc(entries))

@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import shutil
 import tempfile
+import time
 from typing import Any, Iterator
 
-__all__ = ["write_json_atomic", "read_json", "locked", "now_iso"]
+__all__ = ["write_json_atomic", "read_json", "read_json_to_update", "locked", "now_iso"]
+
+log = logging.getLogger("dreamlake")
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -28,12 +33,29 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def read_json(path: str, default: Any = None) -> Any:
+    """A JSON file for reading only: ``default`` when missing or not JSON."""
     try:
         with open(path, encoding="utf-8") as src:
             return json.load(src)
     except FileNotFoundError:
         return default
     except ValueError:
+        return default
+
+
+def read_json_to_update(path: str, default: Any = None) -> Any:
+    """A JSON file about to be rewritten. A file that is not valid JSON is never
+    silently replaced: it is kept as ``<path>.corrupt-<time>`` with a warning,
+    and ``default`` is returned, so the caller writes a fresh one beside the copy."""
+    try:
+        with open(path, encoding="utf-8") as src:
+            return json.load(src)
+    except FileNotFoundError:
+        return default
+    except ValueError as exc:
+        keep = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        shutil.copy2(path, keep)
+        log.warning("dreamlake: %s is not valid JSON (%s); kept it as %s and started a new one", path, exc, keep)
         return default
 
 

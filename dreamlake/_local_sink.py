@@ -7,16 +7,17 @@ locks of its own; cross-process safety comes from ``flock`` in
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ._file_store import FileStore
 from ._format import params_doc, params_from_doc
-from ._fsutil import locked, now_iso, read_json, write_json_atomic
-from ._stream_files import StreamFiles
+from ._fsutil import locked, now_iso, read_json, read_json_to_update, write_json_atomic
+from ._stream_files import IndexCorrupt, StreamFiles
 from ._writer import yield_gil
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "log_paths",
     "reader_stream",
 ]
+
+log = logging.getLogger("dreamlake")
 
 #: Track metadata.json is rewritten at most this often while rows arrive (seconds).
 METADATA_INTERVAL = 1.0
@@ -115,12 +118,29 @@ def _page(rows: list, total: int, start: int) -> dict:
     }
 
 
+def _rebuilt_on_corruption(read: Callable[[], dict], files: StreamFiles) -> dict:
+    """Run a read; if it finds the derived index disagreeing with the data, rebuild
+    the index from the data (warned) and read again."""
+    try:
+        return read()
+    except IndexCorrupt:
+        files.rebuild_index()
+        return read()
+
+
 def read_page(files: StreamFiles, start_index: int, limit: int) -> dict:
-    rows, total = files.read(start_index, limit)
-    return _page(rows, total, start_index)
+    def read() -> dict:
+        rows, total = files.read(start_index, limit)
+        return _page(rows, total, start_index)
+
+    return _rebuilt_on_corruption(read, files)
 
 
 def read_ts_page(files: StreamFiles, start_ts: float | None, end_ts: float | None, limit: int) -> dict:
+    return _rebuilt_on_corruption(lambda: _read_ts_page(files, start_ts, end_ts, limit), files)
+
+
+def _read_ts_page(files: StreamFiles, start_ts: float | None, end_ts: float | None, limit: int) -> dict:
     from ._stream_files import _Unsorted
 
     try:
@@ -174,6 +194,8 @@ class LocalSink:
         self._meta_due: dict[str, float] = {}
         self._meta_dirty: set[str] = set()
         self._log_sequence_due: int | None = None
+        #: failed rewrites of derived files (track metadata.json, logs/.log_sequence)
+        self.derived_errors = 0
         self.files = FileStore(self.directory)
 
     # -- lifecycle -----------------------------------------------------------
@@ -184,7 +206,7 @@ class LocalSink:
         os.makedirs(os.path.join(self.directory, "tracks"), exist_ok=True)
         _settle_log_layout(self.directory)
         with locked(os.path.join(self.directory, ".session.lock")):
-            meta = read_json(self._session_json(), default={}) or {}
+            meta = read_json_to_update(self._session_json(), default={}) or {}
             stamp = now_iso()
             meta.update({k: v for k, v in info.items() if v is not None or k not in meta})
             meta.setdefault("createdAt", stamp)
@@ -204,7 +226,7 @@ class LocalSink:
     def close(self, status: str, error: str | None) -> None:
         self.flush()
         with locked(os.path.join(self.directory, ".session.lock")):
-            meta = read_json(self._session_json(), default={}) or {}
+            meta = read_json_to_update(self._session_json(), default={}) or {}
             stamp = now_iso()
             meta.update(status=status, closedAt=stamp, updatedAt=stamp, error=error)
             write_json_atomic(self._session_json(), meta)
@@ -239,25 +261,41 @@ class LocalSink:
         return first
 
     def _write_track_metadata(self, name: str) -> None:
-        self._meta_dirty.discard(name)
+        """Rewrite a track's derived ``metadata.json``. Best effort: the rows are
+        already written, so a failure here (disk full) must not fail the write and
+        have the rows retried; the file stays dirty and is rewritten later."""
         path = os.path.join(track_dir(self.directory, name), "metadata.json")
-        stats = track_stats(self.directory, name)
-        write_json_atomic(path, stats)
+        try:
+            write_json_atomic(path, track_stats(self.directory, name))
+        except OSError as exc:
+            self._derived_failed(path, exc)
+        else:
+            self._meta_dirty.discard(name)
+
+    def _derived_failed(self, path: str, exc: OSError) -> None:
+        self.derived_errors += 1
+        if self.derived_errors == 1:
+            log.warning("dreamlake: could not rewrite %s (%s); rows are written, it is retried later", path, exc)
 
     def write_params(self, flat: dict) -> None:
         path = os.path.join(self.directory, "parameters.json")
         with locked(os.path.join(self.directory, ".parameters.lock")):
             # NaN/inf as {"$float": ...}: valid JSON
-            write_json_atomic(path, params_doc(read_json(path, default={}), flat, now_iso()))
+            write_json_atomic(path, params_doc(read_json_to_update(path, default={}), flat, now_iso()))
 
     def flush(self) -> None:
         for name in list(self._meta_dirty):
             self._write_track_metadata(name)
         if self._log_sequence_due is not None:
             # upstream 0.3 numbers its next log entry from this file
-            with open(os.path.join(self.directory, "logs", ".log_sequence"), "w") as out:
-                out.write(str(self._log_sequence_due))
-            self._log_sequence_due = None
+            path = os.path.join(self.directory, "logs", ".log_sequence")
+            try:
+                with open(path, "w") as out:
+                    out.write(str(self._log_sequence_due))
+            except OSError as exc:
+                self._derived_failed(path, exc)
+            else:
+                self._log_sequence_due = None
 
     # -- reading (barriers: everything queued before is already written) ----
     def _reconciled(self, name: str, is_log: bool) -> StreamFiles:

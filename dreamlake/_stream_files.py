@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import logging
 import os
 import sys
 from array import array
@@ -30,12 +31,30 @@ import msgspec
 
 from ._format import decode_line, encode_log_lines, encode_track_lines, line_payload, line_ts
 
-__all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS"]
+__all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS", "IndexCorrupt"]
+
+#: Index entries checked against the data when a process first opens a stream.
+SPOT_CHECKS = 16
+
+
+class IndexCorrupt(Exception):
+    """The derived index disagrees with the data (bad offsets, wrong ``_ts``):
+    :meth:`StreamFiles.rebuild_index` makes it again from the data."""
+
+
+def _row_matches(obj: Any, position: int, stamp: float) -> bool:
+    """Does a stored line agree with its index entry (its index and its ``_ts``)?"""
+    if type(obj) is dict and type(obj.get("data")) is dict and "index" in obj and obj["index"] != position:
+        return False
+    ts = line_ts(obj)
+    return ts is None or ts == stamp
 
 #: Rows encoded per C call; bounds how long the writer holds the GIL (~0.2 ms).
 ENCODE_CHUNK_ROWS = 1024
 #: ...and bytes per chunk, so large rows do not make large transient buffers.
 ENCODE_CHUNK_BYTES = 256 << 10
+
+log = logging.getLogger("dreamlake")
 
 _LITTLE = sys.byteorder == "little"
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
@@ -84,6 +103,8 @@ class StreamFiles:
         self._fds: tuple[int, int, int, int] | None = None
         # what we know after our own last append: (data size, rows, last ts)
         self._known: tuple[int, int, float] | None = None
+        # (data size, rows) before an append that failed part-way: its lines may have landed
+        self._unsure: tuple[int, int] | None = None
         self._chunk_rows = 64  # learned from the bytes per row of earlier chunks
 
     # -- file handles --------------------------------------------------------
@@ -125,6 +146,11 @@ class StreamFiles:
         if known is not None and known[0] == data_size and known[1] * 8 == off_size == ts_size:
             return known
         rows = min(off_size, ts_size) // 8
+        if known is None and rows and not self._spot_check(data_fd, off_fd, ts_fd, rows, data_size):
+            log.warning("dreamlake: the index of %s disagrees with its data; rebuilding it from the data", self.data_path)
+            rows = 0  # index everything again below
+            if os.path.exists(self.unsorted_path):
+                os.unlink(self.unsorted_path)
         indexed_end = 0
         last_ts = float("-inf")
         while rows:
@@ -167,6 +193,40 @@ class StreamFiles:
                 last_ts = stamps[-1]
         return data_size, rows, last_ts
 
+    def _spot_check(self, data_fd: int, off_fd: int, ts_fd: int, rows: int, data_size: int) -> bool:
+        """A few index entries, evenly spread and the last, point at the start of a
+        line that carries their index and ``_ts``: cheap enough for every first open
+        (O(SPOT_CHECKS)), and it catches a zeroed or shifted index."""
+        for k in sorted({rows - 1, *(rows * j // SPOT_CHECKS for j in range(SPOT_CHECKS))}):
+            start = int(_load("Q", os.pread(off_fd, 8, k * 8))[0])
+            stamp = _load("d", os.pread(ts_fd, 8, k * 8))[0]
+            if start >= data_size:
+                continue  # runs ahead of the data: the reconcile below drops it
+            if start and os.pread(data_fd, 1, start - 1) != b"\n":
+                return False
+            line = os.pread(data_fd, min(data_size - start, 1 << 20), start).split(b"\n", 1)[0]
+            try:
+                if not _row_matches(decode_line(line), k, stamp):
+                    return False
+            except msgspec.DecodeError:
+                return False
+        return True
+
+    def rebuild_index(self) -> None:
+        """Make the derived index again from the data (after :class:`IndexCorrupt`)."""
+        data_fd, off_fd, ts_fd, lock_fd = self._open()
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            log.warning("dreamlake: the index of %s disagrees with its data; rebuilding it from the data", self.data_path)
+            os.ftruncate(off_fd, 0)
+            os.ftruncate(ts_fd, 0)
+            if os.path.exists(self.unsorted_path):
+                os.unlink(self.unsorted_path)
+            self._known = None
+            self._known = self._reconcile(data_fd, off_fd, ts_fd)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
     def _mark_unsorted(self) -> None:
         if not os.path.exists(self.unsorted_path):
             with open(self.unsorted_path, "w") as marker:
@@ -182,33 +242,86 @@ class StreamFiles:
         """Append rows under the stream lock; returns the index of the first.
 
         ``rows`` are dicts (``_ts`` included); each line records its index.
+
+        Exactly once: when an append fails part-way (ENOSPC on a later chunk, a
+        short write, EROFS) the files are cut back to where they were; where
+        that is impossible (a read-only remount), the next append — the writer's
+        retry of the same rows, possibly with more behind them — first skips the
+        rows whose lines did land, recognised byte for byte (each line carries
+        its index). No duplicates, no gaps.
         """
         data_fd, off_fd, ts_fd, lock_fd = self._open()
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         try:
             data_size, first, last_ts = self._reconcile(data_fd, off_fd, ts_fd)
+            batch_first = first  # where this batch's first row is (reported to flush windows)
+            if self._unsure is not None:
+                landed = self._landed(rows, data_fd, data_size, first)
+                if landed:
+                    batch_first = self._unsure[1]
+                    rows, ts = rows[landed:], ts[landed:]
+                self._unsure = None
+            if not rows:
+                return batch_first
             if ts and (ts[0] < last_ts or any(map(gt, ts, islice(ts, 1, None)))):
                 self._mark_unsorted()
-            written = 0
-            while written < len(rows):
-                chunk = rows[written : written + self._chunk_rows]
-                buf = self._encode(chunk, first + written)
-                per_row = len(buf) // len(chunk) + 1
-                self._chunk_rows = max(8, min(ENCODE_CHUNK_ROWS, ENCODE_CHUNK_BYTES // per_row))
-                lines = buf.split(b"\n")
-                lines.pop()
-                starts = list(accumulate(map((1).__add__, map(len, lines)), initial=data_size))
-                data_size = starts.pop()
-                _write_all(data_fd, buf)
-                _write_all(off_fd, _u64(starts))
-                _write_all(ts_fd, _f64(ts[written : written + len(chunk)]))
-                written += len(chunk)
-                if between_chunks is not None and written < len(rows):
-                    between_chunks()
+            start = (data_size, first)
+            try:
+                data_size = self._write_chunks(rows, ts, data_fd, off_fd, ts_fd, data_size, first, between_chunks)
+            except BaseException:
+                self._unsure = start
+                self._known = None
+                self._cut_back(data_fd, off_fd, ts_fd, *start)
+                raise
             self._known = (data_size, first + len(rows), ts[-1] if ts else last_ts)
-            return first
+            return batch_first
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def _write_chunks(self, rows, ts, data_fd, off_fd, ts_fd, data_size, first, between_chunks) -> int:
+        written = 0
+        while written < len(rows):
+            chunk = rows[written : written + self._chunk_rows]
+            buf = self._encode(chunk, first + written)
+            per_row = len(buf) // len(chunk) + 1
+            self._chunk_rows = max(8, min(ENCODE_CHUNK_ROWS, ENCODE_CHUNK_BYTES // per_row))
+            lines = buf.split(b"\n")
+            lines.pop()
+            starts = list(accumulate(map((1).__add__, map(len, lines)), initial=data_size))
+            data_size = starts.pop()
+            _write_all(data_fd, buf)
+            _write_all(off_fd, _u64(starts))
+            _write_all(ts_fd, _f64(ts[written : written + len(chunk)]))
+            written += len(chunk)
+            if between_chunks is not None and written < len(rows):
+                between_chunks()
+        return data_size
+
+    @staticmethod
+    def _cut_back(data_fd: int, off_fd: int, ts_fd: int, data_size: int, rows: int) -> None:
+        """Make the files as if the failed append never happened, if the disk lets us."""
+        try:
+            os.ftruncate(data_fd, data_size)
+            os.ftruncate(off_fd, rows * 8)
+            os.ftruncate(ts_fd, rows * 8)
+        except OSError:
+            pass  # e.g. EROFS: the next append recognises what landed (see append)
+
+    def _landed(self, rows: list[dict], data_fd: int, data_size: int, count: int) -> int:
+        """How many leading ``rows`` are already on disk from the failed append
+        recorded in ``_unsure``: lines from its start offset that are, byte for
+        byte, what encoding those rows at those indices gives."""
+        offset, first = self._unsure  # type: ignore[misc]
+        if count <= first or data_size <= offset:
+            return 0
+        stored = os.pread(data_fd, data_size - offset, offset)
+        expected = self._encode(rows[: count - first], first)
+        landed = 0
+        for mine, theirs in zip(expected.split(b"\n"), stored.split(b"\n")):
+            if mine != theirs or not mine:
+                break
+            landed += 1
+        return landed
 
     # -- reading -------------------------------------------------------------
     def _read_fds(self) -> tuple[int, int, int] | None:
@@ -255,9 +368,15 @@ class StreamFiles:
         for i in range(end - start):
             s = starts[i] - base
             e = buf.find(b"\n", s)
-            if e < 0:
-                break
-            out.append((start + i, stamps[i], line_payload(decode_line(buf[s:e]))))
+            if e < 0 or s < 0 or (s and buf[s - 1 : s] != b"\n" and starts[i] != 0):
+                raise IndexCorrupt(self.data_path)
+            try:
+                obj = decode_line(buf[s:e])
+            except msgspec.DecodeError:
+                raise IndexCorrupt(self.data_path) from None
+            if not _row_matches(obj, start + i, stamps[i]):
+                raise IndexCorrupt(self.data_path)
+            out.append((start + i, stamps[i], line_payload(obj)))
         return out, total
 
     def index_range(self, start_ts: float | None, end_ts: float | None) -> tuple[int, int]:

@@ -4,6 +4,7 @@ process and a store written by ``dreamlake.Session``."""
 from __future__ import annotations
 
 import math
+import os
 
 import httpx
 import pytest
@@ -223,3 +224,17 @@ def test_app_mounts_under_a_prefix(store):
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def test_scattered_reads_return_what_the_store_reads(store):
+    """The downsampler's fast scattered read agrees row for row with StreamFiles.read."""
+    from dreamlake._local_sink import stream_files
+    from dreamlake.ui import LocalStoreSource
+
+    source = LocalStoreSource(store)
+    files = stream_files(os.path.join(store, "other", "big"), "signal")
+    indices = [0, 1, 2, SPIKE_AT, DIP_AT, 999, BIG, BIG + 5]
+    expected = [row for i in indices for row in files.read(i, 1)[0]]
+    assert len(expected) == len(indices) - 1  # BIG + 5 does not exist
+    assert source.read_rows_at("other/big", "signal", indices) == expected
+    assert source.read_rows_at("other/big", "signal", []) == []

@@ -21,6 +21,7 @@ from .._file_store import FileStore
 from .._fsutil import read_json
 from .._local_sink import LocalSink, list_track_names, read_page, stream_files, track_stats
 from ..cli import session_status
+from ._sample_read import read_rows_at as read_scattered
 
 __all__ = ["DataSource", "LocalStoreSource", "NotFound", "Row"]
 
@@ -146,12 +147,7 @@ class LocalStoreSource:
         return _rows(read_page(self._track(prefix, track), start, limit))
 
     def read_rows_at(self, prefix: str, track: str, indices: Sequence[int]) -> list[Row]:
-        files = self._track(prefix, track)
-        out: list[Row] = []
-        for index in indices:  # each read seeks through the offsets index: O(1) per row
-            rows, _total = files.read(index, 1)
-            out.extend(rows)
-        return out
+        return read_scattered(self._track(prefix, track), indices)  # O(1) per row via the offsets index
 
     # -- logs ------------------------------------------------------------------
     def log_count(self, prefix: str) -> int:

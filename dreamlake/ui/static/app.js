@@ -142,6 +142,8 @@ function trackTree(tracks, current, prefix) {
 }
 
 async function sessionView(prefix, params) {
+  // the track named in the URL is fetched alongside the session: one round trip less to the first chart
+  const early = params.get("track") ? api("track", { prefix, track: params.get("track") }).catch(() => null) : null;
   const data = await api("session", { prefix });
   const s = data.session;
   const current = params.get("track") || (data.tracks[0] && data.tracks[0].name);
@@ -153,7 +155,7 @@ async function sessionView(prefix, params) {
     h("div", { class: "muted" }, s.description || "", " ", tags(s.tags), ` created ${fmtTime(s.createdAt)} · updated `, h("span", { id: "session-updated" }, fmtTime(s.updatedAt)), s.error ? h("div", { class: "error" }, s.error) : null),
     tabs, body);
   const panes = {
-    tracks: () => tracksPane(prefix, data, current),
+    tracks: () => tracksPane(prefix, data, current, early),
     params: () => paramsPane(data.params),
     logs: () => logsPane(prefix),
     files: () => filesPane(prefix),
@@ -220,10 +222,10 @@ function indexRange(series, xlo, xhi) {
   return [idx[a], idx[b] + 1];
 }
 
-async function tracksPane(prefix, data, current) {
+async function tracksPane(prefix, data, current, early) {
   const body = view.lastChild;
   if (!current) { body.replaceChildren(h("p", { class: "muted" }, "no tracks yet")); return null; }
-  const info = await api("track", { prefix, track: current });
+  const info = (early && (await early)) || (await api("track", { prefix, track: current }));
   const fields = info.fields.slice(0, MAX_CHARTS);
   const state = { x: "_ts", lo: null, hi: null, total: info.totalDataPoints, series: null, tableStart: null };
   const xSelect = h("select", { id: "x-axis", onchange: () => { state.x = xSelect.value; state.lo = state.hi = null; rebuild(); } },
@@ -266,7 +268,8 @@ async function tracksPane(prefix, data, current) {
   async function refresh() {
     const shown = fields.filter((f) => f !== state.x);
     if (!shown.length) return;
-    const width = Math.max(300, chartsEl.clientWidth || 800);
+    const box = chartsEl.querySelector(".chart");  // one point per pixel of a chart
+    const width = Math.max(300, (box && box.clientWidth) || 800);
     const s = await api("series", { prefix, track: current, fields: shown.join(","), x: state.x, lo: state.lo, hi: state.hi, points: Math.min(4000, Math.round(width)) });
     state.series = s;
     for (const f of shown) {

@@ -139,7 +139,11 @@ def test_logs_filter_by_level_and_search_and_files_link(page, url):
 
 
 def test_compare_highlights_param_differences_and_overlays_curves(page, url):
-    page.goto(url + "#/compare?p=ws/run0,ws/run1")
+    page.goto(url)
+    for prefix in ("ws/run0", "ws/run1"):
+        page.check(f'tr[data-prefix="{prefix}"] input.pick')
+    assert page.locator("#compare-link").inner_text() == "Compare (2)"
+    page.click("#compare-btn")
     page.locator("#compare-params").wait_for()
     assert "differs" in page.locator('tr[data-key="lr"]').get_attribute("class")
     assert "differs" not in (page.locator('tr[data-key="batch"]').get_attribute("class") or "")

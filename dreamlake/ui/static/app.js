@@ -47,7 +47,14 @@ function every(ms, fn) {
   const gen = dl.gen;
   const tick = async () => {
     if (gen !== dl.gen) return;
-    try { await fn(); } catch (e) { console.warn(e); }
+    const live = document.getElementById("live");
+    try {
+      await fn();
+      live.className = ""; live.textContent = "● live";
+    } catch (e) {
+      console.warn(e);
+      live.className = "off"; live.textContent = `● not updating: ${e.message}`;
+    }
     if (gen === dl.gen) dl.timers.push(setTimeout(tick, ms));
   };
   dl.timers.push(setTimeout(tick, ms));

@@ -174,6 +174,8 @@ def test_logs_level_filter_search_and_tail(client):
     assert [e["metadata"] for e in get(client, "logs", prefix="ws/run0", q="step")["entries"]] == [{"step": 7}]
     assert [e["index"] for e in get(client, "logs", prefix="ws/run0", after=0)["entries"]] == [1, 2]
     assert [e["index"] for e in get(client, "logs", prefix="ws/run0", limit=1)["entries"]] == [2]  # newest
+    assert [e["index"] for e in get(client, "logs", prefix="ws/run0", before=2)["entries"]] == [0, 1]  # older page
+    assert [e["index"] for e in get(client, "logs", prefix="ws/run0", before=2, level="error")["entries"]] == []
 
 
 def test_files_list_and_download(client):

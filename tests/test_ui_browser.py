@@ -118,6 +118,11 @@ def test_zoom_asks_the_server_for_the_chosen_rows(page, url):
     assert "rows" in page.locator("#zoom-info").inner_text()
     page.click("#reset-zoom")
     page.wait_for_function("() => window.dl.charts.loss.data[0].length === 300")
+    page.mouse.move(box["x"] + box["width"] * 0.5, y)
+    page.mouse.wheel(0, -200)  # wheel up: half the rows, around the cursor
+    page.wait_for_function("() => window.dl.charts.loss.data[0].length === 150")
+    page.mouse.wheel(0, 200)
+    page.wait_for_function("() => window.dl.charts.loss.data[0].length === 300")
 
 
 def test_logs_filter_by_level_and_search_and_files_link(page, url):

@@ -197,7 +197,7 @@ function paramsPane(params) {
   return null;
 }
 
-function makeChart(el, title, xIsTime, series, onZoom, onReset) {
+function makeChart(el, title, xIsTime, series, onZoom, onReset, onWheel) {
   const width = Math.max(300, el.clientWidth - 12);
   const opts = {
     width, height: 220, title,
@@ -215,6 +215,10 @@ function makeChart(el, title, xIsTime, series, onZoom, onReset) {
   };
   const chart = new uPlot(opts, [[], ...series.map(() => [])], el);
   chart.over.addEventListener("dblclick", () => onReset());
+  if (onWheel) chart.over.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    onWheel(chart.posToVal(e.offsetX, "x"), e.deltaY < 0 ? 0.5 : 2);
+  }, { passive: false });
   return chart;
 }
 
@@ -253,10 +257,26 @@ async function tracksPane(prefix, data, current, early) {
         "x:", xSelect,
         h("button", { onclick: () => pan(-1), title: "pan left" }, "◀"), h("button", { onclick: () => pan(1), title: "pan right" }, "▶"),
         h("button", { id: "reset-zoom", onclick: () => { state.lo = state.hi = null; refresh(); } }, "reset zoom"), zoomInfo,
-        h("span", { class: "muted" }, "drag to zoom, double-click to reset")),
+        h("span", { class: "muted" }, "drag or wheel to zoom, ◀ ▶ to pan, double-click to reset")),
       info.fields.length > MAX_CHARTS ? h("p", { class: "muted" }, `showing ${MAX_CHARTS} of ${info.fields.length} fields`) : null,
       fields.length ? chartsEl : h("p", { class: "muted" }, "no numeric fields: see the table"),
       tableEl)));
+
+  let wheeling = false;
+  async function wheelZoom(x, factor) {
+    // zoom in index space around the shown point nearest the cursor: in (0.5) or out (2)
+    const sr = state.series;
+    if (wheeling || !sr || !sr.xs.length) return;
+    let near = 0;
+    sr.xs.forEach((v, i) => { if (Math.abs(v - x) < Math.abs(sr.xs[near] - x)) near = i; });
+    const lo = state.lo === null ? 0 : state.lo, hi = state.hi === null ? state.total : state.hi;
+    const width = Math.max(10, Math.round((hi - lo) * factor)), center = sr.index[near];
+    const newLo = Math.max(0, Math.min(state.total - width, center - Math.round(width * (center - lo) / Math.max(1, hi - lo))));
+    const newHi = Math.min(state.total, newLo + width);
+    if (newLo <= 0 && newHi >= state.total) { state.lo = state.hi = null; } else { state.lo = newLo; state.hi = newHi; }
+    wheeling = true;
+    try { await refresh(); } finally { wheeling = false; }
+  }
 
   function rebuild() {
     Object.values(dl.charts).forEach((c) => c.destroy());
@@ -268,7 +288,8 @@ async function tracksPane(prefix, data, current, early) {
       chartsEl.append(box);
       dl.charts[f] = makeChart(box, f, state.x === "_ts", [f],
         (xlo, xhi) => { const r = state.series && indexRange(state.series, xlo, xhi); if (r) { [state.lo, state.hi] = r; refresh(); } },
-        () => { state.lo = state.hi = null; refresh(); });
+        () => { state.lo = state.hi = null; refresh(); },
+        (x, factor) => wheelZoom(x, factor));
     }
     return refresh();
   }
@@ -321,10 +342,18 @@ async function logsPane(prefix) {
   const list = h("div", { class: "logs scroll", id: "logs" });
   const search = h("input", { type: "search", id: "log-search", placeholder: "search messages", onchange: load });
   const count = h("span", { class: "muted", id: "log-count" });
-  let last = -1;
+  let last = -1, first = null;
+  const older = h("button", { id: "log-older", onclick: async () => {
+    if (!first) return;
+    const r = await api("logs", { ...query(), before: first, limit: 500 });
+    list.prepend(...r.entries.map(line));
+    if (r.entries.length) first = r.entries[0].index;
+    older.disabled = !r.entries.length || first === 0;
+    count.textContent = `${list.children.length} shown of ${r.total} entries`;
+  } }, "older");
   body.replaceChildren(h("div", { class: "filters" },
     LOG_LEVELS.map((lvl) => h("label", {}, h("input", { type: "checkbox", class: "lvl", value: lvl, checked: true, onchange: (e) => { e.target.checked ? levels.add(lvl) : levels.delete(lvl); load(); } }), lvl)),
-    search, count), list);
+    search, older, count), list);
   const line = (e) => h("div", { class: `entry lvl-${e.level}`, "data-index": e.index },
     `${fmtTime(e.timestamp)} ${String(e.level || "").padEnd(5)} ${e.message}`, e.metadata ? `  ${JSON.stringify(e.metadata)}` : "");
   const query = () => ({ prefix, level: [...levels].join(","), q: search.value });
@@ -333,6 +362,8 @@ async function logsPane(prefix) {
     const r = await api("logs", { ...query(), limit: 500 });
     list.replaceChildren(...r.entries.map(line));
     last = r.total - 1;
+    first = r.entries.length ? r.entries[0].index : null;
+    older.disabled = !first;
     count.textContent = `${r.entries.length} shown of ${r.total} entries`;
     list.scrollTop = list.scrollHeight;
   }

@@ -27,6 +27,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from ._source import LocalStoreSource
 
     root = _root(args)
+    if not root.is_dir():
+        print(f"dreamlake ui: {root.absolute()} does not exist yet; sessions appear once something logs there", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"dreamlake ui: listening on {args.host}: anyone who can reach this port can read the sessions and files", flush=True)
     app = create_app(LocalStoreSource(root))
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

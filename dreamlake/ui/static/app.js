@@ -214,6 +214,10 @@ function makeChart(el, title, xIsTime, series, onZoom, onReset, onWheel) {
     },
   };
   const chart = new uPlot(opts, [[], ...series.map(() => [])], el);
+  new ResizeObserver(() => {  // follow the box when the window (or grid) changes size
+    const w = Math.max(300, el.clientWidth - 12);
+    if (Math.abs(w - chart.width) > 2) chart.setSize({ width: w, height: chart.height });
+  }).observe(el);
   chart.over.addEventListener("dblclick", () => onReset());
   if (onWheel) chart.over.addEventListener("wheel", (e) => {
     e.preventDefault();

@@ -165,7 +165,7 @@ def test_compare_marks_differences_and_gives_stats(client):
 def test_logs_level_filter_search_and_tail(client):
     every = get(client, "logs", prefix="ws/run0")
     assert [e["level"] for e in every["entries"]] == ["info", "warn", "error"] and every["total"] == 3
-    assert [e["seq"] for e in every["entries"]] == [0, 1, 2]
+    assert [e["sequenceNumber"] for e in every["entries"]] == [0, 1, 2]
     assert [e["message"] for e in get(client, "logs", prefix="ws/run0", level="warn,error")["entries"]] == [
         "loss is nan-ish",
         "disk almost full",

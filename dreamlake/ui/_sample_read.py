@@ -5,7 +5,7 @@ downsampler asks for thousands of scattered rows, so it would spend most of a
 second opening files. This reads the same rows through the stream's offsets
 index (``index.offsets``: little-endian uint64 per row, ``index.ts``: float64,
 see :mod:`dreamlake._stream_files`), both memory-mapped, with one ``pread`` per
-row for its line, and decodes each line with the store's own decoder.
+row for its line, and decodes each line with the store's own line rules (:mod:`dreamlake._format`).
 
 It belongs in ``StreamFiles`` (as ``read_at(indices)``); it lives here only
 while the store's files are being reshaped. ``tests/test_ui_api.py`` checks it
@@ -20,7 +20,8 @@ import os
 import struct
 from typing import Any, Sequence
 
-from .._stream_files import StreamFiles, decode_row
+from .._format import decode_line, line_payload
+from .._stream_files import StreamFiles
 
 __all__ = ["read_rows_at"]
 
@@ -28,14 +29,6 @@ __all__ = ["read_rows_at"]
 _LINE_GUESS = 512
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
-
-
-def _row(decoded: Any) -> Any:
-    """The row as logged, whether the line holds the row itself or wraps it as
-    ``{"index": i, "data": {...}}`` (the store's newer line format)."""
-    if isinstance(decoded, dict) and len(decoded) == 2 and "data" in decoded and "index" in decoded:
-        return decoded["data"]
-    return decoded
 
 
 def _line(fd: int, start: int) -> bytes | None:
@@ -68,5 +61,5 @@ def read_rows_at(files: StreamFiles, indices: Sequence[int]) -> list[tuple[int, 
                 line = _line(data_fd, _U64.unpack_from(offsets, index * 8)[0])
                 if line is None:
                     break
-                out.append((index, _F64.unpack_from(stamps, index * 8)[0], _row(decode_row(line))))
+                out.append((index, _F64.unpack_from(stamps, index * 8)[0], line_payload(decode_line(line))))
     return out

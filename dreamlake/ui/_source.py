@@ -66,7 +66,7 @@ class DataSource(Protocol):
 
     def read_logs(self, prefix: str, start: int, limit: int) -> list[Row]:
         """Log entries ``start .. start+limit-1``; ``data`` holds ``level``,
-        ``message``, optional ``metadata``, ``seq`` and ``timestamp``."""
+        ``message``, optional ``metadata``, ``sequenceNumber`` and ``timestamp``."""
 
     def list_files(self, prefix: str) -> list[dict]:
         """File entries: ``id``, ``filename``, ``path``, ``sizeBytes``, ``tags``,

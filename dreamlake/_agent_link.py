@@ -194,7 +194,7 @@ def start_agent(path: str, root: str | None = None) -> subprocess.Popen:
     for old in list(_started):  # reap agents that exited (lost a start race)
         if old.poll() is not None:
             _started.remove(old)
-    command = [sys.executable, "-m", "agent", "--socket", path]
+    command = [sys.executable, "-m", "dreamlake_agent", "--socket", path]
     if root is not None:
         command += ["--root", root]
     env = {k: v for k, v in os.environ.items() if k != "DREAMLAKE_AGENT"}

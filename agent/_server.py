@@ -59,6 +59,7 @@ from dreamlake._names import check_track_name
 from dreamlake._pipe import DEFAULT_MEMORY_BUDGET, SessionPipe
 from dreamlake._protocol import (
     CALL_OPS,
+    STOPPING,
     PROTOCOL_VERSION,
     Call,
     ClientMessage,
@@ -218,6 +219,11 @@ class AgentServer:
         """Bind in a fresh 0700 directory beside the socket, then rename into place:
         the socket is never reachable with a wider mode, whatever its directory's."""
         directory = os.path.dirname(self.socket_path)
+        try:
+            if not stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                raise FileExistsError(f"{self.socket_path} exists and is not a socket; not replacing it")
+        except FileNotFoundError:
+            pass
         staging = tempfile.mkdtemp(prefix=".dl", dir=directory)
         try:
             temporary = os.path.join(staging, "s")
@@ -325,6 +331,12 @@ class AgentServer:
             log.exception("connection from %r failed", client)
         finally:
             with anyio.CancelScope(shield=True):
+                if self.stopping:  # all it sent was read and queued: the client need not count it lost
+                    with anyio.move_on_after(1):
+                        try:
+                            await self._send(client, Err(0, STOPPING, "the agent is stopping; it writes all it received"))
+                        except Exception:
+                            pass
                 try:
                     await self._leave(client, None, None)
                 except Exception:  # pragma: no cover

@@ -54,6 +54,7 @@ from ._protocol import (
     Open,
     Params,
     Rows,
+    STOPPING,
     Welcome,
     parse_address,
 )
@@ -76,6 +77,8 @@ SEND_TIMEOUT = 5.0
 #: (``$DREAMLAKE_AGENT_IDLE_EXIT`` overrides; 0 = never).
 AUTO_IDLE_EXIT = 300.0
 ENV_IDLE_EXIT = "DREAMLAKE_AGENT_IDLE_EXIT"
+#: After the connection failed, how long to wait for the agent's stopping notice (seconds).
+DRAIN_TIMEOUT = 0.5
 #: Agents one ``connect`` may start when each one it starts dies at once.
 MAX_STARTS = 3
 
@@ -133,6 +136,7 @@ class _Connection:
         self.reader = FrameReader(AgentMessage)
         self.replies: list = []
         self.seq = 0
+        self.agent_stopping = False  # the agent said it stops cleanly with all we sent
 
     def send(self, message: Any) -> None:
         self.send_frame(self.encoder.encode(message))
@@ -154,10 +158,37 @@ class _Connection:
             if not data:
                 raise AgentLost("the agent closed the connection")
             messages, error = self.reader.feed(data)
-            self.replies.extend(messages)
+            self._keep(messages)
             if error is not None and not self.replies:
                 raise AgentLost(f"the agent sent a bad frame: {error}")
         return self.replies.pop(0)
+
+    def _keep(self, messages: list) -> None:
+        for message in messages:
+            if isinstance(message, Err) and message.seq == 0 and message.kind == STOPPING:
+                self.agent_stopping = True
+            else:
+                self.replies.append(message)
+
+    def drain(self, timeout: float) -> None:
+        """After a failure: read what the agent still sent (its stopping notice)
+        until it closes, for at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.agent_stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.sock.settimeout(left)
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    return
+                messages, error = self.reader.feed(data)
+                self._keep(messages)
+                if error is not None:
+                    return
+        except OSError:
+            return
 
     def request(self, make: Callable[[int], Any]) -> Any:
         self.seq += 1
@@ -339,9 +370,11 @@ class AgentSink:
 
     def health(self) -> dict:
         """Where this session's rows go: ``mode`` "agent" or "local-fallback";
-        ``lost_with_agent``: rows sent to an agent that went away before it
-        confirmed them written (at most that many are missing: a clean agent
-        shutdown writes them all; after kill -9 its queue is gone);
+        ``lost_with_agent``: rows sent to an agent that then went away without
+        a clean stop, before a barrier (flush, read, ...) confirmed them written:
+        at most that many are missing (after ``kill -9`` those it had not yet
+        written are gone; a clean stop says so and writes them all, counting 0);
+        ``unconfirmed_rows``: sent and not yet confirmed by a barrier;
         ``fallback_reason``: why the session writes itself, or None."""
         return {
             "mode": "agent" if self._local is None else "local-fallback",
@@ -375,15 +408,19 @@ class AgentSink:
         return self._conn
 
     def _fall_back(self, why: BaseException) -> None:
+        stopped_cleanly = False
         if self._conn is not None:
+            self._conn.drain(DRAIN_TIMEOUT)
+            stopped_cleanly = self._conn.agent_stopping
             self._conn.close()
             self._conn = None
         if self._local is not None:
             return
         from ._local_sink import LocalSink
 
-        self._fallback_reason = str(why)
-        self._lost_with_agent += self._unconfirmed
+        self._fallback_reason = str(why) + (" (the agent stopped cleanly)" if stopped_cleanly else "")
+        if not stopped_cleanly:
+            self._lost_with_agent += self._unconfirmed
         self._unconfirmed = 0
 
         _warn_once(

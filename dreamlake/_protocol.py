@@ -43,6 +43,7 @@ __all__ = [
     "ClientMessage",
     "AgentMessage",
     "CALL_OPS",
+    "STOPPING",
     "ProtocolError",
     "FrameEncoder",
     "FrameReader",
@@ -135,12 +136,18 @@ class Ok(msgspec.Struct, tag="ok", array_like=True):
 
 class Err(msgspec.Struct, tag="err", array_like=True):
     """``kind``: ValueError, TypeError, KeyError, FileNotFoundError, SessionStateError,
-    FlushTimeout, SinkError or ProtocolError; ``message`` is for humans."""
+    FlushTimeout, SinkError or ProtocolError; ``message`` is for humans. With seq 0
+    and kind :data:`STOPPING` it is a notice, not a reply (see there)."""
 
     seq: int
     kind: str
     message: str
 
+
+#: ``Err(0, STOPPING, ...)``: the agent is shutting down cleanly and has read and
+#: queued everything this connection sent; it writes all of it before it exits.
+#: Sent just before the agent closes the connection.
+STOPPING = "AgentStopping"
 
 ClientMessage = Union[Hello, Open, Join, Rows, Params, Call, Close, Status]
 AgentMessage = Union[Welcome, Ok, Err]

@@ -41,6 +41,7 @@ def agents(tmp_path):
 @pytest.fixture(autouse=True)
 def short_io_timeout(monkeypatch):
     monkeypatch.setattr(link, "IO_TIMEOUT", 10.0)  # a stalled agent fails the test in seconds, not minutes
+    monkeypatch.setattr(link, "_warned", False)  # each test sees the once-per-process warning
 
 
 def owner(agents, name):
@@ -244,6 +245,29 @@ def test_health_says_local_fallback_and_counts_rows_lost_with_a_killed_agent(age
         session.close()
     on_disk = [r["data"]["v"] for r in read_all(agents.root / "ws" / "lost", "t")["data"]]
     assert on_disk == list(range(100)) + [1000]  # exactly the 50 counted are missing
+
+
+def test_a_clean_agent_stop_loses_nothing_and_health_says_so(agents):
+    proc = agents.start()
+    session = Session(prefix="ws/clean", root=str(agents.root), agent=agents.address).open()
+    sink = session._pipe.sink
+    try:
+        track = session.track("t")
+        for i in range(50):
+            track.append(_ts=float(i), v=i)
+        wait_until(lambda: sink.health()["unconfirmed_rows"] == 50, what="the writer to send 50 rows")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        with pytest.warns(RuntimeWarning, match="lost the dreamlake-agent"):
+            track.append(_ts=1000.0, v=1000)
+            track.flush()
+        health = sink.health()
+        assert health["mode"] == "local-fallback" and health["lost_with_agent"] == 0
+        assert "stopped cleanly" in health["fallback_reason"]
+    finally:
+        session.close()
+    on_disk = [r["data"]["v"] for r in read_all(agents.root / "ws" / "clean", "t")["data"]]
+    assert on_disk == list(range(50)) + [1000]
 
 
 RACER = """

@@ -42,7 +42,6 @@ import os
 import shutil
 import socket
 import stat
-import struct
 import tempfile
 import time
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import SocketAttribute, SocketStream
 
+from dreamlake._agent_socket import peer_credentials
 from dreamlake._events import Waiter
 from dreamlake._local_sink import LocalSink
 from dreamlake._files_api import MAX_FILE_BYTES
@@ -106,7 +106,7 @@ class _Client:
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
         self.raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
-        self.pid, self.uid = _peer(self.raw)
+        self.pid, self.uid = peer_credentials(self.raw)
         self.entry: _Session | None = None
         self.owner = False
         self.streams: dict[tuple[str, bool], Any] = {}
@@ -133,17 +133,6 @@ class _Session:
             status == self.status and self.error is None
         ):
             self.status, self.error = status, error
-
-
-def _peer(sock: socket.socket) -> tuple[int | None, int | None]:
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None, None
-    try:
-        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
-    except OSError:
-        return None, None
-    return pid, uid
 
 
 def _error_reply(seq: int, exc: BaseException) -> Err:

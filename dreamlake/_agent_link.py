@@ -29,7 +29,6 @@ import logging
 import os
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -37,7 +36,7 @@ import time
 import warnings
 from typing import Any, Callable
 
-from ._agent_socket import check_socket_dir, open_lock, try_lock
+from ._agent_socket import check_socket_dir, open_lock, peer_credentials, try_lock
 from ._errors import FlushTimeout, SessionStateError, SinkError
 from ._protocol import (
     MAX_ROWS_PER_FRAME,
@@ -221,7 +220,7 @@ def connect(path: str, timeout: float = CONNECT_TIMEOUT) -> tuple[_Connection, d
     try:
         sock.settimeout(timeout)
         sock.connect(path)
-        peer_uid = _peer_uid(sock)
+        _, peer_uid = peer_credentials(sock)
         if peer_uid is not None and peer_uid != os.getuid():
             raise PermissionError(f"the agent at {path} runs as uid {peer_uid}, not as this user")
         connection = _Connection(sock)
@@ -238,17 +237,6 @@ def connect(path: str, timeout: float = CONNECT_TIMEOUT) -> tuple[_Connection, d
     except BaseException:
         sock.close()
         raise
-
-
-def _peer_uid(sock: socket.socket) -> int | None:
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    try:
-        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
-    except OSError:
-        return None
-    return uid
 
 
 def _idle_exit() -> float:

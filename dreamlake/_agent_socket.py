@@ -13,9 +13,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import stat
+import struct
 
-__all__ = ["check_socket_dir", "lock_path", "open_lock", "try_lock", "running_pid"]
+__all__ = ["check_socket_dir", "lock_path", "open_lock", "try_lock", "running_pid", "peer_credentials"]
 
 
 def check_socket_dir(directory: str) -> None:
@@ -79,3 +81,16 @@ def running_pid(socket_path: str) -> int | None:
         return None  # nobody holds it
     finally:
         os.close(fd)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
+    """``(pid, uid)`` of the process at the other end of a Unix socket
+    (``SO_PEERCRED``), or ``(None, None)`` where the platform cannot say."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None, None
+    try:
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
+    except OSError:
+        return None, None
+    return pid, uid

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import os
 from array import array
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Callable
 
 from dreamlake._files_api import _check_metadata, _check_tags
@@ -34,6 +36,8 @@ __all__ = [
 ]
 
 _NUMBER = frozenset((float, int))
+_FLOAT = {float}
+_get_ts = itemgetter("_ts")
 #: Keys of ``open`` info a client may set in ``session.json`` (what ``Session.open`` sends).
 OPEN_INFO_KEYS = frozenset(("name", "workspace", "prefix", "description", "tags", "folder", "url", "userName"))
 #: What ``files.update`` may change; everything else of an entry (storage path, id,
@@ -75,31 +79,31 @@ def check_rows(name: str, is_log: bool, rows: list[dict]) -> list[float]:
         except (TypeError, ValueError) as exc:
             raise Refused("rows_refused_bad_track_name", str(exc), count) from None
     try:
-        stamps = [row["_ts"] for row in rows]
+        stamps = list(map(_get_ts, rows))
     except KeyError:
         raise Refused("rows_refused_bad_ts", "every row needs a _ts", count) from None
-    if set(map(type, stamps)) <= _NUMBER:
-        ts = array("d", stamps)
-        finite = all(map(math.isfinite, ts))
-    else:
-        finite = False
-    if not finite:
+    stamp_types = set(map(type, stamps))
+    ts = array("d", stamps) if stamp_types <= _NUMBER else None
+    if ts is None or not all(map(math.isfinite, ts)):
         try:
             ts = array("d", map(check_ts, stamps))  # raises with the API's message
         except (TypeError, ValueError) as exc:
             raise Refused("rows_refused_bad_ts", str(exc), count) from None
-    try:
-        for i, row in enumerate(rows):
-            if is_log:
-                rows[i] = _check_log_entry(row)
-            elif not set(map(type, row.values())) <= PLAIN_SCALARS:  # the API's own fast path
-                rows[i] = capture_fields(row)
-            row = rows[i]
-            if type(row["_ts"]) is not float:
-                row["_ts"] = ts[i]
-    except (TypeError, ValueError, RecursionError) as exc:
-        reason = "rows_refused_bad_log_entry" if is_log else "rows_refused_bad_value"
-        raise Refused(reason, f"row {i}: {exc}", count) from None
+    # the API's own fast path: a frame of plain scalars is stored as it is (one C-level pass)
+    plain = not is_log and set(map(type, chain.from_iterable(map(dict.values, rows)))) <= PLAIN_SCALARS
+    if not plain:
+        try:
+            for i, row in enumerate(rows):
+                if is_log:
+                    rows[i] = _check_log_entry(row)
+                elif not set(map(type, row.values())) <= PLAIN_SCALARS:
+                    rows[i] = capture_fields(row)
+        except (TypeError, ValueError, RecursionError) as exc:
+            reason = "rows_refused_bad_log_entry" if is_log else "rows_refused_bad_value"
+            raise Refused(reason, f"row {i}: {exc}", count) from None
+    if stamp_types != _FLOAT:
+        for row, stamp in zip(rows, ts):
+            row["_ts"] = stamp
     return ts.tolist()
 
 

@@ -331,3 +331,10 @@ def test_an_auto_started_agent_exits_when_idle_and_not_before(tmp_path):
         assert json.loads((tmp_path / "root" / "ws" / "idle" / "session.json").read_text())["status"] == "completed"
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_help_describes_the_subcommands_and_idle_exit():
+    run = subprocess.run([PY, "-m", "dreamlake_agent", "--help"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0
+    for text in ("status  print", "stop    SIGTERM", "run     serve", "--idle-exit SECONDS", "0 = never"):
+        assert text in run.stdout, text

@@ -132,21 +132,23 @@ def check_params(values: dict) -> dict:
 
 # -- sessions ---------------------------------------------------------------------
 def check_session_dir(requested: Any, root: str) -> str:
-    """An absolute, normalised ``.../<workspace>/<name>`` directory, or a relative
-    ``workspace/name`` under ``root``; workspace and name follow the API's rule
-    (``check_segment``), and nothing can climb out with ``..``."""
+    """An absolute, normalised directory (a ``Session`` sends its resolved
+    ``session_dir`` or ``<root>/<workspace>/<name>``: any place the user may
+    write, as in thread mode), or a relative ``workspace/name`` under ``root``
+    whose parts follow the API's rule (``check_segment``). Nothing can climb
+    out with ``..``."""
     if not isinstance(requested, str) or not requested or "\x00" in requested:
         raise ValueError(f"bad session directory {requested!r}")
-    absolute = requested.startswith("/")
-    parts = requested.strip("/").split("/") if absolute else requested.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"session directory must be normalised, got {requested!r}")
-    if len(parts) < 2 or (not absolute and len(parts) != 2):
-        raise ValueError(f"session directory must end in <workspace>/<name>, got {requested!r}")
-    check_segment(parts[-2], "workspace")
-    check_segment(parts[-1], "session name")
-    if absolute:
+    if requested.startswith("/"):
+        parts = requested.strip("/").split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"session directory must be absolute and normalised, got {requested!r}")
         return "/" + "/".join(parts)
+    parts = requested.split("/")
+    if len(parts) != 2:
+        raise ValueError(f"a relative session directory must be <workspace>/<name>, got {requested!r}")
+    check_segment(parts[0], "workspace")
+    check_segment(parts[1], "session name")
     return os.path.join(root, *parts)
 
 

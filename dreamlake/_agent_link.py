@@ -316,7 +316,8 @@ def agent_sink(config: Any) -> "AgentSink | None":
             f"by this process instead"
         )
         return None
-    return AgentSink(path, connection, str(config.directory))
+    # canonical: every client of a session names it alike, and the agent refuses '..'
+    return AgentSink(path, connection, os.path.realpath(config.directory))
 
 
 def _encode_rows(encoder: FrameEncoder, name: str, is_log: bool, rows: list) -> list[tuple[Any, int]]:

@@ -166,7 +166,7 @@ def test_a_poison_frame_closes_only_its_connection_and_is_counted(agents):
 def test_open_and_call_fields_are_allow_listed(agents, tmp_path):
     agents.start()
     connection, _ = connect(agents.sock)
-    for directory in ("ws/../x", "ws", "a/b/c", "/abs/ws/..", "/abs/ws/.hidden\x00", "/x"):
+    for directory in ("ws/../x", "ws", "a/b/c", "ws/.", "ws/a b#", "/abs/ws/..", "/abs/./ws", "/abs/ws\x00"):
         assert isinstance(refused(connection, lambda seq: Open(seq, directory, {})), (ValueError, TypeError))
     for info in ({"status": "completed"}, {"createdAt": "1970"}, {"tags": b"x"}):
         assert isinstance(refused(connection, lambda seq: Open(seq, "ws/info", info)), (ValueError, TypeError))
@@ -338,3 +338,13 @@ def test_help_describes_the_subcommands_and_idle_exit():
     assert run.returncode == 0
     for text in ("status  print", "stop    SIGTERM", "run     serve", "--idle-exit SECONDS", "0 = never"):
         assert text in run.stdout, text
+
+
+def test_a_session_dir_with_dots_goes_through_the_agent_to_the_same_place(agents, tmp_path, monkeypatch):
+    agents.start()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with Session(prefix="ws/dots", session_dir="runs/../runs/my run #1", agent=agents.address) as session:
+        assert type(session._pipe.sink) is AgentSink
+        session.track("t").append(v=1)
+    assert read_all(tmp_path / "runs" / "my run #1", "t")["total"] == 1

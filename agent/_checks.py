@@ -28,6 +28,7 @@ from dreamlake._values import PLAIN_SCALARS, capture, capture_fields
 __all__ = [
     "Refused",
     "check_rows",
+    "check_stream_name",
     "check_params",
     "check_call",
     "check_session_dir",
@@ -68,16 +69,21 @@ def _optional_str(value: Any, what: str) -> str | None:
 
 
 # -- rows -------------------------------------------------------------------------
-def check_rows(name: str, is_log: bool, rows: list[dict]) -> list[float]:
+def check_stream_name(name: str, is_log: bool, count: int) -> str:
+    """A ``rows`` frame's track name (the log stream's name is not used)."""
+    if is_log:
+        return name
+    try:
+        return check_track_name(name)
+    except (TypeError, ValueError) as exc:
+        raise Refused("rows_refused_bad_track_name", str(exc), count) from None
+
+
+def check_rows(is_log: bool, rows: list[dict]) -> list[float]:
     """Validate a ``rows`` frame in place; returns its ``_ts`` as floats. A track
     row's values follow ``capture_fields`` (containers copied, numpy-like refused,
     depth and size bounded), a log row must look like ``Session.log`` made it."""
     count = len(rows)
-    if not is_log:
-        try:
-            check_track_name(name)
-        except (TypeError, ValueError) as exc:
-            raise Refused("rows_refused_bad_track_name", str(exc), count) from None
     try:
         stamps = list(map(_get_ts, rows))
     except KeyError:

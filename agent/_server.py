@@ -55,7 +55,6 @@ from dreamlake._agent_socket import peer_credentials
 from dreamlake._events import Waiter
 from dreamlake._local_sink import LocalSink
 from dreamlake._files_api import MAX_FILE_BYTES
-from dreamlake._names import check_track_name
 from dreamlake._pipe import DEFAULT_MEMORY_BUDGET, SessionPipe
 from dreamlake._protocol import (
     CALL_OPS,
@@ -79,7 +78,16 @@ from dreamlake._protocol import (
 )
 from dreamlake._writer import ROW_MAX_AGE, get_writer
 
-from ._checks import FILE_OPS, Refused, check_call, check_open_info, check_params, check_rows, check_session_dir
+from ._checks import (
+    FILE_OPS,
+    Refused,
+    check_call,
+    check_open_info,
+    check_params,
+    check_rows,
+    check_session_dir,
+    check_stream_name,
+)
 
 __all__ = ["AgentServer", "SHUTDOWN_GRACE", "RECEIVE_CHUNK"]
 
@@ -459,14 +467,15 @@ class AgentServer:
             raise waiter.error
         return waiter.result
 
-    def _stream(self, client: _Client, entry: _Session, name: str, is_log: bool) -> Any:
+    def _stream(self, client: _Client, entry: _Session, name: str, is_log: bool, count: int) -> Any:
+        """The pipe's stream for a frame; its name is checked once per connection."""
         key = (name, is_log)
         ref = client.streams.get(key)
         if ref is None or ref.pipe is not entry.pipe:
             if is_log:
                 ref = entry.pipe.stream(LOG_STREAM, is_log=True)
             else:
-                ref = entry.pipe.stream(check_track_name(name))
+                ref = entry.pipe.stream(check_stream_name(name, is_log, count))
             client.streams[key] = ref
         return ref
 
@@ -475,8 +484,8 @@ class AgentServer:
         rows = message.rows
         if not rows:
             return
-        stamps = check_rows(message.stream, message.log, rows)  # the whole frame, before any of it is queued
-        stream = self._stream(client, entry, message.stream, message.log)
+        stream = self._stream(client, entry, message.stream, message.log, len(rows))
+        stamps = check_rows(message.log, rows)  # the whole frame, before any of it is queued
         pipe = entry.pipe
         step = max(1, min(1024, pipe.max_events // 2))
         wake = self.writer.wake

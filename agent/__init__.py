@@ -1,5 +1,9 @@
 """``dreamlake-agent``: one process that writes sessions for many client processes.
 
+This folder is installed as the package ``dreamlake_agent`` (``pyproject.toml``
+maps it), never as ``agent``: that name would collide with a user's own
+``agent`` package. Run it as ``dreamlake-agent`` or ``python -m dreamlake_agent``.
+
 Clients opt in with ``Session(agent="auto" | "unix:///path/agent.sock")`` or
 ``DREAMLAKE_AGENT``. The agent runs the same pipeline as the writer thread of
 a training process (``dreamlake._pipe`` → ``dreamlake._writer`` →

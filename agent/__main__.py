@@ -1,22 +1,23 @@
-"""The ``dreamlake-agent`` command.
+"""The ``dreamlake-agent`` command (see ``dreamlake-agent --help``).
 
-    dreamlake-agent [run] [--socket PATH] [--root DIR] [--merge-window S] [--memory-budget BYTES]
-    dreamlake-agent status [--socket PATH]
+    dreamlake-agent [run] [--socket PATH] [--root DIR] [--idle-exit S] ...
+    dreamlake-agent status [--socket PATH] [--json]
     dreamlake-agent stop [--socket PATH] [--timeout S]
 
-``run`` (the default) serves in the foreground until SIGTERM or SIGINT, then
-writes everything it received and exits 0. One agent per socket: the agent
-holds an exclusive ``flock`` on ``<socket>.lock`` (which also holds its pid)
-for its whole life, so a second agent started on the same socket — by hand,
-or by two clients racing to start one — finds the first, says so and exits 0.
-The socket is created 0600 in a 0700 directory owned by the user.
+``run`` (the default) serves in the foreground until SIGTERM or SIGINT (or
+``--idle-exit`` seconds without clients), then writes everything it received
+and exits 0. One agent per socket: the agent holds an exclusive ``flock`` on
+``<socket>.lock`` (which also holds its pid) for its whole life, so a second
+agent started on the same socket finds the first, says so and exits 0 at once.
+A client that auto-starts an agent takes that lock itself and hands it over
+(``--lock-fd``), so racing clients start exactly one. The socket is created
+0600 (bound in a private directory, then renamed into place) in any directory
+the user may write; connections from other users are refused (``SO_PEERCRED``).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -24,63 +25,48 @@ import signal
 import sys
 import time
 
-import anyio
+from dreamlake._agent_socket import check_socket_dir, lock_path, open_lock, running_pid, try_lock
+from dreamlake._protocol import ENV_SOCKET, Status, default_socket_path
 
-from dreamlake._protocol import ENV_SOCKET, Status, default_socket_path, ensure_private_dir
-
-__all__ = ["main", "acquire_lock", "running_pid"]
+__all__ = ["main", "acquire_lock", "running_pid", "DEFAULT_AUTO_IDLE_EXIT"]
 
 log = logging.getLogger("dreamlake.agent")
 
 #: How long a starting agent retries a lock that is only being probed (seconds).
 LOCK_RETRY = 0.5
-
-
-def lock_path(socket_path: str) -> str:
-    return socket_path + ".lock"
+#: Idle time after which an agent started by ``agent="auto"`` exits (seconds).
+DEFAULT_AUTO_IDLE_EXIT = 300.0
 
 
 def acquire_lock(socket_path: str) -> int | None:
     """The lock fd (pid written in it) if we are the agent for this socket, else None."""
-    fd = os.open(lock_path(socket_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_lock(socket_path)
     deadline = time.monotonic() + LOCK_RETRY
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                os.close(fd)
-                raise
-            if running_pid(socket_path) is not None or time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.01)  # a status probe holds it for an instant
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    while not try_lock(fd):
+        if running_pid(socket_path) is not None or time.monotonic() >= deadline:
+            os.close(fd)
+            return None
+        time.sleep(0.01)  # a status probe holds it for an instant
     return fd
 
 
-def running_pid(socket_path: str) -> int | None:
-    """The pid of the agent holding the lock for ``socket_path``, or None."""
-    try:
-        fd = os.open(lock_path(socket_path), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        return None  # nobody holds it
-    finally:
-        os.close(fd)
+def _adopt_lock(fd: int) -> int:
+    """The lock a starting client took for us (``--lock-fd``): the same open file,
+    so taking it again succeeds at once; anything else is a usage error."""
+    os.set_inheritable(fd, False)
+    if not try_lock(fd):
+        raise PermissionError(f"--lock-fd {fd} does not hold the agent lock")
+    return fd
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 async def _serve(server) -> None:
+    import anyio
+
     async def watch_signals(*, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
@@ -96,6 +82,8 @@ async def _serve(server) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
     from ._server import AgentServer
 
     logging.basicConfig(
@@ -104,16 +92,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     socket_path = args.socket
-    ensure_private_dir(os.path.dirname(socket_path))
-    lock = acquire_lock(socket_path)
+    check_socket_dir(os.path.dirname(socket_path))
+    lock = _adopt_lock(args.lock_fd) if args.lock_fd is not None else acquire_lock(socket_path)
     if lock is None:
         print(f"dreamlake-agent already running (pid {running_pid(socket_path)}) on {socket_path}", flush=True)
         return 0
+    _write_pid(lock)
     server = AgentServer(
         socket_path,
         args.root,
         merge_window=args.merge_window,
         memory_budget=args.memory_budget,
+        idle_exit=args.idle_exit,
     )
     print(f"dreamlake-agent {os.getpid()} serving {socket_path} (root {server.root})", flush=True)
     try:
@@ -148,6 +138,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"dreamlake-agent pid {status['pid']} on {status['socket']} (root {status['root']})")
     print(f"  connections: {status['connections']}, protocol errors: {status['protocolErrors']}")
+    losses = status.get("losses") or {}
+    if losses:
+        print("  losses: " + ", ".join(f"{reason} {count}" for reason, count in sorted(losses.items())))
+    else:
+        print("  losses: none")
     for session in status["sessions"]:
         written = session.get("rows_written", session.get("rowsWritten"))
         errors = session.get("write_errors", session.get("writeErrors"))
@@ -189,8 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dreamlake-agent",
         description="Write DreamLake sessions for many processes over a private Unix socket.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""commands:
+  run     serve in the foreground (the default) until SIGTERM/SIGINT or --idle-exit;
+          one agent per socket: a second one finds the first and exits 0
+  status  print the running agent's pid, sessions, clients and losses by reason
+          (--json for all of it); exit 1 if none runs
+  stop    SIGTERM the running agent and wait (--timeout) until it wrote everything
+
+Sessions reach it with Session(agent="auto") (starts one on demand, which exits
+after %d s without clients) or agent="unix:///path/agent.sock".""" % DEFAULT_AUTO_IDLE_EXIT,
     )
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "status", "stop"))
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "status", "stop"), help="see below")
     parser.add_argument(
         "--socket",
         default=None,
@@ -213,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MEMORY_BUDGET,
         help="bytes each session may hold in the agent before clients are slowed down (default %(default)s)",
     )
+    parser.add_argument(
+        "--idle-exit",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="run: exit after this long with no clients and nothing pending; 0 = never (default %(default)s; "
+        f"agents started by agent='auto' use {DEFAULT_AUTO_IDLE_EXIT:g})",
+    )
+    parser.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)  # from a starting client
     parser.add_argument("--timeout", type=float, default=30.0, help="stop: seconds to wait for the agent to exit")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

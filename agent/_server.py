@@ -15,7 +15,17 @@ closed with the worst status its owners reported (completed < interrupted <
 failed), or ``interrupted`` if an owner went away without a ``close`` frame
 (``kill -9``): everything it sent before is written first.
 
-A bad frame closes only its connection, with an error in the log.
+Everything a client sends is checked first (``_checks``: the API's own
+validators); a bad ``rows``/``params`` frame is refused whole, counted by
+reason, and closes only its connection; a bad ``call``/``open`` gets an ``err``
+reply. File operations run in a worker thread, never on the writer that serves
+every session, and an upload reads regular files only. One client can never
+stop another's rows.
+
+The socket is bound in a private directory beside its final path and renamed
+into place, so it is 0600 from its first instant whatever the directory's mode.
+With ``idle_exit`` > 0 the server stops by itself after that long with no
+client and no session.
 
 Shutdown (:meth:`AgentServer.stop`, SIGTERM/SIGINT in ``__main__``): stop
 accepting, shut the read side of every connection (a client's next send then
@@ -26,25 +36,29 @@ clients, and return.
 
 from __future__ import annotations
 
+import collections
 import logging
-import math
 import os
+import shutil
 import socket
-import struct
+import stat
+import tempfile
 import time
-from array import array
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import anyio
 import anyio.to_thread
 from anyio.abc import SocketAttribute, SocketStream
 
+from dreamlake._agent_socket import peer_credentials
 from dreamlake._events import Waiter
 from dreamlake._local_sink import LocalSink
-from dreamlake._names import check_file_folder, check_segment, check_track_name
+from dreamlake._files_api import MAX_FILE_BYTES
 from dreamlake._pipe import DEFAULT_MEMORY_BUDGET, SessionPipe
 from dreamlake._protocol import (
     CALL_OPS,
+    STOPPING,
     PROTOCOL_VERSION,
     Call,
     ClientMessage,
@@ -64,6 +78,17 @@ from dreamlake._protocol import (
 )
 from dreamlake._writer import ROW_MAX_AGE, get_writer
 
+from ._checks import (
+    FILE_OPS,
+    Refused,
+    check_call,
+    check_open_info,
+    check_params,
+    check_rows,
+    check_session_dir,
+    check_stream_name,
+)
+
 __all__ = ["AgentServer", "SHUTDOWN_GRACE", "RECEIVE_CHUNK"]
 
 log = logging.getLogger("dreamlake.agent")
@@ -77,7 +102,8 @@ WAIT_SLICE = 1.0
 #: Key of the log stream in a session's pipe (cannot collide with a track name).
 from dreamlake._pipe import LOG_STREAM  # noqa: E402  (one key for the log stream, both sides)
 _STATUS_RANK = {"completed": 0, "interrupted": 1, "failed": 2}
-_NUMBER = frozenset((float, int))
+#: Counters of a session's pipe (``SessionPipe.health()``) that are losses.
+_PIPE_LOSSES = ("dropped", "quarantined")
 
 
 class _Client:
@@ -88,7 +114,7 @@ class _Client:
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
         self.raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
-        self.pid, self.uid = _peer(self.raw)
+        self.pid, self.uid = peer_credentials(self.raw)
         self.entry: _Session | None = None
         self.owner = False
         self.streams: dict[tuple[str, bool], Any] = {}
@@ -101,9 +127,10 @@ class _Client:
 class _Session:
     """One session directory the agent writes, and who is attached to it."""
 
-    def __init__(self, directory: str, pipe: SessionPipe) -> None:
+    def __init__(self, directory: str, pipe: SessionPipe, sink: LocalSink) -> None:
         self.directory = directory
         self.pipe = pipe
+        self.sink = sink  # file operations use it directly, off the writer thread
         self.clients: set[_Client] = set()
         self.status = "completed"
         self.error: str | None = None
@@ -114,17 +141,6 @@ class _Session:
             status == self.status and self.error is None
         ):
             self.status, self.error = status, error
-
-
-def _peer(sock: socket.socket) -> tuple[int | None, int | None]:
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None, None
-    try:
-        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
-    except OSError:
-        return None, None
-    return pid, uid
 
 
 def _error_reply(seq: int, exc: BaseException) -> Err:
@@ -143,12 +159,15 @@ class AgentServer:
         merge_window: float = ROW_MAX_AGE,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         grace: float = SHUTDOWN_GRACE,
+        idle_exit: float = 0.0,
     ) -> None:
         self.socket_path = socket_path
         self.root = os.path.abspath(root)
         self.merge_window = merge_window
         self.memory_budget = memory_budget
         self.grace = grace
+        self.idle_exit = idle_exit
+        self.losses: collections.Counter[str] = collections.Counter()  # by reason, closed sessions included
         self.writer = get_writer()
         self.sessions: dict[str, _Session] = {}
         self.clients: set[_Client] = set()
@@ -164,7 +183,7 @@ class AgentServer:
         self._stop = anyio.Event()
         if self.stopping:
             self._stop.set()
-        listener = await anyio.create_unix_listener(self.socket_path, mode=0o600)
+        listener = await self._listen()
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, 256)
         log.info("listening on %s (pid %d)", self.socket_path, os.getpid())
@@ -172,6 +191,8 @@ class AgentServer:
             async with anyio.create_task_group() as handlers:
                 async with anyio.create_task_group() as front:
                     front.start_soon(self._accept, listener, handlers)
+                    if self.idle_exit > 0:
+                        front.start_soon(self._exit_when_idle)
                     task_status.started()
                     await self._stop.wait()
                     front.cancel_scope.cancel()
@@ -190,6 +211,39 @@ class AgentServer:
         finally:
             self._unlink_socket()
         log.info("stopped")
+
+    async def _listen(self) -> Any:
+        """Bind in a fresh 0700 directory beside the socket, then rename into place:
+        the socket is never reachable with a wider mode, whatever its directory's."""
+        directory = os.path.dirname(self.socket_path)
+        try:
+            if not stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                raise FileExistsError(f"{self.socket_path} exists and is not a socket; not replacing it")
+        except FileNotFoundError:
+            pass
+        staging = tempfile.mkdtemp(prefix=".dl", dir=directory)
+        try:
+            temporary = os.path.join(staging, "s")
+            listener = await anyio.create_unix_listener(temporary, mode=0o600)
+            try:
+                os.rename(temporary, self.socket_path)
+            except BaseException:
+                await listener.aclose()
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return listener
+
+    async def _exit_when_idle(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            await anyio.sleep(min(1.0, self.idle_exit / 4))
+            if self.clients or self.sessions:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= self.idle_exit:
+                log.info("no clients for %g s; exiting", self.idle_exit)
+                self.stop()
+                return
 
     def stop(self) -> None:
         """Begin a clean shutdown (safe to call from the event loop thread)."""
@@ -231,6 +285,7 @@ class AgentServer:
                 log.error("could not flush %s on shutdown: %r", entry.directory, exc)
             self.writer.unregister(entry.pipe)
             entry.pipe.mark_closed()
+            self._count_pipe_losses(entry)
         self.sessions.clear()
 
     # -- one connection ---------------------------------------------------------
@@ -255,6 +310,12 @@ class AgentServer:
                     raise error
         except ProtocolError as exc:
             self.protocol_errors += 1
+            if isinstance(exc, Refused):
+                self.losses[exc.reason] += exc.rows or 1
+            elif "ended inside a frame" in str(exc):
+                self.losses["frames_truncated"] += 1
+            else:
+                self.losses["frames_refused"] += 1
             log.error("closing connection from %r: %s", client, exc)
             with anyio.move_on_after(1):
                 try:
@@ -267,6 +328,12 @@ class AgentServer:
             log.exception("connection from %r failed", client)
         finally:
             with anyio.CancelScope(shield=True):
+                if self.stopping:  # all it sent was read and queued: the client need not count it lost
+                    with anyio.move_on_after(1):
+                        try:
+                            await self._send(client, Err(0, STOPPING, "the agent is stopping; it writes all it received"))
+                        except Exception:
+                            pass
                 try:
                     await self._leave(client, None, None)
                 except Exception:  # pragma: no cover
@@ -312,26 +379,12 @@ class AgentServer:
         return client.entry
 
     # -- sessions ------------------------------------------------------------------
-    def _session_dir(self, requested: str) -> str:
-        """An absolute, normalised directory, or a relative ``workspace/name`` under
-        the agent's root; anything that could climb out (``..``) is refused."""
-        if not requested or "\x00" in requested:
-            raise ValueError(f"bad session directory {requested!r}")
-        if requested.startswith("/"):
-            parts = requested.strip("/").split("/")
-            if any(part in ("", ".", "..") for part in parts):
-                raise ValueError(f"session directory must be absolute and normalised, got {requested!r}")
-            return "/" + "/".join(parts)
-        parts = requested.split("/")
-        for part in parts:
-            check_segment(part, "session directory component")
-        return os.path.join(self.root, *parts)
-
     async def _attach(self, client: _Client, message: Open | Join, owner: bool) -> None:
         if client.entry is not None:
             raise ProtocolError("this connection is already attached to a session")
         try:
-            directory = self._session_dir(message.directory)
+            directory = check_session_dir(message.directory, self.root)
+            info = check_open_info(message.info) if owner else None
         except (ValueError, TypeError) as exc:
             await self._send(client, _error_reply(message.seq, exc))
             return
@@ -340,9 +393,10 @@ class AgentServer:
             await entry.closing.wait()
             entry = self.sessions.get(directory)
         if entry is None:
-            pipe = SessionPipe(LocalSink(directory), self.memory_budget, "block")
+            sink = LocalSink(directory)
+            pipe = SessionPipe(sink, self.memory_budget, "block")
             pipe.row_max_age = self.merge_window
-            entry = self.sessions[directory] = _Session(directory, pipe)
+            entry = self.sessions[directory] = _Session(directory, pipe, sink)
             self.writer.register(pipe)
         entry.clients.add(client)
         client.entry = entry
@@ -352,7 +406,7 @@ class AgentServer:
             return
         self.opens += 1
         try:
-            result = await self._barrier(entry, "open", (dict(message.info),))
+            result = await self._barrier(entry, "open", (info,))
         except Exception as exc:  # could not open (permissions, ...): detach, close nothing
             client.entry = None
             entry.clients.discard(client)
@@ -360,6 +414,7 @@ class AgentServer:
                 del self.sessions[directory]
                 entry.pipe.mark_closed()
                 self.writer.unregister(entry.pipe)
+                self._count_pipe_losses(entry)
             await self._send(client, _error_reply(message.seq, exc))
             return
         await self._send(client, Ok(message.seq, result))
@@ -398,6 +453,7 @@ class AgentServer:
             entry.pipe.mark_closed()
             if self.sessions.get(entry.directory) is entry:
                 del self.sessions[entry.directory]
+                self._count_pipe_losses(entry)
             entry.closing.set()
 
     # -- events ------------------------------------------------------------------
@@ -411,18 +467,15 @@ class AgentServer:
             raise waiter.error
         return waiter.result
 
-    def _stream(self, client: _Client, entry: _Session, name: str, is_log: bool) -> Any:
+    def _stream(self, client: _Client, entry: _Session, name: str, is_log: bool, count: int) -> Any:
+        """The pipe's stream for a frame; its name is checked once per connection."""
         key = (name, is_log)
         ref = client.streams.get(key)
         if ref is None or ref.pipe is not entry.pipe:
             if is_log:
                 ref = entry.pipe.stream(LOG_STREAM, is_log=True)
             else:
-                try:
-                    check_track_name(name)
-                except (ValueError, TypeError) as exc:
-                    raise ProtocolError(str(exc)) from None
-                ref = entry.pipe.stream(name)
+                ref = entry.pipe.stream(check_stream_name(name, is_log, count))
             client.streams[key] = ref
         return ref
 
@@ -431,21 +484,9 @@ class AgentServer:
         rows = message.rows
         if not rows:
             return
-        stream = self._stream(client, entry, message.stream, message.log)
-        try:
-            stamps = [row["_ts"] for row in rows]
-        except KeyError:
-            raise ProtocolError("every row needs a _ts") from None
-        if not set(map(type, stamps)) <= _NUMBER:
-            raise ProtocolError("_ts must be a number")
-        ts = array("d", stamps)
-        if not all(map(math.isfinite, ts)):
-            raise ProtocolError("_ts must be finite")
-        if not all(type(t) is float for t in stamps):
-            for row, stamp in zip(rows, ts):
-                row["_ts"] = stamp
+        stream = self._stream(client, entry, message.stream, message.log, len(rows))
+        stamps = check_rows(message.log, rows)  # the whole frame, before any of it is queued
         pipe = entry.pipe
-        stamps = ts.tolist()
         step = max(1, min(1024, pipe.max_events // 2))
         wake = self.writer.wake
         for first in range(0, len(rows), step):
@@ -457,25 +498,37 @@ class AgentServer:
 
     def _params(self, client: _Client, message: Params) -> None:
         entry = self._attached(client, "params")
-        if not message.values:
-            return
-        if not all(isinstance(k, str) and k for k in message.values):
-            raise ProtocolError("parameter names must be non-empty strings")
-        entry.pipe.push_params(message.values)
+        flat = check_params(message.values)
+        if flat:
+            entry.pipe.push_params(flat)
 
     async def _call(self, client: _Client, message: Call) -> None:
         entry = self._attached(client, "call")
         try:
             if message.op not in CALL_OPS:
                 raise ValueError(f"unknown operation {message.op!r}")
-            args = _check_call(message.op, list(message.args))
-            result = await self._barrier(entry, message.op, args)
+            args = check_call(message.op, list(message.args))
+            if message.op in FILE_OPS:  # not a barrier: off the writer that serves every session
+                result = await anyio.to_thread.run_sync(_file_op, entry.sink, message.op, args)
+            else:
+                result = await self._barrier(entry, message.op, args)
         except Exception as exc:
             await self._send(client, _error_reply(message.seq, exc))
             return
         await self._send(client, Ok(message.seq, result))
 
     # -- introspection ------------------------------------------------------------
+    def _count_pipe_losses(self, entry: _Session) -> None:
+        """A session leaves the agent: keep what its pipe lost in the agent's totals."""
+        self.losses.update(_pipe_losses(entry.pipe.health()))
+
+    def _losses(self) -> dict[str, int]:
+        """Everything dropped or refused since start, by reason (open sessions included)."""
+        total = collections.Counter(self.losses)
+        for entry in self.sessions.values():
+            total.update(_pipe_losses(entry.pipe.health()))
+        return {reason: count for reason, count in sorted(total.items()) if count}
+
     def status(self) -> dict:
         return {
             "pid": os.getpid(),
@@ -484,6 +537,7 @@ class AgentServer:
             "startedAt": self.started,
             "mergeWindow": self.merge_window,
             "protocolErrors": self.protocol_errors,
+            "losses": self._losses(),
             "opens": self.opens,
             "connections": len(self.clients),
             "sessions": [
@@ -497,38 +551,63 @@ class AgentServer:
         }
 
 
-def _check_call(op: str, args: list) -> tuple:
-    """Validate what a ``call`` names before it reaches the sink: track names and
-    file folders go through ``dreamlake._names`` so nothing escapes the session."""
-    if op in ("read", "read_range") and args:
-        if len(args) < 2 or not isinstance(args[0], str) or not isinstance(args[1], bool):
-            raise TypeError(f"{op} takes (name, is_log, ...)")
-        if not args[1]:
-            check_track_name(args[0])
-        for value in args[2:]:
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TypeError(f"{op} bounds must be numbers")
-        if op == "read" and any(isinstance(v, int) and v < 0 for v in args[2:]):
-            raise ValueError("start_index and limit must be non-negative")
-    elif op == "stats" and args:
-        check_track_name(args[0])
-    elif op == "flush":
-        names = args[0] if args else None
-        if names is not None:
-            if not isinstance(names, list):
-                raise TypeError("flush takes a list of track names or nil")
-            for name in names:
-                check_track_name(name)
-        args = [names]
-    elif op == "files_upload" and args:
-        if not isinstance(args[0], str) or not os.path.isabs(args[0]):
-            raise ValueError("files_upload needs an absolute source path")
-        if len(args) > 1:
-            args[1] = check_file_folder(args[1])
-    elif op == "files_list" and args:
-        if args[0] is not None:
-            args[0] = check_file_folder(args[0])
-    elif op == "files_download" and len(args) > 1:
-        if not isinstance(args[1], str) or not os.path.isabs(args[1]):
-            raise ValueError("files_download needs an absolute destination")
-    return tuple(args)
+def _pipe_losses(health: dict) -> dict[str, int]:
+    """The loss counters of ``SessionPipe.health()``: plain counts, and any
+    ``{reason: count}`` map the pipe keeps (``dropped_by_reason`` ...)."""
+    found: dict[str, int] = {}
+    for key, value in health.items():
+        if key in _PIPE_LOSSES and type(value) is int:
+            found[key] = found.get(key, 0) + value
+        elif isinstance(value, dict) and (key.endswith("_by_reason") or key == "losses"):
+            for reason, count in value.items():
+                if type(count) is int:
+                    found[str(reason)] = found.get(str(reason), 0) + count
+    return found
+
+
+def _file_op(sink: LocalSink, op: str, args: tuple) -> Any:
+    """Run a files operation in a worker thread (checked arguments)."""
+    if op == "files_upload":
+        with _regular_file(args[0]) as source:
+            return sink.files_upload(source, *args[1:])
+    if op == "files_download":
+        _check_download_target(args[1])
+    return getattr(sink, op)(*args)
+
+
+@contextmanager
+def _regular_file(path: str) -> Iterator[str]:
+    """A path to the regular file ``path`` names *now*: opened without blocking
+    (a FIFO or device would block a plain open), checked with ``fstat``, and
+    handed on as a link to that open file, so it cannot be swapped afterwards."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    staging = None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IsADirectoryError(f"not a regular file: {path!r}")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ValueError(f"{path!r} is {info.st_size} bytes; the limit is {MAX_FILE_BYTES}")
+        pinned = f"/proc/self/fd/{fd}"
+        if not os.path.exists(pinned):  # no procfs: the fstat check above is what we have
+            yield path
+            return
+        staging = tempfile.mkdtemp(prefix="dreamlake-upload-")
+        link = os.path.join(staging, os.path.basename(path))
+        os.symlink(pinned, link)
+        yield link
+    finally:
+        os.close(fd)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_download_target(dest: str) -> None:
+    """A download writes a regular file (or into a directory); never into a FIFO
+    or device, whose open would block."""
+    try:
+        info = os.stat(dest)
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise ValueError(f"download destination {dest!r} is not a regular file or directory")

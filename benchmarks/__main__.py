@@ -204,7 +204,7 @@ def _stop_agent(sock: Path, env: dict) -> None:
     if not sock.exists():
         return
     try:
-        subprocess.run([sys.executable, "-m", "agent", "stop", "--socket", str(sock), "--timeout", "10"],
+        subprocess.run([sys.executable, "-m", "dreamlake_agent", "stop", "--socket", str(sock), "--timeout", "10"],
                        cwd=REPO, env=env, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as e:
         _progress(f"could not stop the benchmark's agent at {sock}: {e}")

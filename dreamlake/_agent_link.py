@@ -14,7 +14,13 @@ to a :class:`~dreamlake._local_sink.LocalSink` on the same directory, warns
 once, and carries on: nothing hangs and nothing raises into the training loop.
 What the agent had received but not yet written when it was killed (-9) is
 lost; a clean agent shutdown (SIGTERM) writes everything it received, and a
-batch the agent refused to read is written here instead.
+batch the agent refused to read is written here instead. ``AgentSink.health()``
+says which way the session goes and how many rows may have gone with the agent.
+
+Starting an agent (``agent="auto"``): the client takes the agent lock beside
+the socket (``dreamlake._agent_socket``) and hands the locked descriptor to the
+agent it spawns (``python -m dreamlake_agent --lock-fd N``), so of many racing
+clients exactly one starts an agent; the others wait for its socket.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 import warnings
 from typing import Any, Callable
 
+from ._agent_socket import check_socket_dir, open_lock, peer_credentials, try_lock
 from ._errors import FlushTimeout, SessionStateError, SinkError
 from ._protocol import (
     MAX_ROWS_PER_FRAME,
@@ -46,12 +53,12 @@ from ._protocol import (
     Open,
     Params,
     Rows,
+    STOPPING,
     Welcome,
-    ensure_private_dir,
     parse_address,
 )
 
-__all__ = ["agent_sink", "AgentSink", "connect", "start_agent", "AgentLost"]
+__all__ = ["agent_sink", "AgentSink", "connect", "start_agent", "AgentLost", "UnsendableRows", "AUTO_IDLE_EXIT"]
 
 log = logging.getLogger("dreamlake")
 
@@ -65,6 +72,14 @@ IO_TIMEOUT = 120.0
 #: A send blocked this long means the agent stopped reading (frozen, stuck disk):
 #: the session falls back to writing itself rather than stall the training loop.
 SEND_TIMEOUT = 5.0
+#: Seconds an agent started by ``agent="auto"`` stays up without clients
+#: (``$DREAMLAKE_AGENT_IDLE_EXIT`` overrides; 0 = never).
+AUTO_IDLE_EXIT = 300.0
+ENV_IDLE_EXIT = "DREAMLAKE_AGENT_IDLE_EXIT"
+#: After the connection failed, how long to wait for the agent's stopping notice (seconds).
+DRAIN_TIMEOUT = 0.5
+#: Agents one ``connect`` may start when each one it starts dies at once.
+MAX_STARTS = 3
 
 _ERRORS: dict[str, type[BaseException]] = {
     "ValueError": ValueError,
@@ -86,6 +101,11 @@ _started: list[subprocess.Popen] = []
 
 class AgentLost(ConnectionError):
     """The agent connection failed (closed, reset, timed out or spoke garbage)."""
+
+
+class UnsendableRows(ValueError):
+    """A batch cannot be put on the wire (a value outside what MessagePack carries);
+    raised before any of the batch was sent, so the writer may retry or set rows aside."""
 
 
 def _warn_once(message: str) -> None:
@@ -115,11 +135,15 @@ class _Connection:
         self.reader = FrameReader(AgentMessage)
         self.replies: list = []
         self.seq = 0
+        self.agent_stopping = False  # the agent said it stops cleanly with all we sent
 
     def send(self, message: Any) -> None:
+        self.send_frame(self.encoder.encode(message))
+
+    def send_frame(self, frame: bytes | bytearray) -> None:
         try:
             self.sock.settimeout(SEND_TIMEOUT)
-            self.sock.sendall(self.encoder.encode(message))
+            self.sock.sendall(frame)
         except OSError as exc:  # socket.timeout included
             raise AgentLost(f"sending to the agent failed: {exc}") from exc
 
@@ -133,10 +157,37 @@ class _Connection:
             if not data:
                 raise AgentLost("the agent closed the connection")
             messages, error = self.reader.feed(data)
-            self.replies.extend(messages)
+            self._keep(messages)
             if error is not None and not self.replies:
                 raise AgentLost(f"the agent sent a bad frame: {error}")
         return self.replies.pop(0)
+
+    def _keep(self, messages: list) -> None:
+        for message in messages:
+            if isinstance(message, Err) and message.seq == 0 and message.kind == STOPPING:
+                self.agent_stopping = True
+            else:
+                self.replies.append(message)
+
+    def drain(self, timeout: float) -> None:
+        """After a failure: read what the agent still sent (its stopping notice)
+        until it closes, for at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.agent_stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.sock.settimeout(left)
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    return
+                messages, error = self.reader.feed(data)
+                self._keep(messages)
+                if error is not None:
+                    return
+        except OSError:
+            return
 
     def request(self, make: Callable[[int], Any]) -> Any:
         self.seq += 1
@@ -169,6 +220,9 @@ def connect(path: str, timeout: float = CONNECT_TIMEOUT) -> tuple[_Connection, d
     try:
         sock.settimeout(timeout)
         sock.connect(path)
+        _, peer_uid = peer_credentials(sock)
+        if peer_uid is not None and peer_uid != os.getuid():
+            raise PermissionError(f"the agent at {path} runs as uid {peer_uid}, not as this user")
         connection = _Connection(sock)
         from . import __version__
 
@@ -185,30 +239,46 @@ def connect(path: str, timeout: float = CONNECT_TIMEOUT) -> tuple[_Connection, d
         raise
 
 
-def start_agent(path: str, root: str | None = None) -> subprocess.Popen:
-    """Start a detached ``dreamlake-agent`` on ``path`` (its log next to the socket).
-    If one is already running (or two clients start one at once), the extra agent
-    finds the first through the lock file and exits."""
-    directory = os.path.dirname(path)
-    ensure_private_dir(directory)
-    for old in list(_started):  # reap agents that exited (lost a start race)
+def _idle_exit() -> float:
+    text = os.environ.get(ENV_IDLE_EXIT)
+    try:
+        return float(text) if text else AUTO_IDLE_EXIT
+    except ValueError:
+        return AUTO_IDLE_EXIT
+
+
+def start_agent(path: str, root: str | None = None) -> subprocess.Popen | None:
+    """Start a detached ``dreamlake-agent`` on ``path`` (its log next to the socket)
+    unless one holds (or is taking) the lock; None when it does. The agent gets
+    our locked descriptor, so from this moment until it exits no one else starts one."""
+    check_socket_dir(os.path.dirname(path))
+    for old in list(_started):  # reap agents that exited
         if old.poll() is not None:
             _started.remove(old)
-    command = [sys.executable, "-m", "agent", "--socket", path]
-    if root is not None:
-        command += ["--root", root]
-    env = {k: v for k, v in os.environ.items() if k != "DREAMLAKE_AGENT"}
-    with open(path + ".log", "ab") as logfile:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            cwd="/",
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
+    lock = open_lock(path)
+    try:
+        if not try_lock(lock):
+            return None
+        os.ftruncate(lock, 0)  # no stale pid while the new agent starts
+        command = [sys.executable, "-m", "dreamlake_agent", "--socket", path, "--lock-fd", str(lock)]
+        command += ["--idle-exit", repr(_idle_exit())]
+        if root is not None:
+            command += ["--root", root]
+        env = {k: v for k, v in os.environ.items() if k != "DREAMLAKE_AGENT"}
+        with open(path + ".log", "ab") as logfile:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(lock,),
+            )
+    finally:
+        os.close(lock)  # the agent holds the lock on its copy now (or nobody does)
     _started.append(proc)
     return proc
 
@@ -219,17 +289,19 @@ def _connect_or_start(path: str, auto: bool, root: str) -> tuple[_Connection, di
     except (OSError, AgentLost):
         if not auto:
             raise
-    start_agent(path, root)
     deadline = time.monotonic() + START_TIMEOUT
     delay = 0.005
+    starts = 0
     while True:
+        if starts < MAX_STARTS and start_agent(path, root) is not None:
+            starts += 1
+        time.sleep(delay)  # bounded poll for the agent that holds the lock
+        delay = min(delay * 2, 0.1)
         try:
             return connect(path)
         except (OSError, AgentLost):
             if time.monotonic() >= deadline:
                 raise
-        time.sleep(delay)  # bounded poll for the agent we started
-        delay = min(delay * 2, 0.1)
 
 
 def agent_sink(config: Any) -> "AgentSink | None":
@@ -244,7 +316,22 @@ def agent_sink(config: Any) -> "AgentSink | None":
             f"by this process instead"
         )
         return None
-    return AgentSink(path, connection, str(config.directory))
+    # canonical: every client of a session names it alike, and the agent refuses '..'
+    return AgentSink(path, connection, os.path.realpath(config.directory))
+
+
+def _encode_rows(encoder: FrameEncoder, name: str, is_log: bool, rows: list) -> list[tuple[Any, int]]:
+    """Every frame of a batch, encoded before any is sent: a value MessagePack
+    cannot carry fails the whole batch here (``UnsendableRows``), never half-sent."""
+    try:
+        if len(rows) <= MAX_ROWS_PER_FRAME:  # the common case: one frame, the encoder's buffer
+            return [(encoder.encode(Rows(name, is_log, rows)), len(rows))]
+        return [
+            (bytes(encoder.encode(Rows(name, is_log, rows[i : i + MAX_ROWS_PER_FRAME]))), len(rows[i : i + MAX_ROWS_PER_FRAME]))
+            for i in range(0, len(rows), MAX_ROWS_PER_FRAME)
+        ]
+    except (TypeError, ValueError, OverflowError, UnicodeError) as exc:
+        raise UnsendableRows(f"rows of {name!r} cannot be sent to the agent: {exc}") from exc
 
 
 # -- the sink ----------------------------------------------------------------------
@@ -262,10 +349,29 @@ class AgentSink:
         self._opened = False
         self._local: Any = None
         self._windows: dict[str, list] = {}  # flush windows once written locally
+        self._unconfirmed = 0  # rows sent since the agent last confirmed a barrier
+        self._lost_with_agent = 0
+        self._fallback_reason: str | None = None
 
     @property
     def via_agent(self) -> bool:
         return self._local is None
+
+    def health(self) -> dict:
+        """Where this session's rows go: ``mode`` "agent" or "local-fallback";
+        ``lost_with_agent``: rows sent to an agent that then went away without
+        a clean stop, before a barrier (flush, read, ...) confirmed them written:
+        at most that many are missing (after ``kill -9`` those it had not yet
+        written are gone; a clean stop says so and writes them all, counting 0);
+        ``unconfirmed_rows``: sent and not yet confirmed by a barrier;
+        ``fallback_reason``: why the session writes itself, or None."""
+        return {
+            "mode": "agent" if self._local is None else "local-fallback",
+            "socket": self.path,
+            "lost_with_agent": self._lost_with_agent,
+            "unconfirmed_rows": self._unconfirmed if self._local is None else 0,
+            "fallback_reason": self._fallback_reason,
+        }
 
     # -- plumbing -----------------------------------------------------------
     def _connection(self) -> _Connection | None:
@@ -291,12 +397,20 @@ class AgentSink:
         return self._conn
 
     def _fall_back(self, why: BaseException) -> None:
+        stopped_cleanly = False
         if self._conn is not None:
+            self._conn.drain(DRAIN_TIMEOUT)
+            stopped_cleanly = self._conn.agent_stopping
             self._conn.close()
             self._conn = None
         if self._local is not None:
             return
         from ._local_sink import LocalSink
+
+        self._fallback_reason = str(why) + (" (the agent stopped cleanly)" if stopped_cleanly else "")
+        if not stopped_cleanly:
+            self._lost_with_agent += self._unconfirmed
+        self._unconfirmed = 0
 
         _warn_once(
             f"dreamlake: lost the dreamlake-agent at {self.path} ({why}); this process now writes "
@@ -313,10 +427,12 @@ class AgentSink:
         if connection is None:
             return False, None
         try:
-            return True, connection.request(make)
+            result = connection.request(make)
         except AgentLost as exc:
             self._fall_back(exc)
             return False, None
+        self._unconfirmed = 0  # a barrier: everything sent before it is written
+        return True, result
 
     def _call(self, op: str, *args: Any) -> Any:
         done, result = self._request(lambda seq: Call(seq, op, list(args)))
@@ -354,6 +470,7 @@ class AgentSink:
         self._owner = False
         self._rejoin = True
         self._windows = {}
+        self._unconfirmed = 0  # the parent's rows
         if self._local is not None:
             self._local.after_fork_in_child()
 
@@ -362,11 +479,12 @@ class AgentSink:
         connection = self._connection()
         sent = 0
         if connection is not None:
+            frames = _encode_rows(connection.encoder, name, is_log, rows)
             try:
-                while sent < len(rows):
-                    chunk = rows[sent : sent + MAX_ROWS_PER_FRAME]
-                    connection.send(Rows(name, is_log, chunk))
-                    sent += len(chunk)
+                for frame, count in frames:
+                    connection.send_frame(frame)
+                    sent += count
+                    self._unconfirmed += count
                 return 0  # indices are the agent's; flush windows come from flush_report()
             except AgentLost as exc:
                 self._fall_back(exc)

@@ -9,9 +9,27 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["check_segment", "check_track_name", "check_file_folder", "MAX_NAME_LENGTH"]
+__all__ = [
+    "check_segment",
+    "check_track_name",
+    "check_file_folder",
+    "check_file_id",
+    "check_log_level",
+    "MAX_NAME_LENGTH",
+    "MAX_TRACK_NAME_LENGTH",
+    "MAX_TRACK_DEPTH",
+    "LOG_LEVELS",
+]
 
 MAX_NAME_LENGTH = 255
+#: A whole track name (all segments and slashes): keeps every track path far below
+#: PATH_MAX (4096) under any reasonable root.
+MAX_TRACK_NAME_LENGTH = 1024
+#: Segments of a track name (``a/b/c`` has 3): directories nested per track.
+MAX_TRACK_DEPTH = 16
+#: Log levels, and the spellings ``Session.log`` accepts for them.
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+_LEVEL_ALIASES = {"warning": "warn", "critical": "fatal"}
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.@+=,:\- ]+$")
 
 
@@ -55,9 +73,15 @@ RESERVED_TRACK_SEGMENTS = frozenset(
 
 
 def check_track_name(value: object) -> str:
-    """A hierarchical track name such as ``robot/pose/left``."""
+    """A hierarchical track name such as ``robot/pose/left``: at most
+    ``MAX_TRACK_DEPTH`` segments and ``MAX_TRACK_NAME_LENGTH`` characters."""
+    if isinstance(value, str) and len(value) > MAX_TRACK_NAME_LENGTH:
+        raise ValueError(f"track name is {len(value)} characters; the limit is {MAX_TRACK_NAME_LENGTH}")
     name = _check_relative(value, "track name", allow_empty=False)
-    for part in name.split("/"):
+    parts = name.split("/")
+    if len(parts) > MAX_TRACK_DEPTH:
+        raise ValueError(f"track name has {len(parts)} segments; the limit is {MAX_TRACK_DEPTH}")
+    for part in parts:
         if part in RESERVED_TRACK_SEGMENTS or part.startswith(".tmp"):
             raise ValueError(f"track name {value!r} uses {part!r}, which names a file of the store")
     return name
@@ -70,3 +94,18 @@ def check_file_folder(value: object) -> str:
     if value is None:
         return ""
     return _check_relative(value, "file path", allow_empty=True)
+
+
+def check_file_id(value: object) -> str:
+    """A stored file's id (one path segment: it can never name a path)."""
+    return check_segment(value, "file id")
+
+
+def check_log_level(value: object) -> str:
+    """A log level, normalised (``"WARNING"`` -> ``"warn"``)."""
+    if isinstance(value, str):
+        level = value.lower()
+        level = _LEVEL_ALIASES.get(level, level)
+        if level in LOG_LEVELS:
+            return level
+    raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")

@@ -20,7 +20,6 @@ This module is sans-I/O: :class:`FrameEncoder` turns messages into frame bytes,
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from typing import Any, Union
 
@@ -44,12 +43,12 @@ __all__ = [
     "ClientMessage",
     "AgentMessage",
     "CALL_OPS",
+    "STOPPING",
     "ProtocolError",
     "FrameEncoder",
     "FrameReader",
     "default_socket_path",
     "parse_address",
-    "ensure_private_dir",
     "ENV_SOCKET",
 ]
 
@@ -137,12 +136,18 @@ class Ok(msgspec.Struct, tag="ok", array_like=True):
 
 class Err(msgspec.Struct, tag="err", array_like=True):
     """``kind``: ValueError, TypeError, KeyError, FileNotFoundError, SessionStateError,
-    FlushTimeout, SinkError or ProtocolError; ``message`` is for humans."""
+    FlushTimeout, SinkError or ProtocolError; ``message`` is for humans. With seq 0
+    and kind :data:`STOPPING` it is a notice, not a reply (see there)."""
 
     seq: int
     kind: str
     message: str
 
+
+#: ``Err(0, STOPPING, ...)``: the agent is shutting down cleanly and has read and
+#: queued everything this connection sent; it writes all of it before it exits.
+#: Sent just before the agent closes the connection.
+STOPPING = "AgentStopping"
 
 ClientMessage = Union[Hello, Open, Join, Rows, Params, Call, Close, Status]
 AgentMessage = Union[Welcome, Ok, Err]
@@ -277,24 +282,3 @@ def parse_address(address: str) -> tuple[str, bool]:
     if not path.startswith("/"):
         raise ValueError(f"the agent socket path must be absolute, got {path!r}")
     return os.path.normpath(path), auto
-
-
-def ensure_private_dir(directory: str, create: bool = True) -> None:
-    """Make sure ``directory`` is a real directory owned by this user that no one
-    else can enter (mode 0700). Creates it (0700) when missing; refuses one that
-    another user owns or that group/others can access."""
-    if create:
-        try:
-            os.makedirs(directory, mode=0o700)
-        except FileExistsError:
-            pass
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode):
-        raise PermissionError(f"{directory} is not a directory")
-    if info.st_uid != os.getuid():
-        raise PermissionError(f"{directory} belongs to uid {info.st_uid}, not to this user")
-    if info.st_mode & 0o077:
-        raise PermissionError(
-            f"{directory} is accessible to other users (mode {stat.S_IMODE(info.st_mode):o}); "
-            f"the agent socket needs a private (0700) directory"
-        )

@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.__main__ import running_pid
+from dreamlake_agent.__main__ import running_pid
 from dreamlake import Session
 from dreamlake._agent_link import AgentSink, connect
 from dreamlake._local_sink import read_page, stream_files
@@ -77,7 +77,7 @@ class Agents:
     def start(self, *extra):
         with open(self.log, "ab") as log:
             proc = subprocess.Popen(
-                [PY, "-m", "agent", "--socket", self.sock, "--root", str(self.root), *extra],
+                [PY, "-m", "dreamlake_agent", "--socket", self.sock, "--root", str(self.root), *extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -299,24 +299,30 @@ def test_garbage_on_the_socket_closes_that_connection_and_the_agent_serves_on(ag
     assert agents.log_text().count("closing connection") == 3
     assert agents.log_text().count("ended inside a frame") == 1
     status = subprocess.run(
-        [PY, "-m", "agent", "status", "--json", "--socket", agents.sock], capture_output=True, text=True, cwd=REPO
+        [PY, "-m", "dreamlake_agent", "status", "--json", "--socket", agents.sock], capture_output=True, text=True, cwd=REPO
     )
     assert status.returncode == 0 and json.loads(status.stdout)["protocolErrors"] == 3
 
 
-def test_socket_is_0600_in_a_0700_dir_and_open_dirs_are_refused(agents, tmp_path):
+def test_socket_is_0600_even_in_a_0755_dir(agents, tmp_path):
     agents.start()
     assert stat.S_IMODE(os.stat(agents.sock).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(agents.sockdir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(agents.sock + ".lock").st_mode) == 0o600
     shared = tempfile.mkdtemp(dir="/tmp", prefix="dls-")
+    path = os.path.join(shared, "a.sock")
     try:
         os.chmod(shared, 0o755)
-        refused = subprocess.run(
-            [PY, "-m", "agent", "--socket", os.path.join(shared, "a.sock")], capture_output=True, text=True, timeout=30
-        )
-        assert refused.returncode == 2 and "private" in refused.stderr
-        assert not os.path.exists(os.path.join(shared, "a.sock"))
+        with open(os.path.join(shared, "agent.log"), "ab") as log:
+            proc = subprocess.Popen([PY, "-m", "dreamlake_agent", "--socket", path], stdout=log, stderr=log, cwd=REPO)
+        try:
+            wait_until(lambda: proc.poll() is not None or connectable(path), what="agent in a 0755 dir")
+            assert proc.poll() is None, Path(shared, "agent.log").read_text()
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            assert sorted(os.listdir(shared)) == ["a.sock", "a.sock.lock", "agent.log"]  # no staging dir left
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=15) == 0
+        assert not os.path.exists(path)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
@@ -389,7 +395,7 @@ def test_auto_starts_one_agent_even_when_clients_race_and_cli_status_stop(agents
         found = []
         for p in psutil.process_iter(["pid", "cmdline", "status"]):
             cmdline = p.info["cmdline"] or []
-            if agents.sock in cmdline and "agent" in cmdline and p.info["status"] != psutil.STATUS_ZOMBIE:
+            if agents.sock in cmdline and "dreamlake_agent" in cmdline and p.info["status"] != psutil.STATUS_ZOMBIE:
                 found.append(p.info["pid"])
         return found
 
@@ -398,16 +404,16 @@ def test_auto_starts_one_agent_even_when_clients_race_and_cli_status_stop(agents
         assert meta(agents.root / "ws" / f"r{i}")["pid"] == pid
         assert read_all(agents.root / "ws" / f"r{i}", "t")["total"] == 10
     assert psutil.Process(pid).ppid() != os.getpid()  # detached from whoever started it
-    status = subprocess.run([PY, "-m", "agent", "status", "--socket", agents.sock], capture_output=True, text=True)
+    status = subprocess.run([PY, "-m", "dreamlake_agent", "status", "--socket", agents.sock], capture_output=True, text=True)
     assert status.returncode == 0 and str(pid) in status.stdout
     second = subprocess.run(
-        [PY, "-m", "agent", "--socket", agents.sock], capture_output=True, text=True, timeout=30
+        [PY, "-m", "dreamlake_agent", "--socket", agents.sock], capture_output=True, text=True, timeout=30
     )
     assert second.returncode == 0 and f"already running (pid {pid})" in second.stdout
-    stop = subprocess.run([PY, "-m", "agent", "stop", "--socket", agents.sock], capture_output=True, text=True)
+    stop = subprocess.run([PY, "-m", "dreamlake_agent", "stop", "--socket", agents.sock], capture_output=True, text=True)
     assert stop.returncode == 0, stop.stdout
     assert running_pid(agents.sock) is None and not os.path.exists(agents.sock)
-    status = subprocess.run([PY, "-m", "agent", "status", "--socket", agents.sock], capture_output=True, text=True)
+    status = subprocess.run([PY, "-m", "dreamlake_agent", "status", "--socket", agents.sock], capture_output=True, text=True)
     assert status.returncode == 1 and "not running" in status.stdout
 
 
@@ -472,7 +478,7 @@ def test_user_doc_examples_and_contract_suites_pass_in_agent_mode(agents):
     assert " passed" in run.stdout and "failed" not in run.stdout
     assert "lost the dreamlake-agent" not in run.stdout + run.stderr
     status = subprocess.run(
-        [PY, "-m", "agent", "status", "--json", "--socket", agents.sock], capture_output=True, text=True
+        [PY, "-m", "dreamlake_agent", "status", "--json", "--socket", agents.sock], capture_output=True, text=True
     )
     served = json.loads(status.stdout)
     assert served["opens"] >= 50 and served["protocolErrors"] == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from dreamlake._agent_socket import check_socket_dir
 from dreamlake._protocol import (
     MAX_FRAME,
     AgentMessage,
@@ -22,7 +23,6 @@ from dreamlake._protocol import (
     Ok,
     Rows,
     default_socket_path,
-    ensure_private_dir,
     parse_address,
 )
 
@@ -122,19 +122,24 @@ def test_default_socket_is_per_user(monkeypatch, tmp_path):
     assert default_socket_path() == f"/tmp/dreamlake-{os.getuid()}/agent.sock"
 
 
-def test_private_dir_is_created_0700_and_open_dirs_are_refused(tmp_path):
+def test_socket_dir_is_created_0700_and_any_dir_of_ours_is_fine(tmp_path):
     private = tmp_path / "p" / "q"
-    ensure_private_dir(str(private))
+    check_socket_dir(str(private))
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
     shared = tmp_path / "shared"
-    shared.mkdir(mode=0o755)
+    shared.mkdir()
     shared.chmod(0o755)
-    with pytest.raises(PermissionError):
-        ensure_private_dir(str(shared))
-    link = tmp_path / "link"
-    link.symlink_to(private)
-    with pytest.raises(PermissionError):
-        ensure_private_dir(str(link))
+    check_socket_dir(str(shared))  # ours, 0755: the socket itself is 0600
+    check_socket_dir("/tmp")  # world-writable but sticky: no one can replace our socket
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(PermissionError, match="not sticky"):
+        check_socket_dir(str(open_dir))
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises((PermissionError, FileExistsError)):
+        check_socket_dir(str(afile))
 
 
 def test_the_byte_examples_in_docs_protocol_md_are_what_we_send():

@@ -17,7 +17,7 @@ import tempfile
 import anyio
 import pytest
 
-from agent import AgentServer
+from dreamlake_agent import AgentServer
 from dreamlake._protocol import (
     PROTOCOL_VERSION,
     AgentMessage,

@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mimetypes
 import os
 import shutil
+import stat
 import uuid
 from typing import Any
 
@@ -20,10 +22,26 @@ __all__ = ["FileStore"]
 _COPY_CHUNK = 1 << 20
 
 
+#: What ``update()`` may change in an entry; the rest (ids, paths, checksums) is the store's.
+UPDATABLE = frozenset(("description", "tags", "metadata"))
+
+
+def open_regular_file(path: str) -> int:
+    """Open ``path`` for reading without blocking, refusing anything that is not a
+    regular file (a FIFO would stall the writer, a device would never end); the
+    check is on the opened descriptor, so the path cannot be swapped after it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(f"not a regular file: {path!r}")
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _copy_and_hash(src: str, dst: str) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
-    with open(src, "rb") as source, open(dst, "wb") as target:
+    with open(open_regular_file(src), "rb") as source, open(dst, "wb") as target:
         while True:
             chunk = source.read(_COPY_CHUNK)
             if not chunk:
@@ -62,7 +80,11 @@ class FileStore:
         write_json_atomic(self.index_path, files_doc(entries))
 
     def _stored_path(self, entry: dict) -> str:
-        return os.path.join(self.root, *_storage_path(entry).split("/"))
+        """Where an entry's bytes are; never outside ``files/``, whatever the entry says."""
+        path = os.path.realpath(os.path.join(self.root, *_storage_path(entry).split("/")))
+        if not path.startswith(os.path.realpath(self.root) + os.sep):
+            raise SinkError(f"file entry {entry.get('id')!r} points outside the session's files")
+        return path
 
     def upload(self, src: str, folder: str, description: str | None, tags: list, metadata: dict) -> dict:
         os.makedirs(self.root, exist_ok=True)
@@ -98,8 +120,17 @@ class FileStore:
             entries = [e for e in entries if e not in replaced] + [entry]
             self._write_entries(entries)
         for old in replaced:
-            shutil.rmtree(os.path.dirname(self._stored_path(old)), ignore_errors=True)
+            self._remove_stored(old)
         return _public(entry)
+
+    def _remove_stored(self, entry: dict) -> None:
+        """Remove an entry's own ``<id>/`` folder (never ``files/`` itself)."""
+        folder = os.path.dirname(self._stored_path(entry))
+        if os.path.basename(folder) == entry["id"] and folder != os.path.realpath(self.root):
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._stored_path(entry))
 
     def list(self, folder: str | None, tags: list | None) -> list[dict]:
         entries = self._entries()
@@ -132,13 +163,16 @@ class FileStore:
             entry = self._find(entries, file_id)
             entries.remove(entry)
             self._write_entries(entries)
-        shutil.rmtree(os.path.dirname(self._stored_path(entry)), ignore_errors=True)
+        self._remove_stored(entry)
         return _public(entry)
 
     def update(self, file_id: str, changes: dict[str, Any]) -> dict:
         with locked(self.lock_path):
             entries = self._entries()
             entry = self._find(entries, file_id)
+            unknown = set(changes) - UPDATABLE
+            if unknown:
+                raise ValueError(f"a file's {', '.join(sorted(unknown))} cannot be changed (only {', '.join(sorted(UPDATABLE))})")
             entry.update(changes)
             entry["updatedAt"] = now_iso()
             self._write_entries(entries)

@@ -216,3 +216,37 @@ def test_an_index_corrupted_while_the_session_is_open_is_caught_by_the_read(tmp_
         _rewrite(tdir / "index.ts", lambda b: b[:800] + b"\0" * (len(b) - 800))
         page = s.track("t").read(start_index=200, limit=5)["data"]
         assert [(p["data"]["i"], p["timestamp"]) for p in page] == [(i, 10.0 + i) for i in range(200, 205)]
+
+
+# -- the files area: a second line of defence behind the API's checks ------------------
+
+
+def test_file_entries_cannot_point_or_be_changed_outside_the_files_area(tmp_path):
+    from dreamlake._file_store import FileStore
+    from dreamlake._errors import SinkError
+
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"abc")
+    store = FileStore(str(tmp_path / "ws" / "s"))
+    entry = store.upload(str(src), "models", None, [], {})
+    with pytest.raises(ValueError, match="cannot be changed"):
+        store.update(entry["id"], {"storagePath": "../../../precious/keep.txt"})
+    # an entry written behind our back that points outside is refused, not followed
+    doc = strict_loads(Path(store.index_path).read_text())
+    doc["files"][0]["storagePath"] = "../../../precious/keep.txt"
+    Path(store.index_path).write_text(__import__("json").dumps(doc))
+    with pytest.raises(SinkError, match="outside"):
+        store.delete(entry["id"])
+    assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_uploading_a_fifo_is_refused_at_once(tmp_path):
+    from dreamlake._file_store import FileStore
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(IsADirectoryError, match="not a regular file"):
+        FileStore(str(tmp_path / "ws" / "s")).upload(str(fifo), "", None, [], {})

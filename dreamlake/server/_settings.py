@@ -1,0 +1,43 @@
+"""Every knob of the server in one typed object (built by the CLI or by tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+__all__ = ["Settings"]
+
+MiB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 3000
+    #: accept requests without a key (and upstream's unsigned ``user_name`` tokens)
+    dev: bool = False
+    #: fsync rows and the ingest journal before acknowledging (durable across power loss)
+    fsync: bool = True
+    #: largest request body accepted on the wire (compressed size for ingest) → 413
+    max_body_bytes: int = 32 * MiB
+    #: largest decompressed ingest batch → 413, refused without allocating it
+    max_batch_bytes: int = 128 * MiB
+    #: largest file upload → 413
+    max_upload_bytes: int = 1024 * MiB
+    #: rows per page a read may ask for
+    max_read_limit: int = 10_000
+    #: a request body must arrive within this many seconds → 408
+    body_timeout: float = 30.0
+    #: idle keep-alive connections are closed after this many seconds
+    keep_alive_timeout: float = 5.0
+    #: on SIGTERM, in-flight requests get this long to finish
+    graceful_timeout: float = 30.0
+    #: ingest journal is compacted into its snapshot past this size
+    journal_compact_bytes: int = 64 * MiB
+
+    @property
+    def state_dir(self) -> Path:
+        """Server-private state under the root (keys, temp uploads): a dot
+        directory, so it can never be taken for a workspace."""
+        return Path(self.root) / ".dreamlake-server"

@@ -12,6 +12,7 @@ import logging
 from typing import Any, AsyncIterator, Iterable, Mapping
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -58,6 +59,23 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(status, kind, message)
 
 
+class _InFlight:
+    """Counts requests being handled (a gauge in /metrics; SIGTERM waits for them)."""
+
+    def __init__(self, app: ASGIApp, gauge: Any) -> None:
+        self.app = app
+        self.gauge = gauge
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.gauge.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gauge.dec()
+
+
 def create_app(
     settings: Settings,
     storage: Storage | None = None,
@@ -83,6 +101,11 @@ def create_app(
         *(Mount(path, app=sub) for path, sub in (mounts or {}).items()),
     ]
     handlers = {cls: _on_error for cls in (ServerError, ValueError, TypeError, KeyError, Exception)}
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=handlers,  # type: ignore[arg-type]
+        lifespan=lifespan,
+        middleware=[Middleware(_InFlight, gauge=ctx.metrics.in_flight)],
+    )
     app.state.dreamlake = ctx
     return app

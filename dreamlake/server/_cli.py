@@ -29,7 +29,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000, help="0 picks a free port")
     p.add_argument("--dev", action="store_true", help="development mode: accept requests without a key")
     p.add_argument("--no-fsync", action="store_true", help="acknowledge before fsync (survives a crash, not a power loss)")
-    p.add_argument("--max-body-mb", type=float, default=32)
+    p.add_argument("--max-body-mb", type=float, default=32, help="largest request body on the wire (413 above)")
+    p.add_argument("--max-batch-mb", type=float, default=128, help="largest decompressed ingest batch (413 above)")
+    p.add_argument("--body-timeout", type=float, default=30, help="seconds a request body may take to arrive (408)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -88,6 +90,8 @@ def _serve(argv: list[str]) -> int:
         dev=args.dev,
         fsync=not args.no_fsync,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        max_batch_bytes=int(args.max_batch_mb * (1 << 20)),
+        body_timeout=args.body_timeout,
     )
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

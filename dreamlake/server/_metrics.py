@@ -3,7 +3,7 @@ never collide). Rates (rows/s) are ``rate()`` over the counters."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
@@ -20,6 +20,7 @@ class Metrics:
             registry=self.registry,
         )
         self.errors = Counter("dreamlake_errors", "Requests refused or failed, by kind", ["kind"], registry=self.registry)
+        self.in_flight = Gauge("dreamlake_requests_in_flight", "Requests being handled now", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

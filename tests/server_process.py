@@ -49,7 +49,8 @@ class ServerProcess:
             time.sleep(0.02)
 
     def stderr(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def client(self, key: str | None = None, **kwargs) -> httpx.Client:

@@ -12,6 +12,7 @@ import logging
 from typing import Any, AsyncIterator, Iterable, Mapping
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -100,7 +101,7 @@ def create_app(
         *rest_routes,
         *(Mount(path, app=sub) for path, sub in (mounts or {}).items()),
     ]
-    handlers = {cls: _on_error for cls in (ServerError, ValueError, TypeError, KeyError, Exception)}
+    handlers = {cls: _on_error for cls in (ServerError, HTTPException, ValueError, TypeError, KeyError, Exception)}
     app = Starlette(
         routes=routes,
         exception_handlers=handlers,  # type: ignore[arg-type]

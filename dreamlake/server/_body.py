@@ -83,6 +83,8 @@ def decode_json(body: bytes) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
         pass
+    except RecursionError:
+        raise BadRequest("JSON body is nested too deeply") from None
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -94,6 +96,8 @@ def decode_batch(raw: bytes) -> IngestBatch:
         return _batch_decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(f"malformed batch: {exc}") from None
+    except RecursionError:
+        raise BadRequest("batch is nested too deeply") from None
 
 
 def encode_json(value: Any) -> bytes:

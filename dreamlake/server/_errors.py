@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 __all__ = [
@@ -72,6 +73,9 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
     """(HTTP status, kind, message) for any exception a route let through."""
     if isinstance(exc, ServerError):
         return exc.status, exc.kind, str(exc) or exc.kind
+    if isinstance(exc, HTTPException):  # the router's own: no such route, wrong method
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        return exc.status_code, kind, str(exc.detail)
     if isinstance(exc, (ValueError, TypeError)):
         return 400, "bad_request", str(exc)
     if isinstance(exc, KeyError):  # the stores raise KeyError for an unknown id

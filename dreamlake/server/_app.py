@@ -92,6 +92,7 @@ def create_app(
             log.warning(DEV_MODE_WARNING)
         yield
         await ctx.run(storage.close)  # after uvicorn drained the in-flight requests
+        log.info("dreamlake-server: storage closed, everything acknowledged is on disk")
 
     routes: list[BaseRoute] = [
         *extra_routes,

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ __all__ = ["LocalStorage", "session_id_for"]
 log = logging.getLogger("dreamlake.server")
 
 _END_STATUSES = ("completed", "failed", "interrupted")
+_get_ts = itemgetter("_ts")
 
 
 def session_id_for(workspace: str, name: str) -> str:
@@ -79,7 +81,7 @@ class _Live:
         self.directory = directory
         self.lock = threading.Lock()
         self.sink = LocalSink(directory)
-        self.journal = IngestJournal(directory, settings.fsync, settings.journal_compact_bytes)
+        self.journal = IngestJournal(directory, settings.fsync != "never", settings.journal_compact_bytes)
         self._counters: dict[tuple[str, bool], StreamFiles] = {}
 
     def count(self, name: str, is_log: bool) -> int:
@@ -103,6 +105,8 @@ class LocalStorage:
         self.settings = settings
         self.root = os.path.abspath(settings.root)
         os.makedirs(self.root, exist_ok=True)
+        self._sync_batches = settings.fsync in ("batches", "always")
+        self._sync_rest = settings.fsync == "always"
         self._live: dict[str, _Live] = {}
         self._live_lock = threading.Lock()
 
@@ -179,17 +183,17 @@ class LocalStorage:
             raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
         return live
 
-    def _write(self, live: _Live, kind: str, name: str, rows: list, ts: list) -> int:
+    def _write(self, live: _Live, kind: str, name: str, rows: list, ts: list, sync: bool) -> int:
         is_log = kind == "log"
         first = live.sink.write_rows(LOG_STREAM if is_log else name, is_log, rows, ts)
-        if self.settings.fsync:
+        if sync:
             _fsync_file(stream_files(live.directory, LOG_STREAM if is_log else name, is_log).data_path)
         return first
 
     def append_rows(self, ref: SessionRef, rows: StreamRows) -> dict:
         live = self._writable(ref)
         with live.lock:
-            first = self._write(live, "track", rows.name, rows.rows, rows.ts) if rows.rows else None
+            first = self._write(live, "track", rows.name, rows.rows, rows.ts, self._sync_rest) if rows.rows else None
         n = len(rows.rows)
         return {
             "trackId": rows.name,
@@ -201,14 +205,17 @@ class LocalStorage:
     def append_logs(self, ref: SessionRef, rows: StreamRows) -> tuple[int, int]:
         live = self._writable(ref)
         with live.lock:
-            first = self._write(live, "log", "", rows.rows, rows.ts) if rows.rows else live.count(LOG_STREAM, True)
+            if rows.rows:
+                first = self._write(live, "log", "", rows.rows, rows.ts, self._sync_rest)
+            else:
+                first = live.count(LOG_STREAM, True)
         return first, first + len(rows.rows) - 1
 
     def set_params(self, ref: SessionRef, flat: dict[str, Any]) -> dict:
         live = self._writable(ref)
         with live.lock:
             live.sink.write_params(flat)
-            if self.settings.fsync:
+            if self._sync_rest:
                 _fsync_file(os.path.join(live.directory, "parameters.json"))
             return self._params(live)
 
@@ -244,12 +251,12 @@ class LocalStorage:
                 log.error("stream %s of %s lost rows below index %d (have %d); appending anyway", name or "logs",
                           live.ref.id, first, have)
             todo = rows[max(0, have - first) :]
-            got = self._write(live, kind, name, todo, [row["_ts"] for row in todo])
+            got = self._write(live, kind, name, todo, list(map(_get_ts, todo)), self._sync_batches)
             if got != max(first, have):
                 log.error("stream %s of %s: rows landed at %d, planned %d", name or "logs", live.ref.id, got, first)
         if record.params is not None:
             live.sink.write_params(record.params)
-            if self.settings.fsync:
+            if self._sync_batches:
                 _fsync_file(os.path.join(live.directory, "parameters.json"))
         if record.close is not None:
             live.sink.close(*record.close)

@@ -141,6 +141,10 @@ class LocalStorage:
         workspace, name = _prefix_of(session_id)
         return self._live_for(workspace, name, create=False).ref
 
+    def cached_session(self, session_id: str) -> SessionRef | None:
+        live = self._live.get(session_id)  # a dict read: atomic, never waits for a load
+        return live.ref if live is not None else None
+
     def find_session(self, workspace: str, name: str) -> SessionRef | None:
         try:
             return self._live_for(check_workspace(workspace), check_session_name(name), create=False).ref

@@ -14,6 +14,7 @@ import argparse
 import logging
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from .._names import check_segment
@@ -109,6 +110,10 @@ def _serve(argv: list[str]) -> int:
     if settings.dev:
         banner = "!" * 78
         print(f"{banner}\n!! {DEV_MODE_WARNING}\n{banner}", file=sys.stderr, flush=True)
+    # multipart parsing spools big uploads to temp files: keep them under --root too
+    spool = settings.state_dir / "tmp"
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tempfile.tempdir = str(spool)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

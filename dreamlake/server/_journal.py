@@ -3,8 +3,8 @@
 Files, in ``<session>/.ingest/`` (a dot directory: readers of the store never
 see it):
 
-    journal      append-only frames, one per applied batch:
-                 ``[u32 length][u32 crc32][msgpack record]`` (little-endian)
+    journal      append-only frames, ``[u32 length][u32 crc32][msgpack record]``
+                 (little-endian): per batch a record, then a ``done`` marker
     applied.json snapshot: per client, the highest seq applied and the ranges
                  of its last few batches (written atomically)
 
@@ -16,9 +16,12 @@ index its first row gets and how many rows. The record is the commit point:
   match); it is cut on load; nothing was acknowledged; the client retries and
   the batch is applied fresh.
 * crash after the record, during or before the row appends → on load, every
-  record is *redone*: for each stream, rows whose index is already on disk are
-  skipped and the missing tail is appended. So the batch ends up applied
-  exactly once, with the indices the plan promised.
+  record without a ``done`` marker is *redone*: for each stream, rows whose
+  index is already on disk are skipped and the missing tail is appended; its
+  parameter merge and close are applied again (a merge of the same values).
+  So the batch ends up applied exactly once, with the indices the plan
+  promised. The marker is written after the rows (not fsynced: losing it only
+  costs a redo that finds the rows on disk).
 
 Only this server writes the session while it runs (it holds the session's
 lock for the whole plan → record → append sequence), so the plan's indices are
@@ -40,7 +43,7 @@ import msgspec
 
 from .._fsutil import read_json
 
-__all__ = ["IngestJournal", "JournalRecord", "ranges_of", "KEEP_ACKS"]
+__all__ = ["IngestJournal", "JournalRecord", "ranges_of", "fsync_path", "KEEP_ACKS"]
 
 _HEADER = struct.Struct("<II")
 #: per client, the ranges of this many most recent batches are kept for duplicate acks
@@ -71,6 +74,15 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(JournalRecord).decode
 
 
+def fsync_path(path: str) -> None:
+    """fsync a file (or a directory) by name."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_synced(path: str, data: bytes) -> None:
     """Temp file, fsync, rename, fsync the directory: the snapshot is the only
     copy of what the truncated journal held, so it must survive a power loss
@@ -83,11 +95,7 @@ def _write_synced(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(os.path.dirname(path))
 
 
 class IngestJournal:

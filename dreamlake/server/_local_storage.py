@@ -36,7 +36,7 @@ from .._local_sink import (
 from .._pipe import LOG_STREAM
 from .._stream_files import StreamFiles
 from ._errors import Forbidden, NotFound
-from ._journal import IngestJournal, JournalRecord, ranges_of
+from ._journal import IngestJournal, JournalRecord, fsync_path, ranges_of
 from ._prepare import check_session_name, check_workspace
 from ._settings import Settings
 from ._storage import PreparedBatch, SessionRef, StreamRows
@@ -63,14 +63,6 @@ def _prefix_of(session_id: str) -> tuple[str, str]:
         return check_workspace(workspace), check_session_name(name)
     except (ValueError, TypeError, UnicodeError, binascii.Error):
         raise NotFound(f"no session with id {session_id!r}") from None
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Live:
@@ -191,7 +183,7 @@ class LocalStorage:
         is_log = kind == "log"
         first = live.sink.write_rows(LOG_STREAM if is_log else name, is_log, rows, ts)
         if sync:
-            _fsync_file(stream_files(live.directory, LOG_STREAM if is_log else name, is_log).data_path)
+            fsync_path(stream_files(live.directory, LOG_STREAM if is_log else name, is_log).data_path)
         return first
 
     def append_rows(self, ref: SessionRef, rows: StreamRows) -> dict:
@@ -220,7 +212,7 @@ class LocalStorage:
         with live.lock:
             live.sink.write_params(flat)
             if self._sync_rest:
-                _fsync_file(os.path.join(live.directory, "parameters.json"))
+                fsync_path(os.path.join(live.directory, "parameters.json"))
             return self._params(live)
 
     def ingest(self, ref: SessionRef, batch: PreparedBatch) -> IngestAck:
@@ -261,7 +253,7 @@ class LocalStorage:
         if record.params is not None:
             live.sink.write_params(record.params)
             if self._sync_batches:
-                _fsync_file(os.path.join(live.directory, "parameters.json"))
+                fsync_path(os.path.join(live.directory, "parameters.json"))
         if record.close is not None:
             live.sink.close(*record.close)
 
@@ -342,4 +334,6 @@ class LocalStorage:
         for live in lives:
             with live.lock:
                 live.close()
-        shutil.rmtree(Path(self.settings.state_dir) / "tmp", ignore_errors=True)
+        scratch = Path(self.settings.state_dir) / "tmp"
+        for leftover in scratch.glob("tmp*"):  # staged uploads/downloads of this run
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -36,6 +36,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=32, help="largest request body on the wire (413 above)")
     p.add_argument("--max-batch-mb", type=float, default=128, help="largest decompressed ingest batch (413 above)")
     p.add_argument("--body-timeout", type=float, default=30, help="seconds a request body may take to arrive (408)")
+    p.add_argument("--limit-concurrency", type=int, default=1024,
+                   help="connections + requests served at once; more get 503 (bounds slow clients)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -124,6 +126,7 @@ def _serve(argv: list[str]) -> int:
         timeout_graceful_shutdown=int(settings.graceful_timeout),
         h11_max_incomplete_event_size=64 << 10,
         server_header=False,
+        limit_concurrency=args.limit_concurrency,
     )
     server = uvicorn.Server(config)
     print(f"http://{host}:{port}", flush=True)

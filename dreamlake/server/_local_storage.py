@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._fsutil import read_json
+from .._names import check_track_name
 from .._local_sink import (
     LocalSink,
     list_track_names,
@@ -273,9 +274,10 @@ class LocalStorage:
 
     def _track_files(self, ref: SessionRef, track: str) -> StreamFiles:
         live = self._readable(ref)
-        if track not in list_track_names(live.directory):
+        files = stream_files(live.directory, check_track_name(track))  # never a path out of the session
+        if not os.path.exists(files.data_path):
             raise NotFound(f"session {ref.workspace}/{ref.name} has no track {track!r}")
-        return stream_files(live.directory, track)
+        return files
 
     def read_rows(self, ref: SessionRef, track: str, start: int, limit: int) -> dict:
         return read_page(self._track_files(ref, track), start, limit)

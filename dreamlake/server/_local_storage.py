@@ -76,6 +76,13 @@ class _Live:
         self.sink = LocalSink(directory)
         self.journal = IngestJournal(directory, settings.fsync != "never", settings.journal_compact_bytes)
         self._counters: dict[tuple[str, bool], StreamFiles] = {}
+        #: files written by journalled batches and not fsynced yet (the journal covers them)
+        self.unsynced: set[str] = set()
+
+    def sync(self) -> None:
+        for path in sorted(self.unsynced):
+            fsync_path(path)
+        self.unsynced.clear()
 
     def count(self, name: str, is_log: bool) -> int:
         """Rows in a stream (its index brought up to date once per server life)."""
@@ -86,8 +93,10 @@ class _Live:
             files.close()
         return files.count()
 
-    def close(self) -> None:
+    def close(self, sync: bool) -> None:
         self.sink.flush()
+        if sync:
+            self.sync()
         self.journal.close()
 
 
@@ -124,7 +133,7 @@ class LocalStorage:
             live = _Live(ref, directory, self.settings)
             if meta is not None:
                 with live.lock:
-                    redone = live.journal.load(lambda record: self._apply(live, record))
+                    redone = live.journal.load(lambda record, rows_only: self._apply(live, record, rows_only))
                 if redone:
                     log.warning("session %s/%s: redid %d ingest batch(es) after a crash", workspace, name, redone)
             self._live[session_id] = live
@@ -230,15 +239,15 @@ class LocalStorage:
             record = JournalRecord(
                 batch.client, batch.seq, plan, [s.rows for s in batch.streams], batch.params, batch.close
             )
-            live.journal.record(record)  # the commit point
+            live.journal.record(record)  # the commit point (fsynced)
             self._apply(live, record)
             live.journal.mark_done(record)
-            live.journal.maybe_compact()
+            live.journal.maybe_compact(live.sync if self._sync_batches else live.unsynced.clear)
             return IngestAck(batch.client, batch.seq, False, [StreamRange(**r) for r in ranges_of(record)], ref.id)
 
-    def _apply(self, live: _Live, record: JournalRecord) -> None:
+    def _apply(self, live: _Live, record: JournalRecord, rows_only: bool = False) -> None:
         """Write a journalled batch (first time, or redo after a crash: rows
-        already on disk are skipped)."""
+        already on disk are skipped). Not fsynced here: the journal holds the rows."""
         for (kind, name, first, n), rows in zip(record.plan, record.rows):
             is_log = kind == "log"
             have = live.count(LOG_STREAM if is_log else name, is_log)
@@ -248,13 +257,15 @@ class LocalStorage:
                 log.error("stream %s of %s lost rows below index %d (have %d); appending anyway", name or "logs",
                           live.ref.id, first, have)
             todo = rows[max(0, have - first) :]
-            got = self._write(live, kind, name, todo, list(map(_get_ts, todo)), self._sync_batches)
+            got = self._write(live, kind, name, todo, list(map(_get_ts, todo)), False)
+            live.unsynced.add(stream_files(live.directory, LOG_STREAM if is_log else name, is_log).data_path)
             if got != max(first, have):
                 log.error("stream %s of %s: rows landed at %d, planned %d", name or "logs", live.ref.id, got, first)
+        if rows_only:
+            return
         if record.params is not None:
             live.sink.write_params(record.params)
-            if self._sync_batches:
-                fsync_path(os.path.join(live.directory, "parameters.json"))
+            live.unsynced.add(os.path.join(live.directory, "parameters.json"))
         if record.close is not None:
             live.sink.close(*record.close)
 
@@ -335,7 +346,7 @@ class LocalStorage:
             lives = list(self._live.values())
         for live in lives:
             with live.lock:
-                live.close()
+                live.close(self._sync_batches)
         scratch = Path(self.settings.state_dir) / "tmp"
         for leftover in scratch.glob("tmp*"):  # staged uploads/downloads of this run
             shutil.rmtree(leftover, ignore_errors=True)

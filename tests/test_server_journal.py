@@ -99,3 +99,22 @@ def test_rows_lost_to_a_power_cut_come_back_but_params_are_not_reapplied(tmp_pat
     ref = again.get_session(ref.id)
     assert _values(again, ref) == [0, 1, 2]
     assert again.get_params(ref)["data"] == {"a": 2}
+
+
+def test_many_sessions_do_not_exhaust_file_descriptors(tmp_path):
+    storage = _open(tmp_path, max_open_sessions=2, fsync="never")
+    clock = SessionClock()
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    refs = [storage.get_session(storage.upsert_session("lab", f"s{i}", {})["id"]) for i in range(12)]
+    baseline = open_fds()
+    for round_no in range(2):
+        for n, ref in enumerate(refs):
+            batch = IngestBatch("c", round_no + 1, [StreamBatch(f"t{k}", [{"v": round_no}]) for k in range(3)])
+            storage.ingest(ref, prepare_batch(batch, clock))
+    assert open_fds() - baseline <= 2 * (3 * 4 + 1) + 4  # two sessions' streams and journals, at most
+    for ref in refs:  # evicted sessions kept writing in order
+        assert _values(storage, ref, "t2") == [0, 1]
+    storage.close()

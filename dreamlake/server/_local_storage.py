@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,12 @@ class _Live:
             files.close()
         return files.count()
 
+    def release_handles(self) -> None:
+        """Close every file descriptor (all reopen on the next write)."""
+        self.sink.flush()
+        self.sink.after_fork_in_child()  # LocalSink's "close my descriptors, keep my state"
+        self.journal.close()
+
     def close(self, sync: bool) -> None:
         self.sink.flush()
         if sync:
@@ -111,6 +118,7 @@ class LocalStorage:
         self._sync_rest = settings.fsync == "always"
         self._live: dict[str, _Live] = {}
         self._live_lock = threading.Lock()
+        self._open: OrderedDict[str, _Live] = OrderedDict()  # sessions holding handles, oldest first
 
     # -- sessions --------------------------------------------------------------
     def _directory(self, workspace: str, name: str) -> str:
@@ -187,7 +195,26 @@ class LocalStorage:
         live = self._live_for(ref.workspace, ref.name, create=False)
         if live.ref.write_protected:
             raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
+        self._keep_open(live)
         return live
+
+    def _keep_open(self, live: _Live) -> None:
+        """Bound open descriptors: a fleet of sessions must not run the server
+        out of them. The least recently written session beyond the limit
+        releases its handles (when no request is using it right now)."""
+        with self._live_lock:
+            self._open.pop(live.ref.id, None)
+            self._open[live.ref.id] = live
+            while len(self._open) > self.settings.max_open_sessions:
+                _, oldest = self._open.popitem(last=False)
+                if oldest.lock.acquire(blocking=False):
+                    try:
+                        oldest.release_handles()
+                    finally:
+                        oldest.lock.release()
+                else:  # busy: keep it, try the next time
+                    self._open[oldest.ref.id] = oldest
+                    break
 
     def _write(self, live: _Live, kind: str, name: str, rows: list, ts: list, sync: bool) -> int:
         is_log = kind == "log"

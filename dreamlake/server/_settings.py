@@ -40,6 +40,9 @@ class Settings:
     graceful_timeout: float = 30.0
     #: ingest journal is compacted into its snapshot past this size
     journal_compact_bytes: int = 64 * MiB
+    #: sessions whose files stay open between writes (4 descriptors per stream);
+    #: the least recently written beyond this close theirs (reopened on demand)
+    max_open_sessions: int = 64
 
     @property
     def state_dir(self) -> Path:

@@ -3,6 +3,7 @@
     dreamlake-server --root DIR [--host 127.0.0.1] [--port 3000] [--dev] [--no-fsync]
     dreamlake-server keys create --root DIR --user NAME [--workspace WS ...]
     dreamlake-server keys list --root DIR
+    dreamlake-server keys revoke --root DIR KEY_ID
 
 The first line on stdout is the URL the server listens on (with ``--port 0``
 the port the OS picked), so scripts and tests can read it.
@@ -51,13 +52,16 @@ def _keys_parser() -> argparse.ArgumentParser:
     create.add_argument("--workspace", action="append", default=[], help="repeatable; none = all workspaces")
     lister = sub.add_parser("list", help="list keys (never the keys themselves)")
     lister.add_argument("--root", required=True)
+    revoke = sub.add_parser("revoke", help="remove a key by its id (see list)")
+    revoke.add_argument("--root", required=True)
+    revoke.add_argument("key_id")
     return p
 
 
 def _keys(argv: list[str]) -> int:
     import json
 
-    from ._auth import create_key
+    from ._auth import create_key, revoke_key
 
     args = _keys_parser().parse_args(argv)
     state_dir = Settings(root=Path(args.root)).state_dir
@@ -73,6 +77,12 @@ def _keys(argv: list[str]) -> int:
         print(key)
         print("(shown once: store it now; the server keeps only its hash)", file=sys.stderr)
         return 0
+    if args.action == "revoke":
+        if revoke_key(state_dir, args.key_id):
+            print(f"revoked {args.key_id}")
+            return 0
+        print(f"dreamlake-server: no key with id {args.key_id!r}", file=sys.stderr)
+        return 1
     try:
         entries = json.loads((state_dir / "keys.json").read_text())["keys"]
     except FileNotFoundError:

@@ -30,6 +30,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000, help="0 picks a free port")
     p.add_argument("--dev", action="store_true", help="development mode: accept requests without a key")
+    p.add_argument("--no-ui", dest="ui", action="store_false", help="do not serve the web page at /ui")
     p.add_argument("--fsync", choices=("batches", "always", "never"), default="batches",
                    help="fsync before acknowledging: ingest batches (default), every write, or never "
                         "(acknowledged data survives a server crash in every mode; fsync adds power loss)")
@@ -92,6 +93,17 @@ def _keys(argv: list[str]) -> int:
     return 0
 
 
+def _page_mounts(settings: Settings, enabled: bool) -> dict:
+    """The web page at ``/ui``, over the server's store, behind its keys."""
+    if not enabled:
+        return {}
+    from ..ui import LocalStoreSource, create_app as create_page
+    from ._auth import KeyStore
+    from ._page import KeyGate
+
+    return {"/ui": KeyGate(create_page(LocalStoreSource(settings.root)), KeyStore(settings.state_dir, settings.dev))}
+
+
 def _serve(argv: list[str]) -> int:
     import uvicorn
 
@@ -126,7 +138,7 @@ def _serve(argv: list[str]) -> int:
     spool = settings.state_dir / "tmp"
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
     tempfile.tempdir = str(spool)
-    app = create_app(settings)
+    app = create_app(settings, mounts=_page_mounts(settings, args.ui))
     config = uvicorn.Config(
         app,
         log_level=args.log_level.lower(),

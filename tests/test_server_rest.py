@@ -59,7 +59,9 @@ def test_logs_get_sequence_numbers_and_read_back(client):
     page = client.get(f"/sessions/{sid}/logs").json()
     assert [row["data"]["message"] for row in page["data"]] == ["start", "boom", "later"]
     assert page["data"][0]["data"]["metadata"] == {"epoch": 1}
-    assert page["data"][0]["data"]["_ts"] == pytest.approx(1767323045.0)
+    assert page["data"][0]["timestamp"] == pytest.approx(1767323045.0)
+    assert page["data"][0]["data"]["timestamp"].startswith("2026-01-02T03:04:05")
+    assert [row["data"]["sequenceNumber"] for row in page["data"]] == [0, 1, 2]
 
 
 def test_parameters_merge_and_flatten(client):

@@ -34,6 +34,9 @@ __all__ = [
 
 log = logging.getLogger("dreamlake")
 
+#: An earlier opening that ended so keeps its status and error while re-opened.
+_KEPT_ON_REOPEN = ("failed", "interrupted")
+
 #: Track metadata.json is rewritten at most this often while rows arrive (seconds).
 METADATA_INTERVAL = 1.0
 
@@ -203,6 +206,10 @@ class LocalSink:
         return os.path.join(self.directory, "session.json")
 
     def open(self, info: dict) -> dict:
+        """Create or continue the session. Only what the caller passed (non-None in
+        ``info``) is changed. The end of an earlier opening (status, error, times) is
+        kept in ``history``; a ``failed`` or ``interrupted`` status and its error stay
+        until this opening closes, then ``close`` records the new end."""
         os.makedirs(os.path.join(self.directory, "tracks"), exist_ok=True)
         _settle_log_layout(self.directory)
         with locked(os.path.join(self.directory, ".session.lock")):
@@ -210,12 +217,17 @@ class LocalSink:
             stamp = now_iso()
             meta.update({k: v for k, v in info.items() if v is not None or k not in meta})
             meta.setdefault("createdAt", stamp)
+            previous = meta.get("status")
+            if previous is not None:
+                history = meta.get("history") if isinstance(meta.get("history"), list) else []
+                history.append({key: meta.get(key) for key in ("status", "error", "openedAt", "closedAt", "pid", "hostname")})
+                meta["history"] = history
+            if previous not in _KEPT_ON_REOPEN:
+                meta.update(status="running", error=None)
             meta.update(
-                status="running",
                 openedAt=stamp,
                 updatedAt=stamp,
                 closedAt=None,
-                error=None,
                 pid=os.getpid(),
                 hostname=socket.gethostname(),
                 opens=int(meta.get("opens", 0)) + 1,

@@ -1,0 +1,24 @@
+"""pyproject.toml uses the current metadata forms (no setuptools deprecation warning on install)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else pytest.importorskip("tomli")
+
+PYPROJECT = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+
+
+def test_license_is_an_spdx_expression_and_setuptools_understands_it():
+    assert PYPROJECT["project"]["license"] == "MIT"  # PEP 639; the table form is deprecated
+    requirement = next(r for r in PYPROJECT["build-system"]["requires"] if r.startswith("setuptools"))
+    assert requirement == "setuptools>=77"  # the first release reading PEP 639 license strings
+
+
+def test_export_extra_and_tests_install_pandas_and_pyarrow():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for extra in ("export", "test"):
+        names = {r.split(">")[0].split("=")[0] for r in extras[extra]}
+        assert {"pandas", "pyarrow"} <= names
+    assert PYPROJECT["project"]["scripts"]["dreamlake"] == "dreamlake.cli:main"

@@ -162,8 +162,10 @@ def _read_ts_page(files: StreamFiles, start_ts: float | None, end_ts: float | No
     return page
 
 
-def track_stats(session_dir: str, name: str) -> dict:
-    files = stream_files(session_dir, name)
+def track_stats(session_dir: str, name: str, files: Any = None) -> dict:
+    """A track's stats from its metadata and ``files`` (default: its StreamFiles;
+    the read-only reader passes its own stream)."""
+    files = files if files is not None else stream_files(session_dir, name)
     first, last = files.first_last_ts()
     meta = read_json(os.path.join(track_dir(session_dir, name), "metadata.json"), default={}) or {}
     try:

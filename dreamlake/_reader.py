@@ -21,8 +21,8 @@ from typing import Any
 from . import _export
 from ._config import resolve
 from ._file_store import FileStore
-from ._fsutil import now_iso, read_json
-from ._local_sink import list_track_names, log_paths, read_page, read_params, read_ts_page, track_dir
+from ._fsutil import read_json
+from ._local_sink import list_track_names, log_paths, read_page, read_params, read_ts_page, track_dir, track_stats
 from ._names import check_file_folder
 from ._readonly_stream import ReadOnlyStream
 from ._tracks import check_ts
@@ -81,27 +81,8 @@ class TrackReader:
         return self._stream.count()
 
     def stats(self) -> dict:
-        meta = read_json(os.path.join(track_dir(self._directory, self.name), "metadata.json"), default={}) or {}
-        first, last = self._stream.first_last_ts()
-        total = self._stream.count()
-        try:
-            stat = os.stat(self._stream.data_path)
-            created, updated = meta.get("createdAt") or now_iso(stat.st_ctime), now_iso(stat.st_mtime)
-        except FileNotFoundError:
-            created = updated = None
-        return {
-            "name": self.name,
-            "trackId": self.name,
-            "totalDataPoints": total,
-            "nextIndex": total,
-            "firstTs": first,
-            "lastTs": last,
-            "createdAt": created,
-            "updatedAt": updated,
-            "description": meta.get("description"),
-            "tags": meta.get("tags", []),
-            "metadata": meta.get("metadata"),
-        }
+        """``totalDataPoints``, first/last ``_ts``, created/updated times, as ``Track.stats``."""
+        return track_stats(self._directory, self.name, self._stream)
 
     def to_pandas(self, ts: str = "float") -> Any:
         """All rows as a ``pandas.DataFrame`` (see :func:`dreamlake._export.frame`)."""

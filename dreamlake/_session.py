@@ -64,7 +64,11 @@ class Session:
                 description=..., tags=[...], folder="/experiments/2025")
 
     Storage: ``<root>/<local_path>/<workspace>/<name>`` (either alone, else
-    ``./.dreamlake``). Re-opening an existing session continues it.
+    ``./.dreamlake``). Re-opening an existing session continues it and changes only
+    what is passed (tags, description, folder); earlier ends stay in ``history``.
+    ``readme=`` (upstream 0.3) is ``description=``; ``session.file(...)`` is upstream's
+    builder spelling of ``session.files``. To look without writing:
+    :func:`dreamlake.open_session`.
 
     ``memory_budget`` (bytes) bounds what may wait in memory; when it is used up,
     ``on_full="block"`` (lossless, default) makes the caller wait for the writer and

@@ -59,6 +59,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key in ("description", "tags", "folder", "createdAt", "closedAt", "error"):
         if meta.get(key):
             print(f"  {key}: {meta[key]}")
+    for earlier in reader.history:  # how earlier openings ended (see LocalSink.open)
+        if isinstance(earlier, dict):
+            error = f"  ({earlier['error']})" if earlier.get("error") else ""
+            print(f"  earlier: {earlier.get('status')} {earlier.get('openedAt') or ''} .. {earlier.get('closedAt') or ''}{error}")
     params = reader.params
     print(f"params ({len(params)})")
     for key, value in sorted(params.items()):

@@ -128,3 +128,15 @@ def test_export_errors_are_clear(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "needs pyarrow" in result.stderr and "dreamlake[export]" in result.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_show_lists_how_earlier_openings_ended(tmp_path):
+    try:
+        with Session(prefix="ws/h", root=str(tmp_path)):
+            raise ValueError("first try broke")
+    except ValueError:
+        pass
+    with Session(prefix="ws/h", root=str(tmp_path)):
+        pass
+    shown = _cli("show", "ws/h", "--root", str(tmp_path))
+    assert "[completed]" in shown and "earlier: failed" in shown and "first try broke" in shown

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ._file_store import FileStore
 from ._format import params_doc, params_from_doc
 from ._fsutil import locked, now_iso, read_json, read_json_to_update, write_json_atomic
+from ._status import last_opening_end
 from ._stream_files import IndexCorrupt, StreamFiles
 from ._writer import yield_gil
 
@@ -219,12 +220,21 @@ class LocalSink:
             stamp = now_iso()
             meta.update({k: v for k, v in info.items() if v is not None or k not in meta})
             meta.setdefault("createdAt", stamp)
-            previous = meta.get("status")
-            if previous is not None:
+            ended = last_opening_end(meta)
+            if ended is not None:  # else a live process has it open: its end is not ours to record
+                closed = meta.get("closedAt") is not None
                 history = meta.get("history") if isinstance(meta.get("history"), list) else []
-                history.append({key: meta.get(key) for key in ("status", "error", "openedAt", "closedAt", "pid", "hostname")})
+                history.append({
+                    "status": ended,
+                    "error": meta.get("error") if closed else None,
+                    **{key: meta.get(key) for key in ("openedAt", "closedAt", "pid", "hostname")},
+                })
                 meta["history"] = history
-            if previous not in _KEPT_ON_REOPEN:
+                if ended in _KEPT_ON_REOPEN:
+                    meta.update(status=ended, error=meta.get("error") if closed else None)
+                else:
+                    meta.update(status="running", error=None)
+            elif "status" not in meta:
                 meta.update(status="running", error=None)
             meta.update(
                 openedAt=stamp,

@@ -14,7 +14,6 @@ disk) and writes nothing — no index, no lock file, no metadata::
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +24,10 @@ from ._fsutil import read_json
 from ._local_sink import list_track_names, log_paths, read_page, read_params, read_ts_page, track_dir, track_stats
 from ._names import check_file_folder
 from ._readonly_stream import ReadOnlyStream
+from ._status import session_status
 from ._tracks import check_ts
 
-__all__ = ["open_session", "SessionReader", "TrackReader", "session_status"]
-
-
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def session_status(meta: dict) -> str:
-    """The status in ``session.json``; ``running`` is only believed while its process
-    lives on this host (otherwise it was killed: ``interrupted``)."""
-    status = meta.get("status", "unknown")
-    if status == "running" and meta.get("hostname") == socket.gethostname() and not _pid_alive(meta.get("pid")):
-        return "interrupted"
-    return status
+__all__ = ["open_session", "SessionReader", "TrackReader"]
 
 
 def _check_window(start_index: Any, limit: Any) -> None:

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from ._config import storage_root
-from ._reader import SessionReader, session_status  # noqa: F401 (session_status: for other commands)
+from ._reader import SessionReader
+from ._status import session_status  # noqa: F401 (for other commands)
 
 __all__ = ["main"]
 

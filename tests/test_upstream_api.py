@@ -95,3 +95,31 @@ def test_reopen_of_a_completed_session_runs_again(tmp_path):
         assert meta["status"] == "running" and meta["pid"] == os.getpid() and meta["tags"] == ["x"]
     finally:
         s.close()
+
+
+def test_reopen_after_a_kill_keeps_interrupted_and_a_live_opener_adds_no_history(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import os\n"
+        "from dreamlake import Session\n"
+        f"s = Session(prefix='ws/k', root={str(tmp_path)!r}, tags=['robot']).open()\n"
+        "s.track('t').append(x=1); s.tracks.flush()\n"
+        "os._exit(9)\n"  # no close: as after kill -9
+    )
+    subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert _meta(tmp_path, "ws/k")["status"] == "running"  # what the dead process left
+
+    first = Session(prefix="ws/k", root=str(tmp_path)).open()
+    second = Session(prefix="ws/k", root=str(tmp_path)).open()  # a live opener: no history entry for it
+    try:
+        meta = _meta(tmp_path, "ws/k")
+        assert meta["status"] == "interrupted" and meta["tags"] == ["robot"]
+        assert [h["status"] for h in meta["history"]] == ["interrupted"]
+        assert first.track("t").read()["total"] == 1
+    finally:
+        second.close()
+        first.close()
+    meta = _meta(tmp_path, "ws/k")
+    assert meta["status"] == "completed" and [h["status"] for h in meta["history"]] == ["interrupted"]

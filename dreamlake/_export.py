@@ -55,26 +55,29 @@ def frame(read: Callable[..., dict], ts: str = "float") -> Any:
     return table
 
 
-def _jsonable_cell(value: Any) -> Any:
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, default=str)
-    return value
+def _json_if_nested(value: Any) -> Any:
+    return json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
 
 
-def _json_object_columns(table: Any, keep: Callable[[Any], bool]) -> Any:
-    """Object columns that ``keep`` refuses become JSON text (lists, dicts, mixed)."""
+def _json_unless_missing(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and value != value) else json.dumps(value, default=str)
+
+
+def _recode_object_columns(table: Any, keep: Callable[[Any], bool], cell: Callable[[Any], Any]) -> Any:
+    """Object columns that ``keep`` refuses get every cell passed through ``cell``."""
     table = table.copy()
     for column in table.columns:
         if table[column].dtype == object and not keep(table[column]):
-            table[column] = table[column].map(_jsonable_cell)
+            table[column] = table[column].map(cell)
     return table
 
 
 def write_table(table: Any, path: str | os.PathLike, fmt: str) -> None:
-    """Write a frame as CSV (lists/dicts as JSON text) or Parquet (lists kept as
-    lists where Arrow can type them, otherwise JSON text)."""
+    """Write a frame as CSV (lists/dicts as JSON text) or Parquet (columns kept as
+    Arrow types them, lists included; a column Arrow cannot type, such as one mixing
+    numbers and strings, as JSON text)."""
     if fmt == "csv":
-        _json_object_columns(table, keep=lambda column: False).to_csv(path, index_label="index")
+        _recode_object_columns(table, lambda column: False, _json_if_nested).to_csv(path, index_label="index")
         return
     if fmt != "parquet":
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -88,5 +91,5 @@ def write_table(table: Any, path: str | os.PathLike, fmt: str) -> None:
             return False
         return True
 
-    converted = _json_object_columns(table, keep=arrow_types_it)
+    converted = _recode_object_columns(table, arrow_types_it, _json_unless_missing)  # e.g. mixed int/str
     pq.write_table(pa.Table.from_pandas(converted, preserve_index=True), os.fspath(path))

@@ -226,3 +226,22 @@ def test_to_pandas_without_pandas_says_how_to_get_it(tmp_path):
 
 def test_reader_is_exported():
     assert dreamlake.open_session is open_session and "open_session" in dreamlake.__all__
+
+
+def test_parquet_keeps_what_arrow_types_and_writes_the_rest_as_json(tmp_path):
+    import pandas as pd
+
+    from dreamlake._export import write_table
+
+    with Session(prefix="ws/m", root=str(tmp_path)) as s:
+        s.track("t").append(v=1, q=[1.0, 2.0], w={"a": 1})
+        s.track("t").append(v="x", q=[3.0], w=[1, "b"])
+        s.track("t").append(u=2.5)
+    frame = open_session("ws/m", root=tmp_path).track("t").to_pandas()
+    write_table(frame, tmp_path / "t.parquet", "parquet")
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    assert [list(q) if q is not None else None for q in back["q"]] == [[1.0, 2.0], [3.0], None]
+    assert list(back["v"])[:2] == ["1", '"x"'] and back["v"].isna()[2]  # mixed int/str: JSON text
+    assert list(back["w"])[:2] == ['{"a": 1}', '[1, "b"]'] and back["u"][2] == 2.5
+    with pytest.raises(ValueError, match="format must be"):
+        write_table(frame, tmp_path / "t.xlsx", "xlsx")

@@ -9,12 +9,16 @@ Garbage and torn lines are skipped, as the writer's reconcile would skip them.
 
 It offers the read interface :func:`._local_sink.read_page` and
 :func:`._local_sink.read_ts_page` use (``count``, ``read``, ``index_range``,
-``scan_ts``), so pages have exactly the shape of a live session's reads.
+``scan_ts``, ``rebuild_index``), so pages have exactly the shape of a live
+session's reads. An index that disagrees with the data raises
+:class:`._stream_files.IndexCorrupt` like the writer's stream; "rebuilding" it
+here means ignoring it and indexing the whole data file in memory.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +26,11 @@ from typing import Any
 import msgspec
 
 from ._format import decode_line, line_payload, line_ts
-from ._stream_files import _load, _Unsorted
+from ._stream_files import IndexCorrupt, _load, _row_matches, _Unsorted
 
 __all__ = ["ReadOnlyStream"]
+
+log = logging.getLogger("dreamlake")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class ReadOnlyStream:
         self.ts_path = os.path.join(directory, "index.ts")
         self.unsorted_path = os.path.join(directory, "index.unsorted")
         self._cache: tuple[tuple, _Snapshot] | None = None
+        self._trust_index = True
 
     # -- what is on disk now -----------------------------------------------------
     def _snapshot(self) -> _Snapshot:
@@ -69,7 +76,7 @@ class ReadOnlyStream:
         return snapshot
 
     def _scan(self, data_size: int) -> _Snapshot:
-        rows = min(_size(self.offsets_path), _size(self.ts_path)) // 8
+        rows = min(_size(self.offsets_path), _size(self.ts_path)) // 8 if self._trust_index else 0
         indexed_end, last_ts = 0, float("-inf")
         with open(self.data_path, "rb") as data:
             if rows:
@@ -125,17 +132,32 @@ class ReadOnlyStream:
         if start >= end:
             return [], snap.total
         starts, stamps = self._starts_and_ts(snap, start, end)
+        first = starts[0] - 1 if starts[0] else 0  # one byte before: the line must start there
         with open(self.data_path, "rb") as data:
-            data.seek(starts[0])
-            buf = data.read(snap.data_end - starts[0]) if end == snap.total else None
-            if buf is None:
-                following = self._starts_and_ts(snap, end, end + 1)[0][0]
-                buf = data.read(following - starts[0])
+            data.seek(first)
+            stop = snap.data_end if end == snap.total else self._starts_and_ts(snap, end, end + 1)[0][0]
+            buf = data.read(max(0, stop - first))
         out = []
         for i, begin in enumerate(starts):
-            s = begin - starts[0]
-            out.append((start + i, stamps[i], line_payload(decode_line(buf[s : buf.index(b"\n", s)]))))
+            s = begin - first
+            e = buf.find(b"\n", s)
+            if e < 0 or s < 0 or (begin and buf[s - 1 : s] != b"\n"):
+                raise IndexCorrupt(self.data_path)
+            try:
+                obj = decode_line(buf[s:e])
+            except msgspec.DecodeError:
+                raise IndexCorrupt(self.data_path) from None
+            if not _row_matches(obj, start + i, stamps[i]):
+                raise IndexCorrupt(self.data_path)
+            out.append((start + i, stamps[i], line_payload(obj)))
         return out, snap.total
+
+    def rebuild_index(self) -> None:
+        """After :class:`IndexCorrupt`: index the data in memory from now on (the
+        index on disk is left as it is: this stream never writes)."""
+        log.warning("dreamlake: the index of %s disagrees with its data; reading the data itself", self.data_path)
+        self._trust_index = False
+        self._cache = None
 
     def index_range(self, start_ts: float | None, end_ts: float | None) -> tuple[int, int]:
         snap = self._snapshot()

@@ -245,3 +245,19 @@ def test_parquet_keeps_what_arrow_types_and_writes_the_rest_as_json(tmp_path):
     assert list(back["w"])[:2] == ['{"a": 1}', '[1, "b"]'] and back["u"][2] == 2.5
     with pytest.raises(ValueError, match="format must be"):
         write_table(frame, tmp_path / "t.xlsx", "xlsx")
+
+
+def test_reader_reads_the_data_when_the_index_disagrees_and_still_writes_nothing(tmp_path):
+    root = tmp_path / "store"
+    with Session(prefix="ws/s", root=str(root)) as s:
+        for i in range(6):
+            s.track("t").append(x=i, _ts=float(i))
+    offsets = root / "ws/s/tracks/t/index.offsets"
+    raw = bytearray(offsets.read_bytes())
+    raw[8 * 2 : 8 * 3] = raw[8 * 1 : 8 * 2]  # row 2 points at row 1's line
+    offsets.write_bytes(bytes(raw))
+    before = snapshot(root)
+    t = open_session("ws/s", root=root).track("t")
+    assert [r["data"]["x"] for r in t.read(0, 10)["data"]] == list(range(6))
+    assert [r["index"] for r in t.read(start_ts=2.0, end_ts=4.0)["data"]] == [2, 3]
+    assert snapshot(root) == before

@@ -214,8 +214,8 @@ class LocalSink:
         kept in ``history``; a ``failed`` or ``interrupted`` status and its error stay
         until this opening closes, then ``close`` records the new end."""
         os.makedirs(os.path.join(self.directory, "tracks"), exist_ok=True)
-        _settle_log_layout(self.directory)
         with locked(os.path.join(self.directory, ".session.lock")):
+            _settle_log_layout(self.directory)  # under the lock: processes opening at once race to link
             meta = read_json_to_update(self._session_json(), default={}) or {}
             stamp = now_iso()
             meta.update({k: v for k, v in info.items() if v is not None or k not in meta})

@@ -10,9 +10,10 @@ Garbage and torn lines are skipped, as the writer's reconcile would skip them.
 It offers the read interface :func:`._local_sink.read_page` and
 :func:`._local_sink.read_ts_page` use (``count``, ``read``, ``index_range``,
 ``scan_ts``, ``rebuild_index``), so pages have exactly the shape of a live
-session's reads. An index that disagrees with the data raises
-:class:`._stream_files.IndexCorrupt` like the writer's stream; "rebuilding" it
-here means ignoring it and indexing the whole data file in memory.
+session's reads. Rows the index covers are read by ``StreamFiles.read`` (which
+only opens files for reading), so an index that disagrees with the data raises
+:class:`._stream_files.IndexCorrupt` as for the writer; "rebuilding" it here
+means ignoring it and indexing the whole data file in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import msgspec
 
 from ._format import decode_line, line_payload, line_ts
-from ._stream_files import IndexCorrupt, _load, _row_matches, _Unsorted
+from ._stream_files import StreamFiles, _load, _Unsorted
 
 __all__ = ["ReadOnlyStream"]
 
@@ -61,6 +62,7 @@ class ReadOnlyStream:
         self.unsorted_path = os.path.join(directory, "index.unsorted")
         self._cache: tuple[tuple, _Snapshot] | None = None
         self._trust_index = True
+        self._indexed = StreamFiles(directory, data_path)  # reads only; never asked to write
 
     # -- what is on disk now -----------------------------------------------------
     def _snapshot(self) -> _Snapshot:
@@ -129,27 +131,18 @@ class ReadOnlyStream:
         snap = self._snapshot()
         start = max(0, start)
         end = min(snap.total, start + max(0, limit))
-        if start >= end:
-            return [], snap.total
-        starts, stamps = self._starts_and_ts(snap, start, end)
-        first = starts[0] - 1 if starts[0] else 0  # one byte before: the line must start there
-        with open(self.data_path, "rb") as data:
-            data.seek(first)
-            stop = snap.data_end if end == snap.total else self._starts_and_ts(snap, end, end + 1)[0][0]
-            buf = data.read(max(0, stop - first))
-        out = []
-        for i, begin in enumerate(starts):
-            s = begin - first
-            e = buf.find(b"\n", s)
-            if e < 0 or s < 0 or (begin and buf[s - 1 : s] != b"\n"):
-                raise IndexCorrupt(self.data_path)
-            try:
-                obj = decode_line(buf[s:e])
-            except msgspec.DecodeError:
-                raise IndexCorrupt(self.data_path) from None
-            if not _row_matches(obj, start + i, stamps[i]):
-                raise IndexCorrupt(self.data_path)
-            out.append((start + i, stamps[i], line_payload(obj)))
+        out: list[tuple[int, float, Any]] = []
+        if start < min(end, snap.indexed):  # the writer's reader: opens read-only, checks rows
+            out.extend(self._indexed.read(start, min(end, snap.indexed) - start)[0])
+        if end > snap.indexed:
+            first = max(start, snap.indexed)
+            starts, stamps = self._starts_and_ts(snap, first, end)
+            with open(self.data_path, "rb") as data:
+                data.seek(starts[0])
+                buf = data.read(snap.data_end - starts[0])
+            for i, begin in enumerate(starts):  # lines indexed in memory from this very data
+                s = begin - starts[0]
+                out.append((first + i, stamps[i], line_payload(decode_line(buf[s : buf.index(b"\n", s)]))))
         return out, snap.total
 
     def rebuild_index(self) -> None:

@@ -22,3 +22,13 @@ def test_export_extra_and_tests_install_pandas_and_pyarrow():
         names = {r.split(">")[0].split("=")[0] for r in extras[extra]}
         assert {"pandas", "pyarrow"} <= names
     assert PYPROJECT["project"]["scripts"]["dreamlake"] == "dreamlake.cli:main"
+
+
+def test_every_package_of_the_tree_is_installed():
+    """The package list is explicit (agent/ installs as dreamlake_agent), so a new
+    subpackage must be added to it, or wheels silently lack it."""
+    root = Path(__file__).parent.parent
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "dreamlake").rglob("__init__.py")}
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    assert found <= listed, f"not installed: {sorted(found - listed)}"
+    assert "dreamlake_agent" in listed and PYPROJECT["tool"]["setuptools"]["package-dir"]["dreamlake_agent"] == "agent"

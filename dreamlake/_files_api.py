@@ -11,7 +11,7 @@ from ._values import capture
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import Session
 
-__all__ = ["Files", "MAX_FILE_BYTES"]
+__all__ = ["Files", "FileBuilder", "MAX_FILE_BYTES"]
 
 #: The documented per-file limit.
 MAX_FILE_BYTES = 5 << 30
@@ -95,3 +95,71 @@ class Files:
         if metadata is not None:
             changes["metadata"] = _check_metadata(metadata)
         return self._session._call("files_update", str(file_id), changes)
+
+
+_UNSET: Any = object()
+
+
+class FileBuilder:
+    """``session.file(...)``: one file operation spelled as upstream 0.3 spells it.
+
+    The builder's arguments are the defaults of its operations; arguments given to
+    an operation win (``.download(dest=...)``, ``.update(tags=[...])``)."""
+
+    def __init__(
+        self,
+        files: Files,
+        *,
+        file_path: str | os.PathLike | None,
+        prefix: str,
+        description: str | None,
+        tags: list[str] | None,
+        metadata: dict | None,
+        file_id: str | None,
+        dest_path: str | os.PathLike | None,
+    ) -> None:
+        self._files = files
+        self._file_path = file_path
+        self._prefix = prefix
+        self._description = description
+        self._tags = tags
+        self._metadata = metadata
+        self._file_id = file_id
+        self._dest_path = dest_path
+
+    def _id(self, operation: str) -> str:
+        if self._file_id is None:
+            raise ValueError(f"file_id is required for {operation}(): session.file(file_id=...).{operation}()")
+        return str(self._file_id)
+
+    def save(self) -> dict:
+        """Upload ``file_path`` into the folder ``prefix``; returns the file's entry."""
+        if self._file_path is None:
+            raise ValueError("file_path is required for save(): session.file(file_path='model.pt').save()")
+        return self._files.upload(
+            self._file_path, path=self._prefix, description=self._description, tags=self._tags, metadata=self._metadata
+        )
+
+    upload = save
+
+    def list(self) -> list[dict]:
+        """Files in ``prefix`` (all files when it is ``/``) carrying all of ``tags``."""
+        return self._files.list(path=None if self._prefix in ("/", "") else self._prefix, tags=self._tags)
+
+    def download(self, dest: str | os.PathLike | None = None) -> str:
+        """Copy the file to ``dest`` (default: the builder's ``dest_path``, else the
+        current directory under its own name); returns the path written."""
+        target = dest if dest is not None else self._dest_path
+        return self._files.download(self._id("download"), "." if target is None else target)
+
+    def delete(self) -> dict:
+        return self._files.delete(self._id("delete"))
+
+    def update(self, *, description: Any = _UNSET, tags: Any = _UNSET, metadata: Any = _UNSET) -> dict:
+        """Change the description, tags and/or metadata (only what is given)."""
+        return self._files.update(
+            self._id("update"),
+            description=self._description if description is _UNSET else description,
+            tags=self._tags if tags is _UNSET else tags,
+            metadata=self._metadata if metadata is _UNSET else metadata,
+        )

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ._file_store import FileStore
 from ._format import params_doc, params_from_doc
 from ._fsutil import locked, now_iso, read_json, read_json_to_update, write_json_atomic
+from ._status import last_opening_end
 from ._stream_files import IndexCorrupt, StreamFiles
 from ._writer import yield_gil
 
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("dreamlake")
+
+#: An earlier opening that ended so keeps its status and error while re-opened.
+_KEPT_ON_REOPEN = ("failed", "interrupted")
 
 #: Track metadata.json is rewritten at most this often while rows arrive (seconds).
 METADATA_INTERVAL = 1.0
@@ -159,8 +163,10 @@ def _read_ts_page(files: StreamFiles, start_ts: float | None, end_ts: float | No
     return page
 
 
-def track_stats(session_dir: str, name: str) -> dict:
-    files = stream_files(session_dir, name)
+def track_stats(session_dir: str, name: str, files: Any = None) -> dict:
+    """A track's stats from its metadata and ``files`` (default: its StreamFiles;
+    the read-only reader passes its own stream)."""
+    files = files if files is not None else stream_files(session_dir, name)
     first, last = files.first_last_ts()
     meta = read_json(os.path.join(track_dir(session_dir, name), "metadata.json"), default={}) or {}
     try:
@@ -203,19 +209,37 @@ class LocalSink:
         return os.path.join(self.directory, "session.json")
 
     def open(self, info: dict) -> dict:
+        """Create or continue the session. Only what the caller passed (non-None in
+        ``info``) is changed. The end of an earlier opening (status, error, times) is
+        kept in ``history``; a ``failed`` or ``interrupted`` status and its error stay
+        until this opening closes, then ``close`` records the new end."""
         os.makedirs(os.path.join(self.directory, "tracks"), exist_ok=True)
-        _settle_log_layout(self.directory)
         with locked(os.path.join(self.directory, ".session.lock")):
+            _settle_log_layout(self.directory)  # under the lock: processes opening at once race to link
             meta = read_json_to_update(self._session_json(), default={}) or {}
             stamp = now_iso()
             meta.update({k: v for k, v in info.items() if v is not None or k not in meta})
             meta.setdefault("createdAt", stamp)
+            ended = last_opening_end(meta)
+            if ended is not None:  # else a live process has it open: its end is not ours to record
+                closed = meta.get("closedAt") is not None
+                history = meta.get("history") if isinstance(meta.get("history"), list) else []
+                history.append({
+                    "status": ended,
+                    "error": meta.get("error") if closed else None,
+                    **{key: meta.get(key) for key in ("openedAt", "closedAt", "pid", "hostname")},
+                })
+                meta["history"] = history
+                if ended in _KEPT_ON_REOPEN:
+                    meta.update(status=ended, error=meta.get("error") if closed else None)
+                else:
+                    meta.update(status="running", error=None)
+            elif "status" not in meta:
+                meta.update(status="running", error=None)
             meta.update(
-                status="running",
                 openedAt=stamp,
                 updatedAt=stamp,
                 closedAt=None,
-                error=None,
                 pid=os.getpid(),
                 hostname=socket.gethostname(),
                 opens=int(meta.get("opens", 0)) + 1,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from . import _lifecycle
 from ._config import SessionConfig, resolve
 from ._errors import SessionStateError
-from ._files_api import Files
+from ._files_api import FileBuilder, Files
 from ._names import check_track_name
 from ._params import Params
 from ._pipe import DEFAULT_MEMORY_BUDGET, LOG_STREAM, SessionPipe
@@ -64,7 +64,11 @@ class Session:
                 description=..., tags=[...], folder="/experiments/2025")
 
     Storage: ``<root>/<local_path>/<workspace>/<name>`` (either alone, else
-    ``./.dreamlake``). Re-opening an existing session continues it.
+    ``./.dreamlake``). Re-opening an existing session continues it and changes only
+    what is passed (tags, description, folder); earlier ends stay in ``history``.
+    ``readme=`` (upstream 0.3) is ``description=``; ``session.file(...)`` is upstream's
+    builder spelling of ``session.files``. To look without writing:
+    :func:`dreamlake.open_session`.
 
     ``memory_budget`` (bytes) bounds what may wait in memory; when it is used up,
     ``on_full="block"`` (lossless, default) makes the caller wait for the writer and
@@ -84,6 +88,7 @@ class Session:
         name: str | None = None,
         workspace: str | None = None,
         description: str | None = None,
+        readme: str | None = None,
         tags: list[str] | None = None,
         folder: str | None = None,
         session_dir: str | os.PathLike | None = None,
@@ -105,6 +110,10 @@ class Session:
             session_dir=session_dir,
             agent=agent,
         )
+        if readme is not None:  # upstream 0.3's name for the description
+            if description is not None and description != readme:
+                raise ValueError(f"conflicting description/readme: {description!r} vs {readme!r}")
+            description = readme
         if description is not None and not isinstance(description, str):
             raise TypeError("description must be a str")
         if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
@@ -114,6 +123,7 @@ class Session:
         SessionPipe(None, memory_budget, on_full)  # validates the budget and policy now
         self._description = description
         self._tags = list(tags) if tags is not None else []
+        self._tags_given = tags is not None
         self._folder = folder
         self._memory_budget = memory_budget
         self._on_full = on_full
@@ -134,6 +144,7 @@ class Session:
     workspace = property(lambda self: self._config.workspace)
     prefix = property(lambda self: self._config.prefix)
     description = property(lambda self: self._description)
+    readme = description
     tags = property(lambda self: list(self._tags))
     folder = property(lambda self: self._folder)
     directory: Path = property(lambda self: self._config.directory)  # type: ignore[assignment]
@@ -170,21 +181,33 @@ class Session:
             "workspace": self.workspace,
             "prefix": self.prefix,
             "description": self._description,
-            "tags": self._tags,
+            "tags": self._tags if self._tags_given else None,  # None: keep what is stored
             "folder": self._folder,
             "url": self._config.url,
             "userName": self._config.user_name,
         }
         try:
-            self._writer.call(pipe, "open", (info,), self._timeout)
+            meta = self._writer.call(pipe, "open", (info,), self._timeout)
         except BaseException:
             pipe.mark_closed()
             self._writer.unregister(pipe)
             raise
+        self._adopt_stored(meta)
         self._state = "open"
         self._status = "running"
         _lifecycle.track_open(self)
         return self
+
+    def _adopt_stored(self, meta: Any) -> None:
+        """A re-opened session reports what is stored for what the caller did not pass."""
+        if not isinstance(meta, dict):
+            return
+        if self._description is None and isinstance(meta.get("description"), str):
+            self._description = meta["description"]
+        if not self._tags_given and isinstance(meta.get("tags"), list):
+            self._tags = [t for t in meta["tags"] if isinstance(t, str)]
+        if self._folder is None and isinstance(meta.get("folder"), str):
+            self._folder = meta["folder"]
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
         """Write everything, record ``status`` (completed, failed or interrupted)
@@ -265,6 +288,31 @@ class Session:
             track = Track(self, check_track_name(name))
             self._tracks[name] = track
         return track
+
+    def file(
+        self,
+        file_path: str | os.PathLike | None = None,
+        *,
+        prefix: str = "/",
+        description: str | None = None,
+        tags: list[str] | None = None,
+        metadata: dict | None = None,
+        file_id: str | None = None,
+        dest_path: str | os.PathLike | None = None,
+    ) -> FileBuilder:
+        """Upstream 0.3's builder spelling of :attr:`files`:
+        ``session.file(file_path="model.pt", prefix="/models").save()``,
+        ``session.file(file_id=...).download(dest=...)`` / ``.delete()`` / ``.update(tags=[...])``."""
+        return FileBuilder(
+            self.files,
+            file_path=file_path,
+            prefix=prefix,
+            description=description,
+            tags=tags,
+            metadata=metadata,
+            file_id=file_id,
+            dest_path=dest_path,
+        )
 
     def log(self, message: str, level: str = "info", metadata: dict | None = None, **extra: Any) -> None:
         """Append a log entry (levels: debug, info, warn, error, fatal). Keyword

@@ -255,6 +255,13 @@ class Track:
     def stats(self) -> dict:
         return self._session._call("stats", self.name)
 
+    def to_pandas(self, ts: str = "float") -> Any:
+        """Every row so far as a ``pandas.DataFrame`` (``ts="datetime"``: ``_ts`` as UTC
+        datetimes); needs ``pip install 'dreamlake[export]'``. See :mod:`._export`."""
+        from ._export import frame
+
+        return frame(self.read, ts)
+
     def __repr__(self) -> str:
         return f"Track({self.name!r})"
 

@@ -3,6 +3,8 @@ runs that are real DreamLake sessions. Everything is checked on disk or through
 a fresh Project (what another process would see)."""
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -288,7 +290,7 @@ def test_attach_files_persist_merge_and_read_back(tmp_path):
         "cfg": tmp_path / "results" / "train" / "0001" / "c.yaml",
         "outside": tmp_path / "elsewhere.txt",
     }
-    assert run.files == expected and dict(run.files) == expected
+    assert type(run.files) is dict and run.files == expected  # seed 003: a plain dict[str, Path]
     assert "log" in run.files and len(run.files) == 3 and repr(run.files) == repr(expected)
     stored = record(tmp_path / "results", "train", "0001")["files"]
     assert stored["log"] == "train/0001/train2.log"  # root-relative: the folder can move
@@ -388,8 +390,8 @@ def test_run_is_a_dreamlake_session_in_subfolder_mode(tmp_path):
             run.track("loss").append(value=1.0 / (step + 1), step=step)
         run.params.set(batch_size=32)
         assert run.parameters().get() == {"lr": 0.001, "model.depth": 18, "batch_size": 32}
-        entry = run.files.upload(artifact, path="/models")
-        assert run.files().list(path="/models")[0]["id"] == entry["id"]
+        entry = run.session.files.upload(artifact, path="/models")
+        assert run.file(prefix="/models").list()[0]["id"] == entry["id"]
         assert run.track("loss").read()["total"] == 3
         assert run.tracks.list()[0]["name"] == "loss"
         assert run.name == "0001" and run.workspace == "train"  # delegated to the session
@@ -476,3 +478,39 @@ def test_restarting_a_resumed_run_continues_its_session(tmp_path):
         again.track("loss").append(value=2)
         assert [row["index"] for row in again.track("loss").read()["data"]] == [0, 1]
     assert again.is_done()
+
+
+def test_project_path_is_its_absolute_root_and_ledger_lists_uid_records(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = Project("experiments")
+    assert p.path == tmp_path / "experiments" == p.root and p.path.is_absolute()
+    first = p.session("train", {"lr": 1})
+    second = p.session("train", {"lr": 2})
+    second.start().done()
+    records = p.ledger.get_uid_record_dict("train")
+    assert sorted(records) == [first.uid, second.uid] == ["0001", "0002"]
+    assert records["0001"]["status"] == "pending" and records["0002"]["status"] == "done"
+    assert records["0002"]["params"] == {"lr": 2}
+    records["0001"]["status"] = "changed"  # a copy: the ledger is not touched
+    assert p.ledger.get_uid_record_dict("train")["0001"]["status"] == "pending"
+    assert p.ledger.get_uid_record_dict("missing") == {}
+    deeper = p.sub("a/b").session("eval", {})
+    assert list(p.ledger.get_uid_record_dict("eval", relpath="a/b")) == [deeper.uid]
+    assert p.ledger.get_uid_record_dict("eval") == {}
+
+
+def test_relative_root_survives_a_chdir_before_the_exit_hook(tmp_path):
+    """The exit hook marks an unfinished run ERROR in the ledger the run was created
+    in, not in a second ledger relative to the working directory at exit."""
+    (tmp_path / "elsewhere").mkdir()
+    script = (
+        "import os\n"
+        "from dreamlake.project import Project\n"
+        "run = Project('experiments').session('train', {'lr': 1})\n"
+        "run.start()\n"
+        "os.chdir('elsewhere')\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=60)
+    assert not (tmp_path / "elsewhere" / "experiments").exists()
+    rec = record(tmp_path / "experiments", "train", "0001")
+    assert rec["status"] == "error" and "exited before done" in rec["error"]

@@ -57,12 +57,12 @@ def test_quick_start():
     # Mark as done
     run.done()
 
-    assert Path("results/train/0001/model.pt").read_text() == "weights"
+    assert Path("results/train/0001/model.pt").absolute().read_text() == "weights"
     rec = ledger("results")["projects"]["."]["train"]["0001"]
     assert rec["status"] == "done" and rec["params"] == {"lr": 1e-3}
     # the run was a DreamLake session too: params recorded, session completed
-    assert disk_params(Path("results/train/0001")) == {"lr": 1e-3}
-    assert json.loads(Path("results/train/0001/session.json").read_text())["status"] == "completed"
+    assert disk_params(Path("results/train/0001").absolute()) == {"lr": 1e-3}
+    assert json.loads(Path("results/train/0001/session.json").absolute().read_text())["status"] == "completed"
 
 
 def test_storage_mode_trees():
@@ -95,20 +95,20 @@ def test_api_reference_snippets(mode, expected):
 
     root = Project("results")
     imagenet = root.sub("imagenet")  # results/imagenet/
-    assert imagenet.folder == Path("results/imagenet")
+    assert imagenet.folder == Path("results/imagenet").absolute()  # resolved at construction
 
     session = Project("results", storage_mode=mode).session("train", params={})
     model_path = session.path("model.pt")
     # results/train/0001/model.pt (SUBFOLDER mode)
     # results/train/0001_model.pt (PREFIX mode)
-    assert model_path == Path(expected)
+    assert model_path == Path(expected).absolute()
 
     session.attach_files({
         "checkpoint": session.path("ckpt.pt"),
         "logs": session.path("train.log")
     })
     assert session.files["logs"] == session.path("train.log")
-    assert session.files["checkpoint"] == Path(expected.replace("model.pt", "ckpt.pt"))
+    assert session.files["checkpoint"] == Path(expected.replace("model.pt", "ckpt.pt")).absolute()
 
 
 def test_grid_search_with_auto_resume(capsys):
@@ -134,7 +134,7 @@ def test_grid_search_with_auto_resume(capsys):
 
     grid_search()
     assert "Skipping" not in capsys.readouterr().out
-    grid = Path("results/grid/train")
+    grid = Path("results/grid/train").absolute()
     assert sorted(p.name for p in grid.glob("*_ckpt.pt")) == ["0001_ckpt.pt", "0002_ckpt.pt", "0003_ckpt.pt", "0004_ckpt.pt"]
     assert json.loads((grid / "0003_ckpt.pt").read_text()) == {"lr": 0.01, "depth": 18}
 
@@ -160,8 +160,8 @@ def test_nested_namespaces():
     # ... training ...
     session.done()
 
-    assert randaug.folder == Path("results/imagenet/randaug")
-    assert session.folder == Path("results/imagenet/randaug/train/0001") and session.folder.is_dir()
+    assert randaug.folder == Path("results/imagenet/randaug").absolute()
+    assert session.folder == Path("results/imagenet/randaug/train/0001").absolute() and session.folder.is_dir()
     rec = ledger("results")["projects"]["imagenet/randaug"]["train"]["0001"]
     assert rec["status"] == "done" and rec["params"] == {"aug_level": 5}
 
@@ -185,11 +185,11 @@ def test_logging_extra_files(capsys):
     # Later, retrieve files
     print(session.files["log"])  # Path to log file
 
-    assert capsys.readouterr().out == "experiments/train/0001/train.log\n"
+    assert capsys.readouterr().out == f"{Path.cwd()}/experiments/train/0001/train.log\n"  # absolute since construction
     assert session.files == {
-        "log": Path("experiments/train/0001/train.log"),
-        "config": Path("experiments/train/0001/config.yaml"),
-        "tensorboard": Path("experiments/train/0001/events.out"),
+        "log": Path("experiments/train/0001/train.log").absolute(),
+        "config": Path("experiments/train/0001/config.yaml").absolute(),
+        "tensorboard": Path("experiments/train/0001/events.out").absolute(),
     }
 
 
@@ -238,14 +238,15 @@ def test_cheat_sheet(capsys):
 
     out = capsys.readouterr().out.splitlines()
     assert "Already completed!" not in out  # error() came last
+    here = Path.cwd()
     assert out == [
-        "{'checkpoint': PosixPath('results/train/0001/ckpt.pt'), 'metrics': PosixPath('results/train/0001/metrics.json')}",
-        "results/train/0001",
+        f"{{'checkpoint': PosixPath('{here}/results/train/0001/ckpt.pt'), 'metrics': PosixPath('{here}/results/train/0001/metrics.json')}}",
+        f"{here}/results/train/0001",
     ]
-    assert sub.folder == Path("results/experiment_name")
-    assert model_path == Path("results/train/0001/model.pt") and log_path == Path("results/train/0001/log.txt")
+    assert sub.folder == Path("results/experiment_name").absolute()
+    assert model_path == Path("results/train/0001/model.pt").absolute() and log_path == Path("results/train/0001/log.txt").absolute()
     assert ledger("results")["projects"]["."]["train"]["0001"]["status"] == "error"
-    assert json.loads(Path("results/train/0001/session.json").read_text())["status"] == "completed"
+    assert json.loads(Path("results/train/0001/session.json").absolute().read_text())["status"] == "completed"
 
     # run again: the cheat sheet's RESUME finds no DONE run (the last one ended in error)
     s2 = p.session("train", params={"lr": 0.001}, existing_run_strategy=ExistingRun.RESUME)

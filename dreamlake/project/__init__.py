@@ -19,13 +19,12 @@ Layout (``Project(root, relpath)``; ledger at ``<root>/ledger.json``)::
 
 from ._ledger import Ledger, LedgerError
 from ._project import Project
-from ._run import Run, RunFiles
+from ._run import Run
 from ._types import ExistingRun, Status, StorageMode
 
 __all__ = [
     "Project",
     "Run",
-    "RunFiles",
     "ExistingRun",
     "StorageMode",
     "Status",

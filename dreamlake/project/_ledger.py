@@ -37,6 +37,7 @@ Paths attached to runs are stored relative to the root when they lie inside it
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import fcntl
 import os
@@ -138,6 +139,13 @@ class Ledger:
 
     def record(self, relkey: str, identifier: str, uid: str) -> dict | None:
         return runs_of(self.read(), relkey, identifier).get(uid)
+
+    def get_uid_record_dict(self, identifier: str, *, relpath: str | os.PathLike = "") -> dict[str, dict]:
+        """pycaddy's lookup: ``{uid: record}`` of ``identifier``'s runs in the project
+        path ``relpath`` (the root by default); ``{}`` when there are none. Copies."""
+        relkey = Path(os.fspath(relpath)).as_posix()
+        runs = runs_of(self.read(), relkey, identifier)
+        return {uid: copy.deepcopy(record) for uid, record in runs.items()}
 
     def _parse(self, data: bytes) -> dict:
         try:

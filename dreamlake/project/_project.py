@@ -57,6 +57,7 @@ def _uids_on_disk(folder: Path) -> set[int]:
 
 class Project:
     """A namespace of runs: ``<root>/<relpath>/``, with the run ledger at ``<root>/ledger.json``.
+    A relative ``root`` is resolved against the working directory at construction.
 
     ``Project(root)`` creates nothing on disk until :meth:`ensure_folder` or the first
     :meth:`session`. All sub-projects of one root share its ledger.
@@ -72,10 +73,17 @@ class Project:
     ) -> None:
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"root must be a str or path, got {type(root).__name__}")
-        self.root = Path(root)
+        # Absolute now: the exit hook that marks unfinished runs ERROR may run after
+        # the process changed its working directory.
+        self.root = Path(root).absolute()
         self.relpath = _check_relpath(relpath, "relpath")
         self.storage_mode = StorageMode(storage_mode)
         self._ledger = _ledger if _ledger is not None else Ledger(self.root)
+
+    @property
+    def path(self) -> Path:
+        """The project's root (pycaddy's ``Project.path``), absolute."""
+        return self.root
 
     @property
     def folder(self) -> Path:

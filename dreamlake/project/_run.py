@@ -5,7 +5,7 @@ Two worlds in one object:
 * the pycaddy-style run — ``uid``, ``status`` (persisted in the ledger),
   ``folder``, ``path()``, ``files``/``attach_files()``, ``start()``/``done()``/``error()``;
 * a DreamLake session — ``log()``, ``track()``, ``tracks``, ``params``/``parameters()``,
-  ``files.upload()`` ... — whose data directory sits beside the run's files:
+  ``session.files.upload()`` ... — whose data directory sits beside the run's files:
 
   ==========  ==================================  ===================================
   mode        run files (``run.path("x")``)        DreamLake data (``run.session_dir``)
@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ._ledger import from_ledger_path, now_iso, runs_of, to_ledger_path
 from ._params import from_json_value, params_hash
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ._project import Project
 
-__all__ = ["Run", "RunFiles", "SESSION_DIR_SUFFIX"]
+__all__ = ["Run", "SESSION_DIR_SUFFIX"]
 
 #: PREFIX mode: the DreamLake data of run ``0001`` lives in ``0001_dreamlake/``.
 SESSION_DIR_SUFFIX = "dreamlake"
@@ -94,51 +94,6 @@ def _session_is_open(session: "Session | None") -> bool:
 
 def _close_session_failed(session: "Session", reason: str) -> None:
     session.close(status="failed", error=reason)
-
-
-class RunFiles(Mapping):
-    """``run.files``: the attached files as a read-only ``{name: Path}`` mapping (what
-    ``attach_files`` recorded, from the ledger), which is also the DreamLake files API
-    of the run's session (``upload``, ``list``, ``download``, ``delete``, ``update``)."""
-
-    def __init__(self, run: "Run") -> None:
-        self._run = run
-
-    def _paths(self) -> dict[str, Path]:
-        root = self._run.project.root
-        stored = self._run._current_record().get("files", {})
-        return {name: from_ledger_path(root, value) for name, value in stored.items()}
-
-    def __getitem__(self, name: str) -> Path:
-        return self._paths()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._paths())
-
-    def __len__(self) -> int:
-        return len(self._paths())
-
-    def __repr__(self) -> str:
-        return repr(self._paths())
-
-    def __call__(self) -> "RunFiles":
-        return self
-
-    # -- DreamLake's files API (needs the run started); same signatures as Session.files --
-    def upload(self, local_path: str | os.PathLike, *args: Any, **kwargs: Any) -> dict:
-        return self._run.session.files.upload(local_path, *args, **kwargs)
-
-    def list(self, *args: Any, **kwargs: Any) -> list[dict]:
-        return self._run.session.files.list(*args, **kwargs)
-
-    def download(self, file_id: str, *args: Any, **kwargs: Any) -> str:
-        return self._run.session.files.download(file_id, *args, **kwargs)
-
-    def delete(self, file_id: str) -> dict:
-        return self._run.session.files.delete(file_id)
-
-    def update(self, file_id: str, **changes: Any) -> dict:
-        return self._run.session.files.update(file_id, **changes)
 
 
 class Run:
@@ -338,9 +293,13 @@ class Run:
 
     # -- files ----------------------------------------------------------------------
     @property
-    def files(self) -> RunFiles:
-        """Attached files ``{name: Path}`` (also the session's files API: ``upload``...)."""
-        return RunFiles(self)
+    def files(self) -> dict[str, Path]:
+        """The attached files ``{name: Path}`` as the ledger records them: a new plain
+        dict on each access (seed 003). Uploads into the run's DreamLake session are
+        ``run.session.files.upload(...)`` / ``run.file(file_path=...).save()``."""
+        root = self.project.root
+        stored = self._current_record().get("files", {})
+        return {name: from_ledger_path(root, value) for name, value in stored.items()}
 
     def attach_files(self, file_dict: Mapping[str, str | os.PathLike]) -> "Run":
         """Record ``{name: path}`` in the ledger (merged; a name given again is replaced)."""

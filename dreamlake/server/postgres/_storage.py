@@ -15,6 +15,13 @@ behind a load balancer. What makes that safe:
   and its ranges are written before the commit. A replica killed mid-batch
   never commits; PostgreSQL rolls it back and the client's retry, to any
   replica, is applied fresh.
+* **Durability follows ``Settings.fsync``** as on the local store: batched
+  ingest commits synchronously (WAL flushed before the ack: exactly-once holds
+  across a power loss of the database host) unless fsync is "never"; the
+  REST writes commit with ``synchronous_commit = off`` unless fsync is
+  "always" — still durable across any crash of a replica or of PostgreSQL's
+  processes, only a power loss of the database host may lose their last
+  fraction of a second.
 * **Deadlock-free.** A transaction locks stream rows in (kind, name) order and
   the session row (params, close) last.
 
@@ -28,6 +35,7 @@ A stream whose ``_ts`` went back is scanned (as the local store does).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -36,7 +44,7 @@ import tempfile
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -108,6 +116,14 @@ def _page(rows: list[tuple[int, dict]], total: int, start: int) -> dict:
     }
 
 
+def _sync_policy(fsync: object) -> tuple[bool, bool]:
+    """(commit ingest batches synchronously, commit REST writes synchronously)
+    from ``Settings.fsync`` ("batches" | "always" | "never", or a bool)."""
+    if isinstance(fsync, bool):
+        return fsync, fsync
+    return fsync in ("batches", "always"), fsync == "always"
+
+
 def _sorted(ts: list[float]) -> bool:
     return all(a <= b for a, b in zip(ts, ts[1:]))
 
@@ -121,8 +137,17 @@ class PostgresStorage:
         migrate(dsn)
         self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake")
         self._scratch = Path(settings.state_dir) / "tmp" / f"pg-{os.getpid()}"
+        self._sync_batches, self._sync_rest = _sync_policy(settings.fsync)
 
     # -- plumbing --------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writer(self, sync: bool) -> Iterator[psycopg.Connection]:
+        """A pooled connection in one write transaction (commits on exit)."""
+        with self._pool.connection() as conn:
+            if not sync:
+                conn.execute("SET LOCAL synchronous_commit = off")
+            yield conn
+
     def _reader(self):
         """A pooled connection in one read-only snapshot (commits on exit)."""
         return _Snapshot(self._pool)
@@ -152,7 +177,7 @@ class PostgresStorage:
         workspace, name = check_workspace(workspace), check_session_name(name)
         status = fields.get("status")
         ended = status in _END_STATUSES
-        with self._pool.connection() as conn:
+        with self._writer(self._sync_rest) as conn:
             conn.execute("INSERT INTO workspaces (name) VALUES (%s) ON CONFLICT DO NOTHING", (workspace,))
             conn.execute(
                 "INSERT INTO sessions (workspace, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (workspace, name)
@@ -279,7 +304,7 @@ class PostgresStorage:
     def append_rows(self, ref: SessionRef, rows: StreamRows) -> dict:
         n = len(rows.rows)
         first = None
-        with self._pool.connection() as conn:
+        with self._writer(self._sync_rest) as conn:
             sid = self._check_writable(conn, ref)
             if n:
                 first = self._append(conn, sid, "track", rows.name, rows.rows, rows.ts)
@@ -287,7 +312,7 @@ class PostgresStorage:
                 "count": n}
 
     def append_logs(self, ref: SessionRef, rows: StreamRows) -> tuple[int, int]:
-        with self._pool.connection() as conn:
+        with self._writer(self._sync_rest) as conn:
             sid = self._check_writable(conn, ref)
             if rows.rows:
                 first = self._append(conn, sid, "log", "", rows.rows, rows.ts)
@@ -307,11 +332,11 @@ class PostgresStorage:
         return {"data": untag_nonfinite(data), "version": version}
 
     def set_params(self, ref: SessionRef, flat: dict[str, Any]) -> dict:
-        with self._pool.connection() as conn:
+        with self._writer(self._sync_rest) as conn:
             return self._merge_params(conn, self._check_writable(conn, ref), flat)
 
     def ingest(self, ref: SessionRef, batch: PreparedBatch) -> IngestAck:
-        with self._pool.connection() as conn:
+        with self._writer(self._sync_batches) as conn:
             sid = self._check_writable(conn, ref)
             fresh = conn.execute(
                 """INSERT INTO ingest_batches (session_id, client, seq) VALUES (%s, %s, %s)
@@ -520,7 +545,7 @@ class PostgresStorage:
         self.objects.put_file(key, staged)  # first the bytes: a record never points at nothing
         logical = "/" + folder if folder else "/"
         try:
-            with self._pool.connection() as conn:
+            with self._writer(self._sync_rest) as conn:
                 replaced = conn.execute(
                     "DELETE FROM files WHERE session_id = %s AND path = %s AND filename = %s RETURNING object_key",
                     (sid, logical, staged.name),
@@ -573,7 +598,7 @@ class PostgresStorage:
         return dest
 
     def update_file(self, ref: SessionRef, file_id: str, changes: dict[str, Any]) -> dict:
-        with self._pool.connection() as conn:
+        with self._writer(self._sync_rest) as conn:
             self._check_writable(conn, ref)
             row = conn.execute(
                 f"""UPDATE files SET description = coalesce(%s, description), tags = coalesce(%s, tags),
@@ -587,7 +612,7 @@ class PostgresStorage:
         return self._file_record(row)
 
     def delete_file(self, ref: SessionRef, file_id: str) -> dict:
-        with self._pool.connection() as conn:
+        with self._writer(self._sync_rest) as conn:
             self._check_writable(conn, ref)
             row = conn.execute(
                 f"DELETE FROM files WHERE session_id = %s AND id = %s RETURNING {_FILE_COLUMNS}",

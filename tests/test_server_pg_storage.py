@@ -1,0 +1,174 @@
+"""What the PostgreSQL backend adds beyond the shared contract: chunking,
+O(limit) reads, and two backends (two replicas' worth) on one database."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import psycopg
+import pytest
+
+from dreamlake.server._objects import open_objects
+from dreamlake.server._prepare import SessionClock, prepare_batch, prepare_track_rows
+from dreamlake.server._settings import Settings
+from dreamlake.server.postgres import PostgresStorage
+from dreamlake.server.postgres import _storage as pg_storage
+from dreamlake.server.postgres._chunks import CHUNK_ROWS, MERGE_ROWS
+from dreamlake.server.wire import IngestBatch, StreamBatch
+from pg import fresh_schema
+
+
+@pytest.fixture()
+def database():
+    with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture()
+def open_replica(database, tmp_path):
+    opened: list[PostgresStorage] = []
+
+    def open_one() -> PostgresStorage:
+        storage = PostgresStorage(database, open_objects(str(tmp_path / "objects")), Settings(root=tmp_path / "root"),
+                                  pool_size=6)
+        opened.append(storage)
+        return storage
+
+    yield open_one
+    for storage in opened:
+        storage.close()
+
+
+def session(storage: PostgresStorage, name: str = "run"):
+    return storage.get_session(storage.upsert_session("lab", name, {})["id"])
+
+
+def chunk_sizes(database: str, track: str) -> list[int]:
+    with psycopg.connect(database) as conn:
+        return [n for (n,) in conn.execute(
+            "SELECT row_count FROM chunks c JOIN streams s ON s.id = c.stream_id WHERE s.name = %s"
+            " ORDER BY first_index", (track,))]
+
+
+@pytest.fixture()
+def count_decodes(monkeypatch):
+    calls = []
+    real = pg_storage.decode_chunk
+    monkeypatch.setattr(pg_storage, "decode_chunk", lambda data: calls.append(1) or real(data))
+    return calls
+
+
+def test_a_big_batch_becomes_bounded_chunks_and_reads_across_their_edges(open_replica, database):
+    storage = open_replica()
+    ref = session(storage)
+    n = CHUNK_ROWS * 2 + 100
+    storage.append_rows(ref, prepare_track_rows("t", [{"_ts": i / 10, "v": i} for i in range(n)], SessionClock()))
+    assert chunk_sizes(database, "t") == [CHUNK_ROWS, CHUNK_ROWS, 100]
+    for start, limit in [(0, 5), (CHUNK_ROWS - 3, 7), (CHUNK_ROWS * 2 - 1, 2), (n - 10, 100), (5, CHUNK_ROWS + 10)]:
+        page = storage.read_rows(ref, "t", start, limit)
+        want = list(range(start, min(n, start + limit)))
+        assert [r["index"] for r in page["data"]] == want and [r["data"]["v"] for r in page["data"]] == want
+        assert page["hasMore"] == (start + limit < n) and page["total"] == n
+    by_ts = storage.read_rows_by_ts(ref, "t", (CHUNK_ROWS - 2) / 10, None, 5)
+    assert [r["index"] for r in by_ts["data"]] == list(range(CHUNK_ROWS - 2, CHUNK_ROWS + 3))
+    window = storage.read_rows_by_ts(ref, "t", 100.0, 100.35, 50)
+    assert [r["data"]["v"] for r in window["data"]] == [1000, 1001, 1002, 1003] and not window["hasMore"]
+
+
+def test_row_by_row_appends_are_merged_into_small_chunks(open_replica, database):
+    storage = open_replica()
+    ref = session(storage)
+    clock = SessionClock()
+    for i in range(MERGE_ROWS + 10):
+        assert storage.append_rows(ref, prepare_track_rows("t", [{"_ts": float(i), "v": i}], clock))["startIndex"] == i
+    assert chunk_sizes(database, "t") == [MERGE_ROWS, 10]
+    page = storage.read_rows(ref, "t", MERGE_ROWS - 2, 4)
+    assert [r["data"]["v"] for r in page["data"]] == [MERGE_ROWS - 2, MERGE_ROWS - 1, MERGE_ROWS, MERGE_ROWS + 1]
+
+
+def test_reads_at_the_end_of_a_long_track_decode_only_the_chunks_they_need(open_replica, count_decodes):
+    storage = open_replica()
+    ref = session(storage)
+    n = CHUNK_ROWS * 12
+    storage.append_rows(ref, prepare_track_rows("t", [{"_ts": float(i), "v": i} for i in range(n)], SessionClock()))
+    count_decodes.clear()
+    page = storage.read_rows(ref, "t", n - 100, 100)
+    assert [r["index"] for r in page["data"]] == list(range(n - 100, n))
+    assert len(count_decodes) == 1
+    count_decodes.clear()
+    by_ts = storage.read_rows_by_ts(ref, "t", float(n - 150), None, 100)
+    assert [r["index"] for r in by_ts["data"]] == list(range(n - 150, n - 50)) and by_ts["hasMore"]
+    assert len(count_decodes) <= 2
+
+
+def test_ts_that_went_back_is_still_read_correctly(open_replica):
+    storage = open_replica()
+    ref = session(storage)
+    stamps = [5.0, 1.0, 7.0, 3.0, 9.0, 2.0] * 500
+    clock = SessionClock()
+    for start in range(0, len(stamps), 700):  # several batches, several chunks
+        rows = [{"_ts": t, "i": start + k} for k, t in enumerate(stamps[start:start + 700])]
+        storage.append_rows(ref, prepare_track_rows("t", rows, clock))
+    page = storage.read_rows_by_ts(ref, "t", 2.0, 5.0, 10)
+    want = [i for i, t in enumerate(stamps) if 2.0 <= t < 5.0]
+    assert [r["index"] for r in page["data"]] == want[:10] and page["hasMore"]
+    assert [r["data"]["i"] for r in page["data"]] == want[:10]
+
+
+def test_values_round_trip_nonfinite_nested_and_unicode(open_replica):
+    storage = open_replica()
+    ref = session(storage)
+    row = {"_ts": 1.0, "nan": math.nan, "inf": math.inf, "ninf": -math.inf, "arr": [1.5, [2, {"k": "ü✓"}]],
+           "big": 2**62, "none": None, "flag": True}
+    storage.append_rows(ref, prepare_track_rows("t", [row], SessionClock()))
+    got = storage.read_rows(ref, "t", 0, 1)["data"][0]["data"]
+    assert math.isnan(got.pop("nan")) and got == {k: v for k, v in row.items() if k != "nan"}
+    storage.set_params(ref, {"lr": math.inf, "name": "ü"})
+    assert storage.get_params(ref)["data"] == {"lr": math.inf, "name": "ü"}
+
+
+def test_two_replicas_racing_the_same_batch_apply_it_once(open_replica):
+    replicas = [open_replica(), open_replica()]
+    ref = session(replicas[0])
+    for seq in range(1, 16):
+        batch = IngestBatch("c", seq, [StreamBatch("t", [{"_ts": seq + i / 100, "seq": seq} for i in range(20)])])
+        acks = []
+        barrier = threading.Barrier(4)
+
+        def deliver(storage: PostgresStorage) -> None:
+            barrier.wait(10)
+            acks.append(storage.ingest(ref, prepare_batch(batch, SessionClock())))
+
+        threads = [threading.Thread(target=deliver, args=(replicas[i % 2],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert sorted(a.duplicate for a in acks) == [False, True, True, True]
+        assert all(a.ranges == acks[0].ranges for a in acks)
+    rows = replicas[1].read_rows(ref, "t", 0, 1000)
+    assert rows["total"] == 300 and [r["data"]["seq"] for r in rows["data"]] == [s for s in range(1, 16) for _ in range(20)]
+
+
+def test_many_writers_on_two_replicas_share_one_gap_free_index(open_replica):
+    replicas = [open_replica(), open_replica()]
+    ref = session(replicas[0])
+    spans: list[tuple[int, int]] = []
+
+    def writer(k: int) -> None:
+        storage = replicas[k % 2]
+        for seq in range(1, 11):
+            rows = [{"_ts": float(seq), "w": k}, {"_ts": seq + 0.5, "w": k}]
+            batch = IngestBatch(f"w{k}", seq, [StreamBatch("t", rows)])
+            r = storage.ingest(ref, prepare_batch(batch, SessionClock())).ranges[0]
+            spans.append((r.startIndex, r.endIndex))
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    spans.sort()
+    assert spans[0][0] == 0 and spans[-1][1] == 4 * 10 * 2 - 1 and len(spans) == 40
+    assert all(b[0] == a[1] + 1 for a, b in zip(spans, spans[1:]))

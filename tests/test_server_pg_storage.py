@@ -13,7 +13,7 @@ from dreamlake.server._objects import open_objects
 from dreamlake.server._prepare import SessionClock, prepare_batch, prepare_track_rows
 from dreamlake.server._settings import Settings
 from dreamlake.server.postgres import PostgresStorage
-from dreamlake.server.postgres import _storage as pg_storage
+from dreamlake.server.postgres import _streams
 from dreamlake.server.postgres._chunks import CHUNK_ROWS, MERGE_ROWS
 from dreamlake.server.wire import IngestBatch, StreamBatch
 from pg import fresh_schema
@@ -54,8 +54,8 @@ def chunk_sizes(database: str, track: str) -> list[int]:
 @pytest.fixture()
 def count_decodes(monkeypatch):
     calls = []
-    real = pg_storage.decode_chunk
-    monkeypatch.setattr(pg_storage, "decode_chunk", lambda data: calls.append(1) or real(data))
+    real = _streams.decode_chunk
+    monkeypatch.setattr(_streams, "decode_chunk", lambda data: calls.append(1) or real(data))
     return calls
 
 

@@ -1,67 +1,55 @@
 """The scale-out backend: PostgreSQL for everything but file bytes, object storage for those.
 
-Stateless: every replica keeps only a connection pool, so any number of
-``dreamlake-server --store postgresql://…`` processes can serve one database
-behind a load balancer. What makes that safe:
+Stateless: a replica keeps a connection pool and a cache of session ids
+(immutable once made), so any number of ``dreamlake-server --store
+postgresql://…`` processes can serve one database behind a load balancer.
 
-* **Consecutive indices across replicas.** A write reserves its indices with
-  ``INSERT … ON CONFLICT DO UPDATE SET next_index = next_index + n RETURNING``
-  on the stream's row: the row lock serialises writers of one stream (on any
-  replica) until their transaction commits, and the chunks go in the same
-  transaction, so a rolled-back write leaves no gap.
-* **Exactly-once ingest.** The batch's ``(session, client, seq)`` row is
-  inserted first in the batch's transaction (a concurrent retry of the same
-  batch on another replica waits on that key, then sees it committed or gone)
-  and its ranges are written before the commit. A replica killed mid-batch
-  never commits; PostgreSQL rolls it back and the client's retry, to any
-  replica, is applied fresh.
-* **Durability follows ``Settings.fsync``** as on the local store: batched
-  ingest commits synchronously (WAL flushed before the ack: exactly-once holds
-  across a power loss of the database host) unless fsync is "never"; the
-  REST writes commit with ``synchronous_commit = off`` unless fsync is
-  "always" — still durable across any crash of a replica or of PostgreSQL's
-  processes, only a power loss of the database host may lose their last
-  fraction of a second.
-* **Deadlock-free.** A transaction locks stream rows in (kind, name) order and
+* **Consecutive indices across replicas**: :mod:`._streams` reserves a write's
+  indices with a row-locking upsert on the stream and stores its chunks in the
+  same transaction.
+* **Exactly-once ingest**: the batch's ``(session, client, seq)`` row is the
+  first thing its transaction inserts (a concurrent retry of the same batch on
+  another replica waits on that key, then finds it committed or gone), its
+  ranges are written before the commit. A replica killed mid-batch never
+  commits — PostgreSQL rolls the transaction back when the connection drops —
+  so the client's retry, to any replica, is applied fresh.
+* **No deadlocks**: a transaction locks stream rows in (kind, name) order and
   the session row (params, close) last.
-
-Reads run in one REPEATABLE READ snapshot: the stream's counters and its
-chunks agree. By index: the chunk holding ``start`` (the greatest
-``first_index <= start``, an index probe) and the ones after it up to
-``start + limit``. By ``_ts`` on a stream whose ``_ts`` never went back: the
-first chunk with ``max_ts >= start`` (another index probe), then forward.
-A stream whose ``_ts`` went back is scanned (as the local store does).
+* **Durability follows ``Settings.fsync``** as on the local store: batched
+  ingest commits with the WAL flushed (exactly-once across a power loss of the
+  database host) unless fsync is "never"; REST writes commit with
+  ``synchronous_commit = off`` unless fsync is "always" — durable across any
+  crash of a replica or of PostgreSQL's processes; only a power loss of the
+  database host may take their last fraction of a second.
+* Reads run in one REPEATABLE READ snapshot, so a stream's count and its
+  chunks agree.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
 import tempfile
-import uuid
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from ..._errors import SinkError
-from ..._fsutil import now_iso
-from ..._local_sink import _stamp_log_entries
-from ..._values import tag_nonfinite, untag_nonfinite
+from ..._values import untag_nonfinite
 from .._errors import Forbidden, NotFound
 from .._objects import ObjectStore
 from .._prepare import check_session_name, check_workspace
 from .._settings import Settings
 from .._storage import PreparedBatch, SessionRef, StreamRows
 from ..wire import IngestAck, StreamRange
-from ._chunks import CHUNK_ROWS, MERGE_ROWS, decode_chunk, encode_chunk, split
+from . import _streams
+from ._files import FileCatalog
 from ._schema import migrate
+from ._values import iso, jsonb
 
 __all__ = ["PostgresStorage"]
 
@@ -72,19 +60,8 @@ _SESSION_COLUMNS = (
     "id, workspace, name, description, tags, folder, metadata, write_protected, status, error,"
     " created_at, updated_at, closed_at"
 )
-_FILE_COLUMNS = (
-    "id, path, filename, size_bytes, checksum, description, tags, metadata, object_key, created_at, updated_at"
-)
-_HASH_CHUNK = 1 << 20
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else now_iso(moment.timestamp())
-
-
-def _json(value: Any) -> Jsonb | None:
-    """jsonb cannot hold NaN/inf: they are tagged as the local store tags them."""
-    return None if value is None else Jsonb(tag_nonfinite(value))
+#: session refs remembered per replica (ids never change meaning; write protection is re-checked on write)
+_CACHE_LIMIT = 100_000
 
 
 def _session_id(text: str) -> int:
@@ -93,14 +70,12 @@ def _session_id(text: str) -> int:
     return int(text)
 
 
-def _sha256(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        while block := source.read(_HASH_CHUNK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+def _sync_policy(fsync: object) -> tuple[bool, bool]:
+    """(commit ingest batches with the WAL flushed, commit REST writes so) from
+    ``Settings.fsync``: "batches" | "always" | "never" (or a bool)."""
+    if isinstance(fsync, bool):
+        return fsync, fsync
+    return fsync in ("batches", "always"), fsync == "always"
 
 
 def _page(rows: list[tuple[int, dict]], total: int, start: int) -> dict:
@@ -116,16 +91,18 @@ def _page(rows: list[tuple[int, dict]], total: int, start: int) -> dict:
     }
 
 
-def _sync_policy(fsync: object) -> tuple[bool, bool]:
-    """(commit ingest batches synchronously, commit REST writes synchronously)
-    from ``Settings.fsync`` ("batches" | "always" | "never", or a bool)."""
-    if isinstance(fsync, bool):
-        return fsync, fsync
-    return fsync in ("batches", "always"), fsync == "always"
-
-
-def _sorted(ts: list[float]) -> bool:
-    return all(a <= b for a, b in zip(ts, ts[1:]))
+def _stats(name: str, stream: _streams.Stream) -> dict:
+    return {
+        "name": name,
+        "trackId": name,
+        "totalDataPoints": stream.count,
+        "firstTs": stream.first_ts,
+        "lastTs": stream.last_ts,
+        "createdAt": iso(stream.created_at),
+        "updatedAt": iso(stream.updated_at),
+        "description": stream.description,
+        "tags": stream.tags or [],
+    }
 
 
 class PostgresStorage:
@@ -133,24 +110,56 @@ class PostgresStorage:
 
     def __init__(self, dsn: str, objects: ObjectStore, settings: Settings, pool_size: int = 16) -> None:
         self.settings = settings
-        self.objects = objects
-        migrate(dsn)
-        self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake")
-        self._scratch = Path(settings.state_dir) / "tmp" / f"pg-{os.getpid()}"
         self._sync_batches, self._sync_rest = _sync_policy(settings.fsync)
+        migrate(dsn)
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake",
+                                    configure=self._configure)
+        self.files = FileCatalog(objects, self._pool.connection, self._writer)
+        self._scratch = Path(settings.state_dir) / "tmp" / f"pg-{os.getpid()}"
+        self._refs: dict[str, SessionRef] = {}
+        self._ids: dict[tuple[str, str], str] = {}
 
     # -- plumbing --------------------------------------------------------------
+    def _configure(self, conn: psycopg.Connection) -> None:
+        if not self._sync_rest:  # the common case: one round trip less per REST write
+            conn.execute("SET synchronous_commit = off")
+            conn.commit()
+
     @contextlib.contextmanager
-    def _writer(self, sync: bool) -> Iterator[psycopg.Connection]:
+    def _writer(self, sync: bool = False) -> Iterator[psycopg.Connection]:
         """A pooled connection in one write transaction (commits on exit)."""
         with self._pool.connection() as conn:
-            if not sync:
-                conn.execute("SET LOCAL synchronous_commit = off")
+            if sync and not self._sync_rest:
+                conn.execute("SET LOCAL synchronous_commit = on")
             yield conn
 
-    def _reader(self):
-        """A pooled connection in one read-only snapshot (commits on exit)."""
-        return _Snapshot(self._pool)
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection whose statements share one read-only snapshot."""
+        with self._pool.connection() as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
+
+    def _remember(self, ref: SessionRef) -> SessionRef:
+        if len(self._refs) > _CACHE_LIMIT:
+            self._refs.clear()
+            self._ids.clear()
+        self._refs[ref.id] = ref
+        self._ids[(ref.workspace, ref.name)] = ref.id
+        return ref
+
+    def _refuse(self, conn: psycopg.Connection, ref: SessionRef) -> None:
+        """After a write found no writable session: say why (404 or 403)."""
+        row = conn.execute("SELECT write_protected FROM sessions WHERE id = %s", (int(ref.id),)).fetchone()
+        if row is None:
+            raise NotFound(f"no session {ref.workspace}/{ref.name}")
+        raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
+
+    def _writable(self, conn: psycopg.Connection, ref: SessionRef) -> int:
+        row = conn.execute("SELECT write_protected FROM sessions WHERE id = %s", (int(ref.id),)).fetchone()
+        if row is None or row[0]:
+            self._refuse(conn, ref)
+        return int(ref.id)
 
     # -- sessions --------------------------------------------------------------
     def _record(self, row: tuple) -> dict:
@@ -167,9 +176,9 @@ class PostgresStorage:
             "metadata": untag_nonfinite(metadata),
             "status": status,
             "error": error,
-            "createdAt": _iso(created),
-            "updatedAt": _iso(updated),
-            "closedAt": _iso(closed),
+            "createdAt": iso(created),
+            "updatedAt": iso(updated),
+            "closedAt": iso(closed),
             "writeProtected": protected,
         }
 
@@ -177,62 +186,61 @@ class PostgresStorage:
         workspace, name = check_workspace(workspace), check_session_name(name)
         status = fields.get("status")
         ended = status in _END_STATUSES
-        with self._writer(self._sync_rest) as conn:
+        with self._writer() as conn:
             conn.execute("INSERT INTO workspaces (name) VALUES (%s) ON CONFLICT DO NOTHING", (workspace,))
-            conn.execute(
-                "INSERT INTO sessions (workspace, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (workspace, name)
-            )
+            conn.execute("INSERT INTO sessions (workspace, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                         (workspace, name))
             row = conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE workspace = %s AND name = %s FOR UPDATE",
                 (workspace, name),
             ).fetchone()
-            if row[7]:  # write-protected: continues nothing, changes nothing
-                return self._record(row)
-            row = conn.execute(
-                f"""UPDATE sessions SET
-                    description = coalesce(%(description)s, description),
-                    tags = coalesce(%(tags)s, tags),
-                    folder = coalesce(%(folder)s, folder),
-                    metadata = coalesce(%(metadata)s, metadata),
-                    write_protected = write_protected OR %(protected)s,
-                    status = %(status)s, error = %(error)s,
-                    updated_at = now(), closed_at = CASE WHEN %(ended)s THEN now() END
-                WHERE id = %(id)s RETURNING {_SESSION_COLUMNS}""",
-                {
-                    "id": row[0],
-                    "description": fields.get("description"),
-                    "tags": _json(fields.get("tags")),
-                    "folder": fields.get("folder"),
-                    "metadata": _json(fields.get("metadata")),
-                    "protected": bool(fields.get("writeProtected")),
-                    "status": status if ended else "running",
-                    "error": fields.get("error") if ended else None,
-                    "ended": ended,
-                },
-            ).fetchone()
-            return self._record(row)
+            if not row[7]:  # a write-protected session continues nothing, changes nothing
+                row = conn.execute(
+                    f"""UPDATE sessions SET
+                        description = coalesce(%(description)s, description),
+                        tags = coalesce(%(tags)s, tags),
+                        folder = coalesce(%(folder)s, folder),
+                        metadata = coalesce(%(metadata)s, metadata),
+                        write_protected = %(protected)s,
+                        status = %(status)s, error = %(error)s,
+                        updated_at = now(), closed_at = CASE WHEN %(ended)s THEN now() END
+                    WHERE id = %(id)s RETURNING {_SESSION_COLUMNS}""",
+                    {
+                        "id": row[0],
+                        "description": fields.get("description"),
+                        "tags": jsonb(fields.get("tags")),
+                        "folder": fields.get("folder"),
+                        "metadata": jsonb(fields.get("metadata")),
+                        "protected": bool(fields.get("writeProtected")),
+                        "status": status if ended else "running",
+                        "error": fields.get("error") if ended else None,
+                        "ended": ended,
+                    },
+                ).fetchone()
+        self._remember(SessionRef(str(row[0]), workspace, name, row[7]))
+        return self._record(row)
 
-    def _ref(self, row: tuple | None, what: str) -> SessionRef:
-        if row is None:
-            raise NotFound(f"no session {what}")
-        return SessionRef(str(row[0]), row[1], row[2], row[3])
+    def _load_ref(self, where: str, args: tuple) -> SessionRef | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(f"SELECT id, workspace, name, write_protected FROM sessions WHERE {where}",
+                               args).fetchone()
+        return None if row is None else self._remember(SessionRef(str(row[0]), row[1], row[2], row[3]))
 
     def get_session(self, session_id: str) -> SessionRef:
-        sid = _session_id(session_id)
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT id, workspace, name, write_protected FROM sessions WHERE id = %s", (sid,)
-            ).fetchone()
-        return self._ref(row, f"with id {session_id!r}")
+        ref = self._refs.get(session_id) or self._load_ref("id = %s", (_session_id(session_id),))
+        if ref is None:
+            raise NotFound(f"no session with id {session_id!r}")
+        return ref
+
+    def cached_session(self, session_id: str) -> SessionRef | None:
+        return self._refs.get(session_id)
 
     def find_session(self, workspace: str, name: str) -> SessionRef | None:
         workspace, name = check_workspace(workspace), check_session_name(name)
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT id, workspace, name, write_protected FROM sessions WHERE workspace = %s AND name = %s",
-                (workspace, name),
-            ).fetchone()
-        return None if row is None else self._ref(row, "")
+        known = self._ids.get((workspace, name))
+        if known is not None:
+            return self._refs.get(known) or self.get_session(known)
+        return self._load_ref("workspace = %s AND name = %s", (workspace, name))
 
     def session_record(self, ref: SessionRef) -> dict:
         with self._pool.connection() as conn:
@@ -242,145 +250,92 @@ class PostgresStorage:
         return self._record(row)
 
     # -- writes ----------------------------------------------------------------
-    def _check_writable(self, conn: psycopg.Connection, ref: SessionRef) -> int:
-        sid = int(ref.id)
-        row = conn.execute("SELECT write_protected FROM sessions WHERE id = %s", (sid,)).fetchone()
-        if row is None:
-            raise NotFound(f"no session {ref.workspace}/{ref.name}")
-        if row[0]:
-            raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
-        return sid
-
-    def _append(self, conn: psycopg.Connection, sid: int, kind: str, name: str, rows: list, ts: list) -> int:
-        """Reserve ``len(rows)`` indices on the stream (row lock until commit),
-        store the rows as chunks; → the first index."""
-        n = len(rows)
-        first_index = conn.execute(
-            """INSERT INTO streams AS s (session_id, kind, name, next_index, first_ts, last_ts, ts_sorted)
-               VALUES (%(sid)s, %(kind)s, %(name)s, %(n)s, %(first)s, %(last)s, %(sorted)s)
-               ON CONFLICT (session_id, kind, name) DO UPDATE SET
-                   next_index = s.next_index + %(n)s,
-                   first_ts = coalesce(s.first_ts, %(first)s),
-                   last_ts = %(last)s,
-                   ts_sorted = s.ts_sorted AND %(sorted)s AND (s.last_ts IS NULL OR s.last_ts <= %(first)s),
-                   updated_at = now()
-               RETURNING id, next_index - %(n)s""",
-            {"sid": sid, "kind": kind, "name": name, "n": n, "first": ts[0], "last": ts[-1], "sorted": _sorted(ts)},
-        ).fetchone()
-        stream_id, first = first_index
-        if kind == "log":
-            _stamp_log_entries(rows, first)
-        if n < MERGE_ROWS and first > 0 and self._merge_into_last(conn, stream_id, first, rows, ts):
-            return first
-        self._insert_chunks(conn, stream_id, first, rows, ts)
-        return first
-
-    def _merge_into_last(self, conn, stream_id: int, first: int, rows: list, ts: list) -> bool:
-        last = conn.execute(
-            "SELECT first_index, row_count, data FROM chunks WHERE stream_id = %s ORDER BY first_index DESC LIMIT 1",
-            (stream_id,),
-        ).fetchone()
-        if last is None or last[1] >= MERGE_ROWS or last[0] + last[1] != first:
-            return False
-        merged = decode_chunk(last[2]) + rows
-        conn.execute(
-            """UPDATE chunks SET row_count = %s, data = %s,
-                   min_ts = least(min_ts, %s), max_ts = greatest(max_ts, %s)
-               WHERE stream_id = %s AND first_index = %s""",
-            (len(merged), encode_chunk(merged), min(ts), max(ts), stream_id, last[0]),
-        )
-        return True
-
-    @staticmethod
-    def _insert_chunks(conn, stream_id: int, first: int, rows: list, ts: list) -> None:
-        with conn.cursor().copy(
-            "COPY chunks (stream_id, first_index, row_count, min_ts, max_ts, data) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int8", "int8", "int4", "float8", "float8", "bytea"])
-            for offset, piece in split(rows):
-                stamps = ts[offset : offset + len(piece)]
-                copy.write_row((stream_id, first + offset, len(piece), min(stamps), max(stamps), encode_chunk(piece)))
+    def _append(self, conn: psycopg.Connection, ref: SessionRef, rows: StreamRows) -> int:
+        reserved = _streams.append(conn, int(ref.id), rows.kind, rows.name, rows.rows, rows.ts)
+        if reserved is None:
+            self._refuse(conn, ref)
+        return reserved[1]
 
     def append_rows(self, ref: SessionRef, rows: StreamRows) -> dict:
         n = len(rows.rows)
         first = None
-        with self._writer(self._sync_rest) as conn:
-            sid = self._check_writable(conn, ref)
+        with self._writer() as conn:
             if n:
-                first = self._append(conn, sid, "track", rows.name, rows.rows, rows.ts)
+                first = self._append(conn, ref, rows)
+            else:
+                self._writable(conn, ref)
         return {"trackId": rows.name, "startIndex": first, "endIndex": None if first is None else first + n - 1,
                 "count": n}
 
     def append_logs(self, ref: SessionRef, rows: StreamRows) -> tuple[int, int]:
-        with self._writer(self._sync_rest) as conn:
-            sid = self._check_writable(conn, ref)
+        with self._writer() as conn:
             if rows.rows:
-                first = self._append(conn, sid, "log", "", rows.rows, rows.ts)
+                first = self._append(conn, ref, rows)
             else:
-                found = conn.execute(
-                    "SELECT next_index FROM streams WHERE session_id = %s AND kind = 'log'", (sid,)
-                ).fetchone()
-                first = found[0] if found else 0
+                stream = _streams.find(conn, self._writable(conn, ref), "log", "")
+                first = stream.count if stream else 0
         return first, first + len(rows.rows) - 1
 
-    def _merge_params(self, conn, sid: int, flat: dict) -> dict:
-        data, version = conn.execute(
+    def _merge_params(self, conn: psycopg.Connection, ref: SessionRef, flat: dict) -> dict:
+        row = conn.execute(
             """UPDATE sessions SET params = params || %s, params_version = params_version + 1, updated_at = now()
-               WHERE id = %s RETURNING params, params_version""",
-            (_json(flat), sid),
+               WHERE id = %s AND NOT write_protected RETURNING params, params_version""",
+            (jsonb(flat), int(ref.id)),
         ).fetchone()
-        return {"data": untag_nonfinite(data), "version": version}
+        if row is None:
+            self._refuse(conn, ref)
+        return {"data": untag_nonfinite(row[0]), "version": row[1]}
 
     def set_params(self, ref: SessionRef, flat: dict[str, Any]) -> dict:
-        with self._writer(self._sync_rest) as conn:
-            return self._merge_params(conn, self._check_writable(conn, ref), flat)
+        with self._writer() as conn:
+            return self._merge_params(conn, ref, flat)
 
     def ingest(self, ref: SessionRef, batch: PreparedBatch) -> IngestAck:
+        key = {"sid": int(ref.id), "client": batch.client, "seq": batch.seq}
         with self._writer(self._sync_batches) as conn:
-            sid = self._check_writable(conn, ref)
             fresh = conn.execute(
-                """INSERT INTO ingest_batches (session_id, client, seq) VALUES (%s, %s, %s)
+                """INSERT INTO ingest_batches (session_id, client, seq)
+                   SELECT id, %(client)s, %(seq)s FROM sessions WHERE id = %(sid)s AND NOT write_protected
+                     AND NOT EXISTS (SELECT 1 FROM ingest_batches
+                                     WHERE session_id = %(sid)s AND client = %(client)s AND seq > %(seq)s)
                    ON CONFLICT DO NOTHING RETURNING seq""",
-                (sid, batch.client, batch.seq),
+                key,
             ).fetchone()
-            newer = fresh and conn.execute(
-                "SELECT 1 FROM ingest_batches WHERE session_id = %s AND client = %s AND seq > %s LIMIT 1",
-                (sid, batch.client, batch.seq),
-            ).fetchone()
-            if not fresh or newer:
+            if fresh is None:  # applied before, a later seq applied, or not writable
                 conn.rollback()
-                return self._duplicate(conn, ref, sid, batch)
+                self._writable(conn, ref)
+                return self._duplicate(conn, ref, key)
             ranges: dict[tuple[str, str], dict] = {}
-            for stream in sorted(batch.streams, key=lambda s: (s.kind, s.name)):  # lock order
+            for stream in sorted(batch.streams, key=lambda s: (s.kind, s.name)):  # the lock order
                 n = len(stream.rows)
-                first = self._append(conn, sid, stream.kind, stream.name, stream.rows, stream.ts) if n else None
+                first = self._append(conn, ref, stream) if n else None
                 ranges[(stream.kind, stream.name)] = {
                     "name": stream.name, "kind": stream.kind, "startIndex": first,
                     "endIndex": None if first is None else first + n - 1, "count": n,
                 }
             acked = [ranges[(s.kind, s.name)] for s in batch.streams]
             conn.execute(
-                "UPDATE ingest_batches SET ranges = %s WHERE session_id = %s AND client = %s AND seq = %s",
-                (Jsonb(acked), sid, batch.client, batch.seq),
+                "UPDATE ingest_batches SET ranges = %(ranges)s"
+                " WHERE session_id = %(sid)s AND client = %(client)s AND seq = %(seq)s",
+                {**key, "ranges": Jsonb(acked)},
             )
             if batch.params is not None:
-                self._merge_params(conn, sid, batch.params)
+                self._merge_params(conn, ref, batch.params)
             if batch.close is not None:
-                status, error = batch.close
                 conn.execute(
                     "UPDATE sessions SET status = %s, error = %s, closed_at = now(), updated_at = now() WHERE id = %s",
-                    (status, error, sid),
+                    (*batch.close, int(ref.id)),
                 )
-        # leaving the block commits: from here on the batch counts as applied
+        # leaving the block committed: from here on the batch counts as applied
         return IngestAck(batch.client, batch.seq, False, [StreamRange(**r) for r in acked], ref.id)
 
-    def _duplicate(self, conn, ref: SessionRef, sid: int, batch: PreparedBatch) -> IngestAck:
+    def _duplicate(self, conn: psycopg.Connection, ref: SessionRef, key: dict) -> IngestAck:
         found = conn.execute(
-            "SELECT ranges FROM ingest_batches WHERE session_id = %s AND client = %s AND seq = %s",
-            (sid, batch.client, batch.seq),
+            "SELECT ranges FROM ingest_batches WHERE session_id = %(sid)s AND client = %(client)s AND seq = %(seq)s",
+            key,
         ).fetchone()
-        ranges = (found[0] if found else None) or []  # applied long ago or skipped: no ranges to repeat
-        return IngestAck(batch.client, batch.seq, True, [StreamRange(**r) for r in ranges], ref.id)
+        ranges = (found[0] if found else None) or []  # a seq below one applied later: no ranges to repeat
+        return IngestAck(key["client"], key["seq"], True, [StreamRange(**r) for r in ranges], ref.id)
 
     # -- reads -----------------------------------------------------------------
     def get_params(self, ref: SessionRef) -> dict:
@@ -390,43 +345,19 @@ class PostgresStorage:
             raise NotFound(f"no session {ref.workspace}/{ref.name}")
         return {"data": untag_nonfinite(row[0]), "version": row[1]}
 
-    def _stream(self, conn, ref: SessionRef, kind: str, name: str) -> tuple | None:
-        return conn.execute(
-            """SELECT id, next_index, ts_sorted, first_ts, last_ts, created_at, updated_at, description, tags
-               FROM streams WHERE session_id = %s AND kind = %s AND name = %s""",
-            (int(ref.id), kind, name),
-        ).fetchone()
-
-    def _track(self, conn, ref: SessionRef, track: str) -> tuple:
-        stream = self._stream(conn, ref, "track", track)
+    def _track(self, conn: psycopg.Connection, ref: SessionRef, track: str) -> _streams.Stream:
+        stream = _streams.find(conn, int(ref.id), "track", track)
         if stream is None:
             raise NotFound(f"session {ref.workspace}/{ref.name} has no track {track!r}")
         return stream
 
-    @staticmethod
-    def _rows(conn, stream_id: int, start: int, end: int) -> list[tuple[int, dict]]:
-        """Rows ``start .. end-1`` (end ≤ the stream's count): O(end - start)."""
-        chunks = conn.execute(
-            """SELECT first_index, data FROM chunks
-               WHERE stream_id = %(id)s AND first_index < %(end)s AND first_index >= coalesce(
-                   (SELECT max(first_index) FROM chunks WHERE stream_id = %(id)s AND first_index <= %(start)s), 0)
-               ORDER BY first_index""",
-            {"id": stream_id, "start": start, "end": end},
-        ).fetchall()
-        out: list[tuple[int, dict]] = []
-        for first, data in chunks:
-            rows = decode_chunk(data)
-            lo, hi = max(start - first, 0), min(end - first, len(rows))
-            out.extend(zip(range(first + lo, first + hi), rows[lo:hi]))
-        return out
-
     def _read(self, ref: SessionRef, kind: str, name: str, start: int, limit: int) -> dict:
         with self._reader() as conn:
-            stream = self._track(conn, ref, name) if kind == "track" else self._stream(conn, ref, kind, name)
-            total = stream[1] if stream else 0
+            stream = self._track(conn, ref, name) if kind == "track" else _streams.find(conn, int(ref.id), kind, name)
+            total = stream.count if stream else 0
             start = max(0, start)
             end = min(total, start + max(0, limit))
-            rows = self._rows(conn, stream[0], start, end) if start < end else []
+            rows = _streams.read_range(conn, stream.id, start, end) if start < end else []
         return _page(rows, total, start)
 
     def read_rows(self, ref: SessionRef, track: str, start: int, limit: int) -> dict:
@@ -436,217 +367,58 @@ class PostgresStorage:
         return self._read(ref, "log", "", start, limit)
 
     def read_rows_by_ts(self, ref, track, start_ts, end_ts, limit) -> dict:
-        lo_ok = float("-inf") if start_ts is None else start_ts
-        hi_ok = float("inf") if end_ts is None else end_ts
         with self._reader() as conn:
-            stream_id, total, ts_sorted = self._track(conn, ref, track)[:3]
-            if ts_sorted:  # the first chunk that can hold start_ts, then forward
-                found = conn.execute(
-                    "SELECT first_index FROM chunks WHERE stream_id = %s AND max_ts >= %s"
-                    " ORDER BY max_ts, first_index LIMIT 1",
-                    (stream_id, lo_ok),
-                ).fetchone()
-                candidates = self._chunks_from(conn, stream_id, found[0] if found else total, hi_ok)
-            else:
-                candidates = self._chunks_overlapping(conn, stream_id, lo_ok, hi_ok)
-            matched: list[tuple[int, dict]] = []
-            for first, data in candidates:
-                for index, row in enumerate(decode_chunk(data), first):
-                    if lo_ok <= row["_ts"] < hi_ok:
-                        matched.append((index, row))
-                if len(matched) > limit:
-                    break
-        page = _page(matched[:limit], total, matched[0][0] if matched else 0)
+            stream = self._track(conn, ref, track)
+            matched = _streams.read_ts(conn, stream, start_ts, end_ts, limit)
+        page = _page(matched[:limit], stream.count, matched[0][0] if matched else 0)
         page["hasMore"] = len(matched) > limit
         return page
 
-    @staticmethod
-    def _chunks_from(conn, stream_id: int, first_index: int, hi_ok: float) -> Iterable[tuple[int, bytes]]:
-        """Chunks from ``first_index`` on, a few at a time, until one starts past ``hi_ok``."""
-        while True:
-            batch = conn.execute(
-                "SELECT first_index, data, min_ts FROM chunks WHERE stream_id = %s AND first_index >= %s"
-                " ORDER BY first_index LIMIT 4",
-                (stream_id, first_index),
-            ).fetchall()
-            for first, data, min_ts in batch:
-                if min_ts >= hi_ok:
-                    return
-                yield first, data
-            if len(batch) < 4:
-                return
-            first_index = batch[-1][0] + 1
-
-    @staticmethod
-    def _chunks_overlapping(conn, stream_id: int, lo_ok: float, hi_ok: float) -> Iterable[tuple[int, bytes]]:
-        """A stream whose ``_ts`` went back: every chunk whose bounds overlap, in index order."""
-        with conn.cursor(name=f"scan_{uuid.uuid4().hex}") as cursor:
-            cursor.itersize = 8
-            cursor.execute(
-                "SELECT first_index, data FROM chunks WHERE stream_id = %s AND max_ts >= %s AND min_ts < %s"
-                " ORDER BY first_index",
-                (stream_id, lo_ok, hi_ok),
-            )
-            yield from cursor
-
-    def _stats(self, name: str, stream: tuple) -> dict:
-        _, total, _, first_ts, last_ts, created, updated, description, tags = stream
-        return {
-            "name": name,
-            "trackId": name,
-            "totalDataPoints": total,
-            "firstTs": first_ts,
-            "lastTs": last_ts,
-            "createdAt": _iso(created),
-            "updatedAt": _iso(updated),
-            "description": description,
-            "tags": tags or [],
-        }
-
     def track_stats(self, ref: SessionRef, track: str) -> dict:
         with self._pool.connection() as conn:
-            return self._stats(track, self._track(conn, ref, track))
+            return _stats(track, self._track(conn, ref, track))
 
     def list_tracks(self, ref: SessionRef) -> list[dict]:
         with self._pool.connection() as conn:
             rows = conn.execute(
-                """SELECT name, id, next_index, ts_sorted, first_ts, last_ts, created_at, updated_at, description, tags
-                   FROM streams WHERE session_id = %s AND kind = 'track' ORDER BY name""",
+                f"SELECT name, {_streams.STREAM_COLUMNS} FROM streams"
+                " WHERE session_id = %s AND kind = 'track' ORDER BY name",
                 (int(ref.id),),
             ).fetchall()
-        return [self._stats(row[0], row[1:]) for row in rows]
+        return [_stats(row[0], _streams.Stream(*row[1:])) for row in rows]
 
     # -- files -----------------------------------------------------------------
-    def _file_record(self, row: tuple) -> dict:
-        fid, path, filename, size, checksum, description, tags, metadata, key, created, updated = row
-        return {
-            "id": fid,
-            "filename": filename,
-            "path": path,
-            "prefix": path.rstrip("/") + "/",
-            "sizeBytes": size,
-            "checksum": checksum,
-            "checksumAlgorithm": "sha256",
-            "description": description,
-            "tags": tags,
-            "metadata": untag_nonfinite(metadata),
-            "storagePath": key,
-            "createdAt": _iso(created),
-            "updatedAt": _iso(updated),
-        }
-
     def upload_file(self, ref, staged: Path, folder, description, tags, metadata) -> dict:
-        staged = Path(staged)
         with self._pool.connection() as conn:
-            sid = self._check_writable(conn, ref)
-        file_id = uuid.uuid4().hex[:16]
-        key = f"sessions/{sid}/files/{file_id}/{staged.name}"
-        size, checksum = _sha256(staged)
-        self.objects.put_file(key, staged)  # first the bytes: a record never points at nothing
-        logical = "/" + folder if folder else "/"
-        try:
-            with self._writer(self._sync_rest) as conn:
-                replaced = conn.execute(
-                    "DELETE FROM files WHERE session_id = %s AND path = %s AND filename = %s RETURNING object_key",
-                    (sid, logical, staged.name),
-                ).fetchall()
-                row = conn.execute(
-                    f"""INSERT INTO files (id, session_id, path, filename, size_bytes, checksum, description, tags,
-                                           metadata, object_key)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_FILE_COLUMNS}""",
-                    (file_id, sid, logical, staged.name, size, checksum, description, _json(list(tags)),
-                     _json(metadata or {}), key),
-                ).fetchone()
-        except BaseException:
-            self.objects.delete(key)
-            raise
-        for (old_key,) in replaced:
-            self.objects.delete(old_key)
-        return self._file_record(row)
+            sid = self._writable(conn, ref)
+        return self.files.upload(sid, Path(staged), folder, description, tags, metadata)
 
     def list_files(self, ref, folder, tags) -> list[dict]:
-        query = f"SELECT {_FILE_COLUMNS} FROM files WHERE session_id = %s"
-        args: list[Any] = [int(ref.id)]
-        if folder is not None:
-            query += " AND path = %s"
-            args.append("/" + folder if folder else "/")
-        if tags:
-            query += " AND tags @> %s"
-            args.append(Jsonb(list(tags)))
-        with self._pool.connection() as conn:
-            rows = conn.execute(query + " ORDER BY created_at, id", args).fetchall()
-        return [self._file_record(row) for row in rows]
+        return self.files.list(int(ref.id), folder, tags)
 
     def get_file(self, ref: SessionRef, file_id: str) -> dict:
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE session_id = %s AND id = %s", (int(ref.id), file_id)
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"no file with id {file_id!r} in session {ref.workspace}/{ref.name}")
-        return self._file_record(row)
+        return self.files.get(int(ref.id), file_id)
 
     def export_file(self, ref: SessionRef, file_id: str, dest_dir: Path) -> Path:
-        entry = self.get_file(ref, file_id)
-        dest = Path(dest_dir) / entry["filename"]
-        try:
-            size, checksum = self.objects.get_file(entry["storagePath"], dest)
-        except FileNotFoundError:
-            raise SinkError(f"stored copy of {entry['filename']} is missing from object storage") from None
-        if checksum != entry["checksum"] or size != entry["sizeBytes"]:
-            raise SinkError(f"stored copy of {entry['filename']} does not match its checksum")
-        return dest
+        return self.files.export(int(ref.id), file_id, dest_dir)
 
     def update_file(self, ref: SessionRef, file_id: str, changes: dict[str, Any]) -> dict:
-        with self._writer(self._sync_rest) as conn:
-            self._check_writable(conn, ref)
-            row = conn.execute(
-                f"""UPDATE files SET description = coalesce(%s, description), tags = coalesce(%s, tags),
-                        metadata = coalesce(%s, metadata), updated_at = now()
-                    WHERE session_id = %s AND id = %s RETURNING {_FILE_COLUMNS}""",
-                (changes.get("description"), _json(changes.get("tags")), _json(changes.get("metadata")),
-                 int(ref.id), file_id),
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"no file with id {file_id!r} in session {ref.workspace}/{ref.name}")
-        return self._file_record(row)
+        with self._pool.connection() as conn:
+            sid = self._writable(conn, ref)
+        return self.files.update(sid, file_id, changes)
 
     def delete_file(self, ref: SessionRef, file_id: str) -> dict:
-        with self._writer(self._sync_rest) as conn:
-            self._check_writable(conn, ref)
-            row = conn.execute(
-                f"DELETE FROM files WHERE session_id = %s AND id = %s RETURNING {_FILE_COLUMNS}",
-                (int(ref.id), file_id),
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"no file with id {file_id!r} in session {ref.workspace}/{ref.name}")
-        self.objects.delete(row[8])  # after the commit: a crash here leaves an orphan object, never a dangling record
-        return self._file_record(row)
+        with self._pool.connection() as conn:
+            sid = self._writable(conn, ref)
+        return self.files.delete(sid, file_id)
 
     # -- lifecycle -------------------------------------------------------------
     def scratch_dir(self) -> Path:
         """A private directory for staged uploads and downloads (per process, so
-        replicas sharing a ``--root`` never clean up each other's)."""
+        replicas sharing a ``--root`` never remove each other's)."""
         self._scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         return Path(tempfile.mkdtemp(dir=self._scratch))
 
     def close(self) -> None:
         self._pool.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
-
-
-class _Snapshot:
-    """``with _Snapshot(pool) as conn``: a pooled connection whose statements
-    share one REPEATABLE READ, READ ONLY snapshot."""
-
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._manager = pool.connection()
-
-    def __enter__(self) -> psycopg.Connection:
-        conn = self._manager.__enter__()
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return conn
-
-    def __exit__(self, *exc: Any) -> Any:
-        return self._manager.__exit__(*exc)
-

@@ -17,7 +17,7 @@ import zstandard
 __all__ = ["CHUNK_ROWS", "MERGE_ROWS", "encode_chunk", "decode_chunk", "split"]
 
 #: most rows in one chunk (a batch larger than this becomes several chunks)
-CHUNK_ROWS = 2048
+CHUNK_ROWS = 512
 #: a write smaller than this is merged into the stream's last chunk while that
 #: one is smaller than this too, so row-by-row appends do not leave a million
 #: one-row chunks (the merge re-encodes at most this many rows)

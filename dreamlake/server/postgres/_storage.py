@@ -21,8 +21,9 @@ postgresql://…`` processes can serve one database behind a load balancer.
   ``synchronous_commit = off`` unless fsync is "always" — durable across any
   crash of a replica or of PostgreSQL's processes; only a power loss of the
   database host may take their last fraction of a second.
-* Reads run in one REPEATABLE READ snapshot, so a stream's count and its
-  chunks agree.
+* **Few round trips**: connections are in autocommit mode; a read is one
+  statement (one snapshot: a stream's count and its chunks agree), a write is
+  one explicit transaction.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def _stats(name: str, stream: _streams.Stream) -> dict:
     }
 
 
+class _NotFresh(Exception):
+    """The batch's idempotency record could not be inserted."""
+
+
 class PostgresStorage:
     """:class:`~dreamlake.server._storage.Storage` on PostgreSQL + object storage."""
 
@@ -113,7 +118,7 @@ class PostgresStorage:
         self._sync_batches, self._sync_rest = _sync_policy(settings.fsync)
         migrate(dsn)
         self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake",
-                                    configure=self._configure)
+                                    kwargs={"autocommit": True}, configure=self._configure)
         self.files = FileCatalog(objects, self._pool.connection, self._writer)
         self._scratch = Path(settings.state_dir) / "tmp" / f"pg-{os.getpid()}"
         self._refs: dict[str, SessionRef] = {}
@@ -123,21 +128,14 @@ class PostgresStorage:
     def _configure(self, conn: psycopg.Connection) -> None:
         if not self._sync_rest:  # the common case: one round trip less per REST write
             conn.execute("SET synchronous_commit = off")
-            conn.commit()
 
     @contextlib.contextmanager
     def _writer(self, sync: bool = False) -> Iterator[psycopg.Connection]:
-        """A pooled connection in one write transaction (commits on exit)."""
-        with self._pool.connection() as conn:
+        """A pooled connection in one write transaction (commits on exit, rolls
+        back on an exception)."""
+        with self._pool.connection() as conn, conn.transaction():
             if sync and not self._sync_rest:
                 conn.execute("SET LOCAL synchronous_commit = on")
-            yield conn
-
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection whose statements share one read-only snapshot."""
-        with self._pool.connection() as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield conn
 
     def _remember(self, ref: SessionRef) -> SessionRef:
@@ -292,6 +290,16 @@ class PostgresStorage:
 
     def ingest(self, ref: SessionRef, batch: PreparedBatch) -> IngestAck:
         key = {"sid": int(ref.id), "client": batch.client, "seq": batch.seq}
+        try:
+            acked = self._apply(ref, batch, key)
+        except _NotFresh:  # applied before, a later seq applied, or not writable
+            with self._pool.connection() as conn:
+                self._writable(conn, ref)
+                return self._duplicate(conn, ref, key)
+        # the transaction committed: from here on the batch counts as applied
+        return IngestAck(batch.client, batch.seq, False, [StreamRange(**r) for r in acked], ref.id)
+
+    def _apply(self, ref: SessionRef, batch: PreparedBatch, key: dict) -> list[dict]:
         with self._writer(self._sync_batches) as conn:
             fresh = conn.execute(
                 """INSERT INTO ingest_batches (session_id, client, seq)
@@ -301,10 +309,8 @@ class PostgresStorage:
                    ON CONFLICT DO NOTHING RETURNING seq""",
                 key,
             ).fetchone()
-            if fresh is None:  # applied before, a later seq applied, or not writable
-                conn.rollback()
-                self._writable(conn, ref)
-                return self._duplicate(conn, ref, key)
+            if fresh is None:
+                raise _NotFresh  # rolls the (empty) transaction back
             ranges: dict[tuple[str, str], dict] = {}
             for stream in sorted(batch.streams, key=lambda s: (s.kind, s.name)):  # the lock order
                 n = len(stream.rows)
@@ -326,8 +332,7 @@ class PostgresStorage:
                     "UPDATE sessions SET status = %s, error = %s, closed_at = now(), updated_at = now() WHERE id = %s",
                     (*batch.close, int(ref.id)),
                 )
-        # leaving the block committed: from here on the batch counts as applied
-        return IngestAck(batch.client, batch.seq, False, [StreamRange(**r) for r in acked], ref.id)
+        return acked
 
     def _duplicate(self, conn: psycopg.Connection, ref: SessionRef, key: dict) -> IngestAck:
         found = conn.execute(
@@ -352,12 +357,14 @@ class PostgresStorage:
         return stream
 
     def _read(self, ref: SessionRef, kind: str, name: str, start: int, limit: int) -> dict:
-        with self._reader() as conn:
-            stream = self._track(conn, ref, name) if kind == "track" else _streams.find(conn, int(ref.id), kind, name)
-            total = stream.count if stream else 0
-            start = max(0, start)
-            end = min(total, start + max(0, limit))
-            rows = _streams.read_range(conn, stream.id, start, end) if start < end else []
+        start, limit = max(0, start), max(0, limit)
+        with self._pool.connection() as conn:
+            found = _streams.read_range(conn, int(ref.id), kind, name, start, limit)
+        if found is None:
+            if kind == "track":
+                raise NotFound(f"session {ref.workspace}/{ref.name} has no track {name!r}")
+            found = (0, [])
+        total, rows = found
         return _page(rows, total, start)
 
     def read_rows(self, ref: SessionRef, track: str, start: int, limit: int) -> dict:
@@ -367,7 +374,7 @@ class PostgresStorage:
         return self._read(ref, "log", "", start, limit)
 
     def read_rows_by_ts(self, ref, track, start_ts, end_ts, limit) -> dict:
-        with self._reader() as conn:
+        with self._pool.connection() as conn:
             stream = self._track(conn, ref, track)
             matched = _streams.read_ts(conn, stream, start_ts, end_ts, limit)
         page = _page(matched[:limit], stream.count, matched[0][0] if matched else 0)

@@ -15,7 +15,6 @@ Functions on a connection inside the caller's transaction:
 
 from __future__ import annotations
 
-import uuid
 from typing import Iterable, NamedTuple
 
 import psycopg
@@ -107,21 +106,35 @@ def find(conn: psycopg.Connection, session_id: int, kind: str, name: str) -> Str
     return None if row is None else Stream(*row)
 
 
-def read_range(conn: psycopg.Connection, stream_id: int, start: int, end: int) -> list[tuple[int, dict]]:
-    """(index, row) for rows ``start .. end-1`` (``end`` ≤ the stream's count)."""
-    chunks = conn.execute(
-        """SELECT first_index, data FROM chunks
-           WHERE stream_id = %(id)s AND first_index < %(end)s AND first_index >= coalesce(
-               (SELECT max(first_index) FROM chunks WHERE stream_id = %(id)s AND first_index <= %(start)s), 0)
-           ORDER BY first_index""",
-        {"id": stream_id, "start": start, "end": end},
+def read_range(conn: psycopg.Connection, session_id: int, kind: str, name: str, start: int,
+               limit: int) -> tuple[int, list[tuple[int, dict]]] | None:
+    """(the stream's row count, (index, row) for rows ``start .. start+limit-1``),
+    or None when there is no such stream. One statement, so one snapshot: the
+    count and the chunks agree without a transaction."""
+    found = conn.execute(
+        """SELECT s.next_index, c.first_index, c.data FROM streams s
+           LEFT JOIN LATERAL (
+               SELECT first_index, data FROM chunks
+               WHERE stream_id = s.id AND %(start)s < s.next_index
+                 AND first_index < least(%(start)s + %(limit)s, s.next_index)
+                 AND first_index >= coalesce((SELECT max(first_index) FROM chunks
+                                              WHERE stream_id = s.id AND first_index <= %(start)s), 0)
+               ORDER BY first_index) c ON true
+           WHERE s.session_id = %(sid)s AND s.kind = %(kind)s AND s.name = %(name)s""",
+        {"sid": session_id, "kind": kind, "name": name, "start": start, "limit": limit},
     ).fetchall()
+    if not found:
+        return None
+    total = found[0][0]
+    end = min(total, start + limit)
     out: list[tuple[int, dict]] = []
-    for first, data in chunks:
+    for _, first, data in found:
+        if data is None:
+            continue
         rows = decode_chunk(data)
         lo, hi = max(start - first, 0), min(end - first, len(rows))
         out.extend(zip(range(first + lo, first + hi), rows[lo:hi]))
-    return out
+    return total, out
 
 
 def read_ts(conn: psycopg.Connection, stream: Stream, start_ts: float | None, end_ts: float | None,
@@ -129,14 +142,14 @@ def read_ts(conn: psycopg.Connection, stream: Stream, start_ts: float | None, en
     """Up to ``limit + 1`` (index, row) whose ``_ts`` is in [start_ts, end_ts), in index order."""
     lo_ok = float("-inf") if start_ts is None else start_ts
     hi_ok = float("inf") if end_ts is None else end_ts
-    if stream.ts_sorted:
+    first = 0
+    if stream.ts_sorted:  # start at the first chunk that reaches start_ts (an index probe)
         found = conn.execute(
             "SELECT first_index FROM chunks WHERE stream_id = %s AND max_ts >= %s ORDER BY max_ts, first_index LIMIT 1",
             (stream.id, lo_ok),
         ).fetchone()
-        candidates = _chunks_from(conn, stream.id, found[0] if found else stream.count, hi_ok)
-    else:
-        candidates = _chunks_overlapping(conn, stream.id, lo_ok, hi_ok)
+        first = found[0] if found else stream.count
+    candidates = _chunks_from(conn, stream.id, first, lo_ok, hi_ok, stream.ts_sorted)
     matched: list[tuple[int, dict]] = []
     for first, data in candidates:
         matched.extend((index, row) for index, row in enumerate(decode_chunk(data), first)
@@ -146,30 +159,22 @@ def read_ts(conn: psycopg.Connection, stream: Stream, start_ts: float | None, en
     return matched[: limit + 1]
 
 
-def _chunks_from(conn: psycopg.Connection, stream_id: int, first_index: int, hi_ok: float) -> Iterable[tuple]:
-    """Chunks from ``first_index`` on, a few per query, until one starts at or past ``hi_ok``."""
+def _chunks_from(conn: psycopg.Connection, stream_id: int, first_index: int, lo_ok: float, hi_ok: float,
+                 ts_sorted: bool) -> Iterable[tuple[int, bytes]]:
+    """Chunks from ``first_index`` on, a few per query. Sorted: the first chunk
+    starting at or past ``hi_ok`` ends the scan. Unsorted: chunks whose bounds
+    miss the range are skipped (a scan of the stream, as on the local store)."""
+    overlap = "" if ts_sorted else " AND max_ts >= %(lo)s AND min_ts < %(hi)s"
     while True:
-        batch = conn.execute(
-            "SELECT first_index, data, min_ts FROM chunks WHERE stream_id = %s AND first_index >= %s"
-            " ORDER BY first_index LIMIT 4",
-            (stream_id, first_index),
+        page = conn.execute(
+            f"SELECT first_index, data, min_ts FROM chunks WHERE stream_id = %(id)s AND first_index >= %(first)s"
+            f"{overlap} ORDER BY first_index LIMIT 4",
+            {"id": stream_id, "first": first_index, "lo": lo_ok, "hi": hi_ok},
         ).fetchall()
-        for first, data, min_ts in batch:
+        for first, data, min_ts in page:
             if min_ts >= hi_ok:
                 return
             yield first, data
-        if len(batch) < 4:
+        if len(page) < 4:
             return
-        first_index = batch[-1][0] + 1
-
-
-def _chunks_overlapping(conn: psycopg.Connection, stream_id: int, lo_ok: float, hi_ok: float) -> Iterable[tuple]:
-    """For a stream whose ``_ts`` went back: every chunk whose bounds overlap, in index order."""
-    with conn.cursor(name=f"scan_{uuid.uuid4().hex}") as cursor:
-        cursor.itersize = 8
-        cursor.execute(
-            "SELECT first_index, data FROM chunks WHERE stream_id = %s AND max_ts >= %s AND min_ts < %s"
-            " ORDER BY first_index",
-            (stream_id, lo_ok, hi_ok),
-        )
-        yield from cursor
+        first_index = page[-1][0] + 1

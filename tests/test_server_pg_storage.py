@@ -74,6 +74,8 @@ def test_a_big_batch_becomes_bounded_chunks_and_reads_across_their_edges(open_re
     assert [r["index"] for r in by_ts["data"]] == list(range(CHUNK_ROWS - 2, CHUNK_ROWS + 3))
     window = storage.read_rows_by_ts(ref, "t", 100.0, 100.35, 50)
     assert [r["data"]["v"] for r in window["data"]] == [1000, 1001, 1002, 1003] and not window["hasMore"]
+    past_the_end = storage.read_rows_by_ts(ref, "t", n / 10, None, 5)
+    assert past_the_end["data"] == [] and not past_the_end["hasMore"] and past_the_end["total"] == n
 
 
 def test_row_by_row_appends_are_merged_into_small_chunks(open_replica, database):

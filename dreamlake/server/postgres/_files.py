@@ -61,6 +61,12 @@ def _record(row: tuple) -> dict:
     }
 
 
+def _found(row: tuple | None, file_id: str) -> tuple:
+    if row is None:
+        raise NotFound(f"no file with id {file_id!r} in this session")
+    return row
+
+
 def _folder(folder: str) -> str:
     return "/" + folder if folder else "/"
 
@@ -115,9 +121,7 @@ class FileCatalog:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM files WHERE session_id = %s AND id = %s", (session_id, file_id)
             ).fetchone()
-        if row is None:
-            raise NotFound(f"no file with id {file_id!r} in this session")
-        return _record(row)
+        return _record(_found(row, file_id))
 
     def export(self, session_id: int, file_id: str, dest_dir: Path) -> Path:
         entry = self.get(session_id, file_id)
@@ -139,16 +143,12 @@ class FileCatalog:
                 (changes.get("description"), jsonb(changes.get("tags")), jsonb(changes.get("metadata")),
                  session_id, file_id),
             ).fetchone()
-        if row is None:
-            raise NotFound(f"no file with id {file_id!r} in this session")
-        return _record(row)
+        return _record(_found(row, file_id))
 
     def delete(self, session_id: int, file_id: str) -> dict:
         with self._write() as conn:
             row = conn.execute(
                 f"DELETE FROM files WHERE session_id = %s AND id = %s RETURNING {_COLUMNS}", (session_id, file_id)
             ).fetchone()
-        if row is None:
-            raise NotFound(f"no file with id {file_id!r} in this session")
-        self.objects.delete(row[8])
+        self.objects.delete(_found(row, file_id)[8])  # after the commit
         return _record(row)

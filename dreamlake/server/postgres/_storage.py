@@ -40,6 +40,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from ..._local_sink import _page as local_page
 from ..._values import untag_nonfinite
 from .._errors import Forbidden, NotFound
 from .._objects import ObjectStore
@@ -80,16 +81,8 @@ def _sync_policy(fsync: object) -> tuple[bool, bool]:
 
 
 def _page(rows: list[tuple[int, dict]], total: int, start: int) -> dict:
-    """The ``read()`` reply, as the local store builds it."""
-    data = [{"index": index, "timestamp": row.get("_ts"), "data": row} for index, row in rows]
-    end = data[-1]["index"] if data else None
-    return {
-        "data": data,
-        "startIndex": data[0]["index"] if data else start,
-        "endIndex": end,
-        "total": total,
-        "hasMore": (end + 1 < total) if end is not None else start < total,
-    }
+    """The ``read()`` reply, built as the local store builds it."""
+    return local_page([(index, row.get("_ts"), row) for index, row in rows], total, start)
 
 
 def _stats(name: str, stream: _streams.Stream) -> dict:

@@ -19,7 +19,8 @@ from typing import Iterable, NamedTuple
 
 import psycopg
 
-from ._chunks import MERGE_ROWS, decode_chunk, encode_chunk, split
+from ..._local_sink import _stamp_log_entries
+from ._chunks import CHUNK_ROWS, MERGE_ROWS, decode_chunk, encode_chunk, split
 
 __all__ = ["Stream", "append", "find", "read_range", "read_ts", "STREAM_COLUMNS"]
 
@@ -64,9 +65,7 @@ def append(conn: psycopg.Connection, session_id: int, kind: str, name: str, rows
         return None
     stream_id, first = reserved
     if kind == "log":
-        from ..._local_sink import _stamp_log_entries  # the local store's seq/timestamp stamping
-
-        _stamp_log_entries(rows, first)
+        _stamp_log_entries(rows, first)  # seq and ISO timestamp, as the local store stamps them
     if not (n < MERGE_ROWS and first > 0 and _merge_into_last(conn, stream_id, first, rows, ts)):
         _insert_chunks(conn, stream_id, first, rows, ts)
     return stream_id, first
@@ -142,14 +141,8 @@ def read_ts(conn: psycopg.Connection, stream: Stream, start_ts: float | None, en
     """Up to ``limit + 1`` (index, row) whose ``_ts`` is in [start_ts, end_ts), in index order."""
     lo_ok = float("-inf") if start_ts is None else start_ts
     hi_ok = float("inf") if end_ts is None else end_ts
-    first = 0
-    if stream.ts_sorted:  # start at the first chunk that reaches start_ts (an index probe)
-        found = conn.execute(
-            "SELECT first_index FROM chunks WHERE stream_id = %s AND max_ts >= %s ORDER BY max_ts, first_index LIMIT 1",
-            (stream.id, lo_ok),
-        ).fetchone()
-        first = found[0] if found else stream.count
-    candidates = _chunks_from(conn, stream.id, first, lo_ok, hi_ok, stream.ts_sorted)
+    candidates = _chunks_from(conn, stream.id, None if stream.ts_sorted else 0, lo_ok, hi_ok, stream.ts_sorted,
+                              limit // CHUNK_ROWS + 2)
     matched: list[tuple[int, dict]] = []
     for first, data in candidates:
         matched.extend((index, row) for index, row in enumerate(decode_chunk(data), first)
@@ -159,22 +152,26 @@ def read_ts(conn: psycopg.Connection, stream: Stream, start_ts: float | None, en
     return matched[: limit + 1]
 
 
-def _chunks_from(conn: psycopg.Connection, stream_id: int, first_index: int, lo_ok: float, hi_ok: float,
-                 ts_sorted: bool) -> Iterable[tuple[int, bytes]]:
-    """Chunks from ``first_index`` on, a few per query. Sorted: the first chunk
-    starting at or past ``hi_ok`` ends the scan. Unsorted: chunks whose bounds
-    miss the range are skipped (a scan of the stream, as on the local store)."""
+def _chunks_from(conn: psycopg.Connection, stream_id: int, first_index: int | None, lo_ok: float, hi_ok: float,
+                 ts_sorted: bool, per_query: int) -> Iterable[tuple[int, bytes]]:
+    """Chunks in index order, ``per_query`` per statement. Sorted: from the first
+    chunk whose ``max_ts`` reaches ``lo_ok`` (``first_index=None``: an index probe
+    inside the first statement) until one starts at or past ``hi_ok``. Unsorted:
+    chunks whose bounds miss the range are skipped (a scan, as on the local store)."""
     overlap = "" if ts_sorted else " AND max_ts >= %(lo)s AND min_ts < %(hi)s"
+    start = "%(first)s" if first_index is not None else (
+        "(SELECT first_index FROM chunks WHERE stream_id = %(id)s AND max_ts >= %(lo)s"
+        " ORDER BY max_ts, first_index LIMIT 1)")
     while True:
         page = conn.execute(
-            f"SELECT first_index, data, min_ts FROM chunks WHERE stream_id = %(id)s AND first_index >= %(first)s"
-            f"{overlap} ORDER BY first_index LIMIT 4",
-            {"id": stream_id, "first": first_index, "lo": lo_ok, "hi": hi_ok},
+            f"SELECT first_index, data, min_ts FROM chunks WHERE stream_id = %(id)s AND first_index >= {start}"
+            f"{overlap} ORDER BY first_index LIMIT %(n)s",
+            {"id": stream_id, "first": first_index, "lo": lo_ok, "hi": hi_ok, "n": per_query},
         ).fetchall()
         for first, data, min_ts in page:
             if min_ts >= hi_ok:
                 return
             yield first, data
-        if len(page) < 4:
+        if len(page) < per_query:
             return
-        first_index = page[-1][0] + 1
+        first_index, start = page[-1][0] + 1, "%(first)s"

@@ -194,9 +194,17 @@ def test_rest_calls_on_either_replica_see_one_session(replicas, tmp_path):
         uploaded = to_a.post(f"/sessions/{sid}/files", files={"file": ("w.bin", payload)}, data={"prefix": "/models"})
         assert uploaded.status_code == 201, uploaded.text
         file_id = uploaded.json()["id"]
+        stored = [p for p in (tmp_path / "objects").rglob("w.bin")]  # the bytes are in the object store
+        assert len(stored) == 1 and stored[0].read_bytes() == payload and file_id in str(stored[0])
         assert to_b.get(f"/sessions/{sid}/files/{file_id}/download").content == payload
         assert [f["id"] for f in to_b.get(f"/sessions/{sid}/files").json()["files"]] == [file_id]
         assert to_b.delete(f"/sessions/{sid}/files/{file_id}").status_code == 200
         assert to_a.get(f"/sessions/{sid}/files/{file_id}").status_code == 404
+        assert not stored[0].exists()
         stats = to_b.get(f"/sessions/{sid}/tracks/loss/stats").json()
         assert (stats["totalDataPoints"], stats["firstTs"], stats["lastTs"]) == (3, 0.0, 2.0)
+
+
+def test_a_store_that_is_not_postgresql_is_refused_at_start(tmp_path):
+    with pytest.raises(RuntimeError, match="--store must be a postgresql:// URL"):
+        ServerProcess(tmp_path / "root", "--store", "mysql://127.0.0.1/test")

@@ -9,6 +9,7 @@ import threading
 import psycopg
 import pytest
 
+from dreamlake.server._journal import KEEP_ACKS
 from dreamlake.server._objects import open_objects
 from dreamlake.server._prepare import SessionClock, prepare_batch, prepare_track_rows
 from dreamlake.server._settings import Settings
@@ -174,3 +175,18 @@ def test_many_writers_on_two_replicas_share_one_gap_free_index(open_replica):
     spans.sort()
     assert spans[0][0] == 0 and spans[-1][1] == 4 * 10 * 2 - 1 and len(spans) == 40
     assert all(b[0] == a[1] + 1 for a, b in zip(spans, spans[1:]))
+
+
+def test_idempotency_records_stay_bounded_and_old_retries_stay_duplicates(open_replica, database):
+    storage = open_replica()
+    ref = session(storage)
+    batches = [IngestBatch("c", seq, [StreamBatch("t", [{"_ts": float(seq), "v": seq}])]) for seq in range(1, 41)]
+    acks = [storage.ingest(ref, prepare_batch(b, SessionClock())) for b in batches]
+    with psycopg.connect(database) as conn:
+        kept = conn.execute("SELECT count(*) FROM ingest_batches WHERE client = 'c'").fetchone()[0]
+    assert kept <= 2 * KEEP_ACKS
+    latest = storage.ingest(ref, prepare_batch(batches[-1], SessionClock()))
+    assert latest.duplicate and latest.ranges == acks[-1].ranges
+    oldest = storage.ingest(ref, prepare_batch(batches[0], SessionClock()))
+    assert oldest.duplicate and oldest.ranges == []
+    assert storage.track_stats(ref, "t")["totalDataPoints"] == 40

@@ -13,6 +13,10 @@ postgresql://…`` processes can serve one database behind a load balancer.
   ranges are written before the commit. A replica killed mid-batch never
   commits — PostgreSQL rolls the transaction back when the connection drops —
   so the client's retry, to any replica, is applied fresh.
+* **Bounded idempotency records**: per (session, client) the last
+  ``KEEP_ACKS`` batches keep their ranges (a retry gets them again); older
+  ones are pruned, and a retry of one of those is still a duplicate because a
+  later seq exists (acknowledged without ranges, as on the local store).
 * **No deadlocks**: a transaction locks stream rows in (kind, name) order and
   the session row (params, close) last.
 * **Durability follows ``Settings.fsync``** as on the local store: batched
@@ -43,6 +47,7 @@ from psycopg_pool import ConnectionPool
 from ..._local_sink import _page as local_page
 from ..._values import untag_nonfinite
 from .._errors import Forbidden, NotFound
+from .._journal import KEEP_ACKS
 from .._objects import ObjectStore
 from .._prepare import check_session_name, check_workspace
 from .._settings import Settings
@@ -318,6 +323,12 @@ class PostgresStorage:
                 " WHERE session_id = %(sid)s AND client = %(client)s AND seq = %(seq)s",
                 {**key, "ranges": Jsonb(acked)},
             )
+            if batch.seq % KEEP_ACKS == 0:  # older records only repeat ranges; the newest always stays
+                conn.execute(
+                    "DELETE FROM ingest_batches WHERE session_id = %(sid)s AND client = %(client)s"
+                    " AND seq <= %(seq)s - %(keep)s",
+                    {**key, "keep": KEEP_ACKS},
+                )
             if batch.params is not None:
                 self._merge_params(conn, ref, batch.params)
             if batch.close is not None:

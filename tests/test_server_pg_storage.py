@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import threading
+import uuid
 
 import psycopg
 import pytest
 
+from dreamlake.server._errors import BadRequest
 from dreamlake.server._journal import KEEP_ACKS
 from dreamlake.server._objects import open_objects
 from dreamlake.server._prepare import SessionClock, prepare_batch, prepare_track_rows
@@ -190,3 +192,32 @@ def test_idempotency_records_stay_bounded_and_old_retries_stay_duplicates(open_r
     oldest = storage.ingest(ref, prepare_batch(batches[0], SessionClock()))
     assert oldest.duplicate and oldest.ranges == []
     assert storage.track_stats(ref, "t")["totalDataPoints"] == 40
+
+
+def test_values_postgresql_cannot_store_are_a_bad_request_and_change_nothing(open_replica):
+    storage = open_replica()
+    ref = session(storage)
+    with pytest.raises(BadRequest):
+        storage.set_params(ref, {"a": "nul\x00byte"})
+    with pytest.raises(BadRequest):
+        storage.upsert_session("lab", "run", {"description": "nul\x00byte"})
+    assert storage.get_params(ref)["data"] == {} and storage.session_record(ref)["description"] is None
+    storage.append_rows(ref, prepare_track_rows("t", [{"_ts": 1.0, "s": "nul\x00byte"}], SessionClock()))
+    assert storage.read_rows(ref, "t", 0, 1)["data"][0]["data"]["s"] == "nul\x00byte"  # chunks are msgpack
+
+
+def test_connections_postgresql_dropped_are_replaced_without_failing_a_request(database, tmp_path):
+    name = f"dl-test-{uuid.uuid4().hex[:8]}"  # only this test's connections are dropped
+    storage = PostgresStorage(f"{database}&application_name={name}", open_objects(str(tmp_path / "objects")),
+                              Settings(root=tmp_path / "root"), pool_size=3)
+    ref = session(storage)
+    storage.append_rows(ref, prepare_track_rows("t", [{"_ts": 1.0, "v": 1}], SessionClock()))
+    with psycopg.connect(database, autocommit=True) as admin:  # as a database restart or failover would
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s", (name,)
+        ).fetchone()[0]
+    assert killed >= 1
+    assert storage.append_rows(ref, prepare_track_rows("t", [{"_ts": 2.0, "v": 2}], SessionClock()))["startIndex"] == 1
+    assert storage.read_rows(ref, "t", 0, 10)["total"] == 2
+    storage.close()

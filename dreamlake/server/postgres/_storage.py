@@ -41,12 +41,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..._local_sink import _page as local_page
 from ..._values import untag_nonfinite
-from .._errors import Forbidden, NotFound
+from .._errors import BadRequest, Forbidden, NotFound, ServerError
 from .._journal import KEEP_ACKS
 from .._objects import ObjectStore
 from .._prepare import check_session_name, check_workspace
@@ -58,7 +59,7 @@ from ._files import FileCatalog
 from ._schema import migrate
 from ._values import iso, jsonb
 
-__all__ = ["PostgresStorage"]
+__all__ = ["PostgresStorage", "StorageUnavailable", "POOL_TIMEOUT"]
 
 log = logging.getLogger("dreamlake.server")
 
@@ -67,6 +68,8 @@ _SESSION_COLUMNS = (
     "id, workspace, name, description, tags, folder, metadata, write_protected, status, error,"
     " created_at, updated_at, closed_at"
 )
+#: seconds a request waits for a database connection before its 503
+POOL_TIMEOUT = 10.0
 #: session refs remembered per replica (ids never change meaning; write protection is re-checked on write)
 _CACHE_LIMIT = 100_000
 
@@ -75,6 +78,11 @@ def _session_id(text: str) -> int:
     if not (isinstance(text, str) and text.isdigit() and len(text) < 19):
         raise NotFound(f"no session with id {text!r}")
     return int(text)
+
+
+def _application_name(dsn: str) -> dict:
+    """Name the connections in pg_stat_activity, unless the URL already does."""
+    return {} if "application_name" in conninfo_to_dict(dsn) else {"application_name": "dreamlake-server"}
 
 
 def _sync_policy(fsync: object) -> tuple[bool, bool]:
@@ -104,6 +112,13 @@ def _stats(name: str, stream: _streams.Stream) -> dict:
     }
 
 
+class StorageUnavailable(ServerError):
+    """PostgreSQL cannot be reached (→ 503: the client retries, its spool keeps the data)."""
+
+    status = 503
+    kind = "unavailable"
+
+
 class _NotFresh(Exception):
     """The batch's idempotency record could not be inserted."""
 
@@ -115,9 +130,13 @@ class PostgresStorage:
         self.settings = settings
         self._sync_batches, self._sync_rest = _sync_policy(settings.fsync)
         migrate(dsn)
-        self._pool = ConnectionPool(dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake",
-                                    kwargs={"autocommit": True}, configure=self._configure)
-        self.files = FileCatalog(objects, self._pool.connection, self._writer)
+        self._pool = ConnectionPool(
+            dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake", timeout=POOL_TIMEOUT,
+            kwargs={"autocommit": True, **_application_name(dsn)},
+            configure=self._configure,
+            check=ConnectionPool.check_connection,  # a connection PostgreSQL dropped is replaced, not used
+        )
+        self.files = FileCatalog(objects, self._connection, self._writer)
         self._scratch = Path(settings.state_dir) / "tmp" / f"pg-{os.getpid()}"
         self._refs: dict[str, SessionRef] = {}
         self._ids: dict[tuple[str, str], str] = {}
@@ -128,10 +147,23 @@ class PostgresStorage:
             conn.execute("SET synchronous_commit = off")
 
     @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; database errors become the server's: a value
+        PostgreSQL cannot store (NUL in text) → 400, no database → 503."""
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.DataError as exc:
+            raise BadRequest(f"a value cannot be stored: {exc}") from exc
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("PostgreSQL unavailable: %s", exc)
+            raise StorageUnavailable("the database is unavailable; retry later") from exc
+
+    @contextlib.contextmanager
     def _writer(self, sync: bool = False) -> Iterator[psycopg.Connection]:
         """A pooled connection in one write transaction (commits on exit, rolls
         back on an exception)."""
-        with self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             if sync and not self._sync_rest:
                 conn.execute("SET LOCAL synchronous_commit = on")
             yield conn
@@ -217,7 +249,7 @@ class PostgresStorage:
         return self._record(row)
 
     def _load_ref(self, where: str, args: tuple) -> SessionRef | None:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(f"SELECT id, workspace, name, write_protected FROM sessions WHERE {where}",
                                args).fetchone()
         return None if row is None else self._remember(SessionRef(str(row[0]), row[1], row[2], row[3]))
@@ -239,7 +271,7 @@ class PostgresStorage:
         return self._load_ref("workspace = %s AND name = %s", (workspace, name))
 
     def session_record(self, ref: SessionRef) -> dict:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = %s", (int(ref.id),)).fetchone()
         if row is None:
             raise NotFound(f"no session {ref.workspace}/{ref.name}")
@@ -291,7 +323,7 @@ class PostgresStorage:
         try:
             acked = self._apply(ref, batch, key)
         except _NotFresh:  # applied before, a later seq applied, or not writable
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 self._writable(conn, ref)
                 return self._duplicate(conn, ref, key)
         # the transaction committed: from here on the batch counts as applied
@@ -348,7 +380,7 @@ class PostgresStorage:
 
     # -- reads -----------------------------------------------------------------
     def get_params(self, ref: SessionRef) -> dict:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute("SELECT params, params_version FROM sessions WHERE id = %s", (int(ref.id),)).fetchone()
         if row is None:
             raise NotFound(f"no session {ref.workspace}/{ref.name}")
@@ -362,7 +394,7 @@ class PostgresStorage:
 
     def _read(self, ref: SessionRef, kind: str, name: str, start: int, limit: int) -> dict:
         start, limit = max(0, start), max(0, limit)
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             found = _streams.read_range(conn, int(ref.id), kind, name, start, limit)
         if found is None:
             if kind == "track":
@@ -378,7 +410,7 @@ class PostgresStorage:
         return self._read(ref, "log", "", start, limit)
 
     def read_rows_by_ts(self, ref, track, start_ts, end_ts, limit) -> dict:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             stream = self._track(conn, ref, track)
             matched = _streams.read_ts(conn, stream, start_ts, end_ts, limit)
         page = _page(matched[:limit], stream.count, matched[0][0] if matched else 0)
@@ -386,11 +418,11 @@ class PostgresStorage:
         return page
 
     def track_stats(self, ref: SessionRef, track: str) -> dict:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             return _stats(track, self._track(conn, ref, track))
 
     def list_tracks(self, ref: SessionRef) -> list[dict]:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             rows = conn.execute(
                 f"SELECT name, {_streams.STREAM_COLUMNS} FROM streams"
                 " WHERE session_id = %s AND kind = 'track' ORDER BY name",
@@ -400,7 +432,7 @@ class PostgresStorage:
 
     # -- files -----------------------------------------------------------------
     def upload_file(self, ref, staged: Path, folder, description, tags, metadata) -> dict:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             sid = self._writable(conn, ref)
         return self.files.upload(sid, Path(staged), folder, description, tags, metadata)
 
@@ -414,12 +446,12 @@ class PostgresStorage:
         return self.files.export(int(ref.id), file_id, dest_dir)
 
     def update_file(self, ref: SessionRef, file_id: str, changes: dict[str, Any]) -> dict:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             sid = self._writable(conn, ref)
         return self.files.update(sid, file_id, changes)
 
     def delete_file(self, ref: SessionRef, file_id: str) -> dict:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             sid = self._writable(conn, ref)
         return self.files.delete(sid, file_id)
 

@@ -4,6 +4,6 @@ postgresql://… [--objects URL]`` selects it; see :mod:`._storage` for how
 indices stay consecutive and ingest exactly-once across replicas."""
 
 from ._schema import MIGRATIONS, migrate, schema_version
-from ._storage import PostgresStorage
+from ._storage import PostgresStorage, StorageUnavailable
 
-__all__ = ["PostgresStorage", "MIGRATIONS", "migrate", "schema_version"]
+__all__ = ["PostgresStorage", "StorageUnavailable", "MIGRATIONS", "migrate", "schema_version"]

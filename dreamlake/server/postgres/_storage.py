@@ -38,7 +38,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -176,18 +176,20 @@ class PostgresStorage:
         self._ids[(ref.workspace, ref.name)] = ref.id
         return ref
 
-    def _refuse(self, conn: psycopg.Connection, ref: SessionRef) -> None:
-        """After a write found no writable session: say why (404 or 403)."""
+    def _writable(self, conn: psycopg.Connection, ref: SessionRef) -> int:
+        """The session's key; NotFound or Forbidden (write-protected) otherwise."""
         row = conn.execute("SELECT write_protected FROM sessions WHERE id = %s", (int(ref.id),)).fetchone()
         if row is None:
             raise NotFound(f"no session {ref.workspace}/{ref.name}")
-        raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
-
-    def _writable(self, conn: psycopg.Connection, ref: SessionRef) -> int:
-        row = conn.execute("SELECT write_protected FROM sessions WHERE id = %s", (int(ref.id),)).fetchone()
-        if row is None or row[0]:
-            self._refuse(conn, ref)
+        if row[0]:
+            raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
         return int(ref.id)
+
+    def _refuse(self, conn: psycopg.Connection, ref: SessionRef) -> NoReturn:
+        """A write found no writable session: say why. (Sessions are never
+        deleted, and write protection is never lifted, so it is one of the two.)"""
+        self._writable(conn, ref)
+        raise Forbidden(f"session {ref.workspace}/{ref.name} is not writable")
 
     # -- sessions --------------------------------------------------------------
     def _record(self, row: tuple) -> dict:

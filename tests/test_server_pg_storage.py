@@ -153,7 +153,8 @@ def test_two_replicas_racing_the_same_batch_apply_it_once(open_replica):
         assert sorted(a.duplicate for a in acks) == [False, True, True, True]
         assert all(a.ranges == acks[0].ranges for a in acks)
     rows = replicas[1].read_rows(ref, "t", 0, 1000)
-    assert rows["total"] == 300 and [r["data"]["seq"] for r in rows["data"]] == [s for s in range(1, 16) for _ in range(20)]
+    assert rows["total"] == 300
+    assert [r["data"]["seq"] for r in rows["data"]] == [seq for seq in range(1, 16) for _ in range(20)]
 
 
 def test_many_writers_on_two_replicas_share_one_gap_free_index(open_replica):

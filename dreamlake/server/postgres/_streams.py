@@ -45,7 +45,8 @@ def _sorted(ts: list[float]) -> bool:
     return all(map(le, ts, islice(ts, 1, None)))  # C-level: ~10× a generator on a 10k-row batch
 
 
-def append(conn: psycopg.Connection, session_id: int, kind: str, name: str, rows: list, ts: list) -> tuple[int, int] | None:
+def append(conn: psycopg.Connection, session_id: int, kind: str, name: str, rows: list,
+           ts: list) -> tuple[int, int] | None:
     """Store ``rows`` (non-empty); → (stream id, first index), or None when the
     session is missing or write-protected (nothing was written)."""
     n = len(rows)

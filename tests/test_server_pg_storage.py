@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import uuid
 
 import psycopg
@@ -15,11 +16,12 @@ from dreamlake.server._journal import KEEP_ACKS
 from dreamlake.server._objects import open_objects
 from dreamlake.server._prepare import SessionClock, prepare_batch, prepare_track_rows
 from dreamlake.server._settings import Settings
-from dreamlake.server.postgres import PostgresStorage
+from dreamlake.server.postgres import PostgresStorage, StorageUnavailable
 from dreamlake.server.postgres import _streams
 from dreamlake.server.postgres._chunks import CHUNK_ROWS, MERGE_ROWS
 from dreamlake.server.wire import IngestBatch, StreamBatch
 from pg import fresh_schema
+from tcp_proxy import TcpProxy
 
 
 @pytest.fixture()
@@ -222,3 +224,34 @@ def test_connections_postgresql_dropped_are_replaced_without_failing_a_request(d
     assert storage.append_rows(ref, prepare_track_rows("t", [{"_ts": 2.0, "v": 2}], SessionClock()))["startIndex"] == 1
     assert storage.read_rows(ref, "t", 0, 10)["total"] == 2
     storage.close()
+
+
+def test_a_database_outage_is_a_503_and_service_resumes_after_it(database, tmp_path):
+    server = database.split("/test?")[0].split("@")[1]
+    host, port = server.rsplit(":", 1)
+    proxy = TcpProxy((host, int(port))).start()
+    via_proxy = database.replace(server, f"127.0.0.1:{proxy.port}")
+    storage = PostgresStorage(via_proxy, open_objects(str(tmp_path / "objects")), Settings(root=tmp_path / "root"),
+                              pool_size=2, pool_timeout=1.0)
+    try:
+        ref = session(storage)
+        storage.append_rows(ref, prepare_track_rows("t", [{"_ts": 1.0, "v": 1}], SessionClock()))
+        proxy.cut()
+        with pytest.raises(StorageUnavailable):
+            storage.append_rows(ref, prepare_track_rows("t", [{"_ts": 2.0, "v": 2}], SessionClock()))
+        with pytest.raises(StorageUnavailable):
+            storage.read_rows(ref, "t", 0, 10)
+        proxy.start()  # the database is back, on the same address
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ack = storage.append_rows(ref, prepare_track_rows("t", [{"_ts": 3.0, "v": 3}], SessionClock()))
+                break
+            except StorageUnavailable:
+                assert time.monotonic() < deadline, "the pool never reconnected"
+                time.sleep(0.2)
+        assert ack["startIndex"] == 1  # the refused write left nothing behind
+        assert [r["data"]["v"] for r in storage.read_rows(ref, "t", 0, 10)["data"]] == [1, 3]
+    finally:
+        storage.close()
+        proxy.cut()

@@ -126,12 +126,13 @@ class _NotFresh(Exception):
 class PostgresStorage:
     """:class:`~dreamlake.server._storage.Storage` on PostgreSQL + object storage."""
 
-    def __init__(self, dsn: str, objects: ObjectStore, settings: Settings, pool_size: int = 16) -> None:
+    def __init__(self, dsn: str, objects: ObjectStore, settings: Settings, pool_size: int = 16,
+                 pool_timeout: float = POOL_TIMEOUT) -> None:
         self.settings = settings
         self._sync_batches, self._sync_rest = _sync_policy(settings.fsync)
         migrate(dsn)
         self._pool = ConnectionPool(
-            dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake", timeout=POOL_TIMEOUT,
+            dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake", timeout=pool_timeout,
             kwargs={"autocommit": True, **_application_name(dsn)},
             configure=self._configure,
             check=ConnectionPool.check_connection,  # a connection PostgreSQL dropped is replaced, not used

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from benchmarks._stats import percentile
 from benchmarks.server_ingest import _batched_client, _client, _run
+from dreamlake.server._local_storage import session_id_for
 
 INGEST_FLOOR = 500_000  # DESIGN §7: rows/s from one client into the server on loopback
 READ_FLOOR_MS = 10.0  # DESIGN §7: 100 rows at the end of a 10,000,000-row track
@@ -131,38 +132,44 @@ def _time_reads(fn, repeats: int) -> tuple[float, float]:
     return percentile(times, 50) * 1e3, percentile(times, 99) * 1e3
 
 
-def _reads(dsn: str, root: Path, key: str, sid: str, rows: int, repeats: int) -> list[tuple[str, float, float]]:
+def _http_reads(label: str, root: Path, key: str, sid: str, track: str, rows: int, repeats: int,
+                *server_args: str) -> list[tuple[str, float, float]]:
+    """A server's bare round trip (``/health``: the floor of any request on this
+    machine), then 100 rows at the end of ``track`` by index and by ``_ts``."""
+    start_ts = 1.7e9 + (rows - 100) * 1e-3
+    proc, url = _start(root, *server_args)
+    try:
+        with _client(url, {"Authorization": f"Bearer {key}"}) as c:
+            def page(params: dict) -> None:
+                reply = c.get(f"/sessions/{sid}/tracks/{track}/data", params={**params, "limit": 100})
+                assert [r["index"] for r in reply.json()["data"]] == list(range(rows - 100, rows))
+
+            return [
+                (f"{label}: HTTP GET /health (round-trip floor)", *_time_reads(lambda: c.get("/health"), repeats)),
+                (f"{label}: HTTP, by index", *_time_reads(lambda: page({"startIndex": rows - 100}), repeats)),
+                (f"{label}: HTTP, by _ts", *_time_reads(lambda: page({"startTs": start_ts}), repeats)),
+            ]
+    finally:
+        _stop([proc])
+
+
+def _inprocess_reads(dsn: str, root: Path, sid: str, rows: int, repeats: int) -> list[tuple[str, float, float]]:
     from dreamlake.server._objects import open_objects
     from dreamlake.server._settings import Settings
     from dreamlake.server.postgres import PostgresStorage
 
     start_ts = 1.7e9 + (rows - 100) * 1e-3
-    out = []
-    proc, url = _start(root, "--store", dsn)
-    try:
-        with _client(url, {"Authorization": f"Bearer {key}"}) as c:
-            def by_index() -> None:
-                page = c.get(f"/sessions/{sid}/tracks/big/data", params={"startIndex": rows - 100, "limit": 100})
-                assert len(page.json()["data"]) == 100
-
-            def by_ts() -> None:
-                page = c.get(f"/sessions/{sid}/tracks/big/data", params={"startTs": start_ts, "limit": 100})
-                assert len(page.json()["data"]) == 100
-
-            out.append(("HTTP, by index", *_time_reads(by_index, repeats)))
-            out.append(("HTTP, by _ts", *_time_reads(by_ts, repeats)))
-    finally:
-        _stop([proc])
     storage = PostgresStorage(dsn, open_objects(str(root / "objects")), Settings(root=root), pool_size=2)
     try:
         ref = storage.get_session(sid)
-        out.append(("in-process, by index", *_time_reads(lambda: storage.read_rows(ref, "big", rows - 100, 100),
-                                                          repeats)))
-        out.append(("in-process, by _ts", *_time_reads(
-            lambda: storage.read_rows_by_ts(ref, "big", start_ts, None, 100), repeats)))
+        return [
+            ("PostgreSQL: in-process, by index",
+             *_time_reads(lambda: storage.read_rows(ref, "big", rows - 100, 100), repeats)),
+            ("PostgreSQL: in-process, by _ts",
+             *_time_reads(lambda: storage.read_rows_by_ts(ref, "big", start_ts, None, 100), repeats)),
+        ]
     finally:
         storage.close()
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         key = create_key(Settings(root=root).state_dir, "bench", [])
         for clients in (1, 2):
             ingest.append(("local store", 1, clients, _ingest(root, key, 1, clients, batches, args.batch)))
+        local_reads = _http_reads("local store", root, key, session_id_for("bench", "batched-0"), "train",
+                                  batches * args.batch, 50 if args.quick else 300)
         dsn = _fresh_schema(args.pg)
         try:
             store = ("--store", dsn, "--objects", (tmp / "objects").as_uri())
@@ -195,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             sid = _fill_track(dsn, root, rows_read)
             fill_s = time.perf_counter() - started
-            reads = _reads(dsn, root, key, sid, rows_read, 50 if args.quick else 300)
+            repeats = 50 if args.quick else 300
+            reads = [*_http_reads("PostgreSQL", root, key, sid, "big", rows_read, repeats, "--store", dsn),
+                     *_inprocess_reads(dsn, root, sid, rows_read, repeats)]
         finally:
             _drop_schema(dsn)
     finally:
@@ -209,12 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         floor = f"≥ {INGEST_FLOOR:,} rows/s (1 client)" if clients == 1 else ""
         print(f"| {backend} | {replicas} | {clients} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} "
               f"| {r['p99_ms']:.2f} | {floor} |")
-    print(f"\nRead of 100 rows at the end of a {rows_read:,}-row track on PostgreSQL "
-          f"(track written in {fill_s:.1f} s through the backend, {rows_read / fill_s:,.0f} rows/s):\n")
+    print(f"\nRead of 100 rows at the end of a track: {rows_read:,} rows on PostgreSQL (written in {fill_s:.1f} s "
+          f"through the backend, {rows_read / fill_s:,.0f} rows/s); the local store's ingest track "
+          f"({batches * args.batch:,} rows; its reads are O(limit) too) as the HTTP baseline:\n")
     print("| read | p50 (ms) | p99 (ms) | floor |")
     print("|---|---:|---:|---|")
-    for name, p50, p99 in reads:
-        print(f"| {name} | {p50:.2f} | {p99:.2f} | < {READ_FLOOR_MS:.0f} ms |")
+    for name, p50, p99 in [*local_reads, *reads]:
+        floor = "" if "/health" in name else f"< {READ_FLOOR_MS:.0f} ms"
+        print(f"| {name} | {p50:.2f} | {p99:.2f} | {floor} |")
     return 0
 
 

@@ -70,6 +70,11 @@ _SESSION_COLUMNS = (
 )
 #: seconds a request waits for a database connection before its 503
 POOL_TIMEOUT = 10.0
+#: PostgreSQL ends a transaction whose client went silent this long (its locks with it);
+#: a replica whose *process* dies is noticed at once (its socket closes)
+IDLE_IN_TRANSACTION_TIMEOUT = 30
+#: TCP keepalives, so a replica host lost to the network is noticed in about a minute
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 #: session refs remembered per replica (ids never change meaning; write protection is re-checked on write)
 _CACHE_LIMIT = 100_000
 
@@ -133,7 +138,7 @@ class PostgresStorage:
         migrate(dsn)
         self._pool = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=True, name="dreamlake", timeout=pool_timeout,
-            kwargs={"autocommit": True, **_application_name(dsn)},
+            kwargs={"autocommit": True, **_application_name(dsn), **_KEEPALIVES},
             configure=self._configure,
             check=ConnectionPool.check_connection,  # a connection PostgreSQL dropped is replaced, not used
         )
@@ -144,8 +149,11 @@ class PostgresStorage:
 
     # -- plumbing --------------------------------------------------------------
     def _configure(self, conn: psycopg.Connection) -> None:
+        # a replica host that vanishes mid-transaction must not hold its stream locks for long
+        settings = f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}s'"
         if not self._sync_rest:  # the common case: one round trip less per REST write
-            conn.execute("SET synchronous_commit = off")
+            settings += "; SET synchronous_commit = off"
+        conn.execute(settings)
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import httpx
 import psycopg
@@ -27,11 +28,14 @@ def database():
         yield url
 
 
+APP_NAME = f"dl-replica-{uuid.uuid4().hex[:8]}"  # this test run's replicas in pg_stat_activity
+
+
 @pytest.fixture()
 def replicas(tmp_path, database):
     root = tmp_path / "root"
     key = make_key(root, "ada", ("lab",))
-    args = ("--store", database, "--objects", (tmp_path / "objects").as_uri())
+    args = ("--store", f"{database}&application_name={APP_NAME}", "--objects", (tmp_path / "objects").as_uri())
     servers: list[ServerProcess] = []
     starters = [threading.Thread(target=lambda: servers.append(ServerProcess(root, *args))) for _ in range(2)]
     for t in starters:  # both at once: their migrations race, as replicas' would
@@ -127,7 +131,9 @@ def _backend_waiting_on_a_lock(database: str, deadline: float) -> None:
     with psycopg.connect(database, autocommit=True) as conn:
         while time.monotonic() < deadline:
             waiting = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%streams%%'"
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = %s AND wait_event_type = 'Lock' AND query LIKE %s",
+                (APP_NAME, "%INSERT INTO streams%"),
             ).fetchone()[0]
             if waiting:
                 return

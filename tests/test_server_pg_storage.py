@@ -255,3 +255,4 @@ def test_a_database_outage_is_a_503_and_service_resumes_after_it(database, tmp_p
     finally:
         storage.close()
         proxy.cut()
+

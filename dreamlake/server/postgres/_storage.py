@@ -433,10 +433,11 @@ class PostgresStorage:
             return _stats(track, self._track(conn, ref, track))
 
     def list_tracks(self, ref: SessionRef) -> list[dict]:
+        # COLLATE "C": code-point order, as the local store sorts, whatever the database's locale
         with self._connection() as conn:
             rows = conn.execute(
                 f"SELECT name, {_streams.STREAM_COLUMNS} FROM streams"
-                " WHERE session_id = %s AND kind = 'track' ORDER BY name",
+                " WHERE session_id = %s AND kind = 'track' ORDER BY name COLLATE \"C\"",
                 (int(ref.id),),
             ).fetchall()
         return [_stats(row[0], _streams.Stream(*row[1:])) for row in rows]

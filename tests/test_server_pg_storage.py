@@ -255,4 +255,3 @@ def test_a_database_outage_is_a_503_and_service_resumes_after_it(database, tmp_p
     finally:
         storage.close()
         proxy.cut()
-

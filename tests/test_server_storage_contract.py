@@ -20,12 +20,14 @@ from dreamlake.server._settings import Settings
 from dreamlake.server._storage import Storage
 from dreamlake.server.wire import IngestBatch, StreamBatch
 
+from pg import postgres_backend
+
 
 def _local(tmp: Path) -> Callable[[], Storage]:
     return lambda: LocalStorage(Settings(root=tmp / "store", fsync="never"))
 
 
-BACKENDS = {"local": _local}
+BACKENDS = {"local": _local, "postgres": postgres_backend}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

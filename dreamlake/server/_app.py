@@ -23,7 +23,7 @@ from ._auth import KeyStore
 from ._context import ServerContext, context
 from ._errors import ServerError, classify, error_response
 from ._ingest_route import ingest_routes
-from ._local_storage import LocalStorage
+from ._backends import open_storage
 from ._metrics import CONTENT_TYPE_LATEST, Metrics
 from ._routes import json_response, rest_routes
 from ._settings import Settings
@@ -83,7 +83,7 @@ def create_app(
     mounts: Mapping[str, ASGIApp] | None = None,
     extra_routes: Iterable[BaseRoute] = (),
 ) -> Starlette:
-    storage = storage if storage is not None else LocalStorage(settings)
+    storage = storage if storage is not None else open_storage(settings)
     ctx = ServerContext(settings, storage, KeyStore(settings.state_dir, settings.dev), Metrics())
 
     @contextlib.asynccontextmanager

@@ -41,6 +41,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-concurrency", type=int, default=1024,
                    help="connections + requests served at once; more get 503 (bounds slow clients)")
     p.add_argument("--log-level", default="info")
+    # scale-out (DESIGN §9)
+    p.add_argument("--store", help="postgresql://… to run as one of N replicas on PostgreSQL (default: the local store)")
+    p.add_argument("--objects", help="object storage URL for files with --store (file:///dir, s3://bucket/prefix)")
     return p
 
 
@@ -120,6 +123,8 @@ def _serve(argv: list[str]) -> int:
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         max_batch_bytes=int(args.max_batch_mb * (1 << 20)),
         body_timeout=args.body_timeout,
+        store=args.store,
+        objects=args.objects,
     )
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only

@@ -14,6 +14,11 @@ MiB = 1 << 20
 @dataclasses.dataclass(frozen=True)
 class Settings:
     root: Path
+    # -- scale-out (DESIGN §9; see _backends.py) --
+    #: ``postgresql://…`` runs on PostgreSQL (replicas share it); None → the local store under ``root``
+    store: str | None = None
+    #: object storage URL for file bytes with ``store`` (``file:///…``, ``s3://…``); None → under ``root``
+    objects: str | None = None
     host: str = "127.0.0.1"
     port: int = 3000
     #: accept requests without a key (and upstream's unsigned ``user_name`` tokens)

@@ -28,6 +28,7 @@ from ._values import NONFINITE_MARKER, tag_nonfinite, untag_nonfinite
 __all__ = [
     "encode_track_lines",
     "encode_log_lines",
+    "log_entry",
     "decode_line",
     "line_payload",
     "line_ts",
@@ -94,14 +95,17 @@ def _iso(ts: float) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def log_entry(entry: dict, seq: int) -> dict:
+    """A log entry (a dict with ``_ts``, level, message, metadata?) as upstream stores it."""
+    line = {"sequenceNumber": seq, "timestamp": _iso(entry["_ts"]), "level": entry["level"], "message": entry["message"]}
+    if entry.get("metadata") is not None:
+        line["metadata"] = entry["metadata"]
+    return line
+
+
 def encode_log_lines(entries: list[dict], first_seq: int) -> bytes:
-    """Log entries (dicts with ``_ts``, level, message, metadata?) as upstream's lines."""
-    lines = []
-    for seq, entry in enumerate(entries, first_seq):
-        line = {"sequenceNumber": seq, "timestamp": _iso(entry["_ts"]), "level": entry["level"], "message": entry["message"]}
-        if entry.get("metadata") is not None:
-            line["metadata"] = entry["metadata"]
-        lines.append(line)
+    """Log entries as upstream's lines (see :func:`log_entry`)."""
+    lines = [log_entry(entry, seq) for seq, entry in enumerate(entries, first_seq)]
     return _encode_lines(lines, lines)
 
 

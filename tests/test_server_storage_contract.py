@@ -101,7 +101,11 @@ def test_logs_and_params(open_storage):
     first, last = storage.append_logs(ref, prepare_log_rows([{"message": "a"}, {"message": "b", "level": "warn"}],
                                                             SessionClock()))
     assert (first, last) == (0, 1)
-    assert [r["data"]["level"] for r in storage.read_logs(ref, 0, 10)["data"]] == ["info", "warn"]
+    page = storage.read_logs(ref, 0, 10)["data"]
+    assert [r["data"]["level"] for r in page] == ["info", "warn"]
+    # upstream's entry shape in both backends; the entry's time is also the page's timestamp
+    assert [sorted(r["data"]) for r in page] == [["level", "message", "sequenceNumber", "timestamp"]] * 2
+    assert [r["data"]["sequenceNumber"] for r in page] == [0, 1] and all(isinstance(r["timestamp"], float) for r in page)
     storage.set_params(ref, {"a": 1, "b.c": 2})
     assert storage.set_params(ref, {"a": 3})["data"] == {"a": 3, "b.c": 2}
     assert storage.get_params(ref)["data"] == {"a": 3, "b.c": 2}

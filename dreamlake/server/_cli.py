@@ -21,6 +21,8 @@ from pathlib import Path
 from .._names import check_segment
 from ._settings import Settings
 
+log = logging.getLogger("dreamlake.server")
+
 __all__ = ["main"]
 
 
@@ -99,6 +101,10 @@ def _keys(argv: list[str]) -> int:
 def _page_mounts(settings: Settings, enabled: bool) -> dict:
     """The web page at ``/ui``, over the server's store, behind its keys."""
     if not enabled:
+        return {}
+    if settings.store is not None:
+        # the page reads through dreamlake.ui.DataSource; PostgreSQL has no adapter to it yet
+        log.warning("dreamlake-server: the web page is served over the local store only; /ui is off with --store")
         return {}
     from ..ui import LocalStoreSource, create_app as create_page
     from ._auth import KeyStore

@@ -98,8 +98,11 @@ def _sync_policy(fsync: object) -> tuple[bool, bool]:
     return fsync in ("batches", "always"), fsync == "always"
 
 
-def _page(rows: list[tuple[int, dict]], total: int, start: int) -> dict:
-    """The ``read()`` reply, built as the local store builds it."""
+def _page(rows: list[tuple[int, dict]], total: int, start: int, kind: str = "track") -> dict:
+    """The ``read()`` reply, built as the local store builds it (a log entry's
+    ``_ts`` is the page's ``timestamp``, not part of the entry)."""
+    if kind == "log":
+        return local_page([(index, row.pop("_ts", None), row) for index, row in rows], total, start)
     return local_page([(index, row.get("_ts"), row) for index, row in rows], total, start)
 
 
@@ -412,7 +415,7 @@ class PostgresStorage:
                 raise NotFound(f"session {ref.workspace}/{ref.name} has no track {name!r}")
             found = (0, [])
         total, rows = found
-        return _page(rows, total, start)
+        return _page(rows, total, start, kind)
 
     def read_rows(self, ref: SessionRef, track: str, start: int, limit: int) -> dict:
         return self._read(ref, "track", track, start, limit)

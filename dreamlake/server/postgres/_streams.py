@@ -21,7 +21,7 @@ from typing import Iterable, NamedTuple
 
 import psycopg
 
-from ..._local_sink import _stamp_log_entries
+from ..._format import log_entry
 from ._chunks import CHUNK_ROWS, MERGE_ROWS, decode_chunk, encode_chunk, split
 
 __all__ = ["Stream", "append", "find", "read_range", "read_ts", "STREAM_COLUMNS"]
@@ -67,8 +67,8 @@ def append(conn: psycopg.Connection, session_id: int, kind: str, name: str, rows
     if reserved is None:
         return None
     stream_id, first = reserved
-    if kind == "log":
-        _stamp_log_entries(rows, first)  # seq and ISO timestamp, as the local store stamps them
+    if kind == "log":  # upstream's entry, as the local store writes it; _ts kept for _ts reads
+        rows = [{**log_entry(row, seq), "_ts": row["_ts"]} for seq, row in enumerate(rows, first)]
     if not (n < MERGE_ROWS and first > 0 and _merge_into_last(conn, stream_id, first, rows, ts)):
         _insert_chunks(conn, stream_id, first, rows, ts)
     return stream_id, first

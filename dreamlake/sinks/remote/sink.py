@@ -60,6 +60,8 @@ class RemoteSink:
         os.makedirs(self.directory, exist_ok=True)
         self._info = {k: v for k, v in info.items() if k not in ("url", "userName")}
         slot = self._adopt_or_create()
+        slot.state["url"] = self.target.url  # where `dreamlake sync` delivers a leftover spool
+        slot.save()
         self._start(slot, owner=True)
         return {**info, "status": "running", "remote": self.target.url, "clientId": slot.client}
 
@@ -118,7 +120,10 @@ class RemoteSink:
         self._drains = []
         self._windows = {}
         self._windows_lock = threading.Lock()
-        self._start(acquire_new_slot(self.directory, self._info, owner=False), owner=False)
+        slot = acquire_new_slot(self.directory, self._info, owner=False)
+        slot.state["url"] = self.target.url
+        slot.save()
+        self._start(slot, owner=False)
 
     # -- writing (writer thread: no network, no disk) ---------------------------
     def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:

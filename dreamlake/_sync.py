@@ -171,17 +171,17 @@ class _LocalUpload:
                      "streams": {}, "pending": None, "params": None, "closed": None, "files": {}}
         self.state = state
         self.session_id: str | None = None
-        self.upserted = False
+        self.reopened = False  # this run's upsert set the session running again
 
     def save(self) -> None:
         write_json_atomic(self.state_path, self.state)
 
     def _ensure_session(self) -> None:
-        if not self.upserted:
+        if self.session_id is None:
             info = {k: self.meta.get(k) for k in ("description", "tags", "folder")}
             record = _retrying(lambda: self.service.upsert(info), f"creating {self.target.workspace}/{self.target.name}")
             self.session_id = record["id"]
-            self.upserted = True
+            self.reopened = True
 
     def _batch(self, seq: int, ranges: dict, params: dict | None, close: list | None) -> SealedBatch:
         batch = SealedBatch(seq, params=params, close=tuple(close) if close else None)
@@ -201,7 +201,6 @@ class _LocalUpload:
         if dropped:
             self.report.notes.append(f"{dropped} rows could not be encoded and were skipped")
         ack = _retrying(lambda: self.service.send(body), f"batch {pending['seq']} of {self.target.workspace}/{self.target.name}")
-        self.session_id = ack.sessionId
         self.report.batches += 1
         self.report.duplicates += ack.duplicate
         self.report.rows += batch.rows
@@ -211,6 +210,7 @@ class _LocalUpload:
             self.state["params"] = pending["params"]
         if pending.get("close"):
             self.state["closed"] = pending["close"][0]
+            self.reopened = False
         self.state["pending"] = None
         self.save()
         self.bar.update(batch.rows)
@@ -236,12 +236,16 @@ class _LocalUpload:
         plan: dict = {"seq": self.state["next_seq"], "ranges": ranges}
         if digest and digest != self.state.get("params"):
             plan["params"] = digest
-        status = self.meta.get("status")
-        if not ranges and status in _END and (self.state.get("closed") != status or self.upserted):
-            plan["close"] = [status, self.meta.get("error")]  # an upsert in this run reopened it
-        if not ranges and "params" not in plan and "close" not in plan:
+        if not ranges and "params" not in plan:
             return None
         return plan
+
+    def _closing_plan(self) -> dict | None:
+        """The final status, last: once, or again when this run's upsert reopened it."""
+        status = self.meta.get("status")
+        if status in _END and (self.state.get("closed") != status or self.reopened):
+            return {"seq": self.state["next_seq"], "ranges": {}, "close": [status, self.meta.get("error")]}
+        return None
 
     def remaining_rows(self) -> int:
         return sum(
@@ -249,20 +253,23 @@ class _LocalUpload:
             for n, l in _streams(self.dir)
         )
 
+    def _deliver(self, plan: dict) -> None:
+        self._ensure_session()
+        self.state["pending"] = plan
+        self.state["next_seq"] = plan["seq"] + 1
+        self.save()  # before sending: a crash resends exactly this batch, same seq
+        self._send(plan)
+
     def run(self) -> None:
         if self.state.get("pending"):  # an interrupted run: the same batch, the same seq
             self._ensure_session()
             self._send(self.state["pending"])
-        while True:
-            plan = self._plan()
-            if plan is None:
-                break
-            self._ensure_session()
-            self.state["pending"] = plan
-            self.state["next_seq"] = plan["seq"] + 1
-            self.save()  # before sending: a crash resends exactly this batch
-            self._send(plan)
+        while (plan := self._plan()) is not None:
+            self._deliver(plan)
         self._upload_files()
+        closing = self._closing_plan()
+        if closing is not None:
+            self._deliver(closing)
 
     def _upload_files(self) -> None:
         local = FileStore(self.dir)

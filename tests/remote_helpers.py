@@ -58,7 +58,8 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02):
 
 class FaultProxy:
     """Forwards to ``upstream``; ``plan(n)`` (n = request number from 1) may
-    return a status (and headers) to answer instead of forwarding."""
+    return ``(status, headers)`` to answer instead of forwarding, or
+    ``(status, headers, True)`` to forward and then lose the real reply."""
 
     def __init__(self, upstream: str, plan) -> None:
         self.upstream = upstream
@@ -79,8 +80,12 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 proxy.count += 1
                 fault = proxy.plan(proxy.count)
+                headers_in = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+                if fault is not None and len(fault) == 3:
+                    httpx.request(self.command, proxy.upstream + self.path, headers=headers_in, content=body, timeout=30)
+                    proxy.forwarded += 1
                 if fault is not None:
-                    status, headers = fault
+                    status, headers = fault[:2]
                     proxy.faults += 1
                     payload = json.dumps({"error": "injected"}).encode()
                     self.send_response(status)

@@ -67,7 +67,7 @@ class Delivery:
         self.counters = dict.fromkeys(
             (
                 "batches_sent", "rows_acked", "duplicates", "retries", "batches_spooled",
-                "batches_replayed", "batches_rejected", "rows_quarantined", "spool_full",
+                "batches_replayed", "batches_rejected", "rows_quarantined", "spool_full", "spool_errors",
             ),
             0,
         )
@@ -189,6 +189,10 @@ class Delivery:
             except SpoolFull as exc:
                 self.counters["spool_full"] += 1
                 self._note(f"spool full ({exc.strerror}); batches kept in memory", "spool_full")
+                return
+            except OSError as exc:  # the spool's directory is gone, read-only, ...
+                self.counters["spool_errors"] += 1
+                self._note(f"cannot spool ({exc}); batches kept in memory", "spool_error")
                 return
             self.counters["batches_spooled"] += 1
             with self._progress:

@@ -66,7 +66,7 @@ class Delivery:
         self.session_id: str | None = None
         self.counters = dict.fromkeys(
             (
-                "batches_sent", "rows_acked", "duplicates", "retries", "batches_spooled",
+                "batches_sent", "bytes_sent", "rows_acked", "duplicates", "retries", "batches_spooled",
                 "batches_replayed", "batches_rejected", "rows_quarantined", "spool_full", "spool_errors",
             ),
             0,
@@ -104,6 +104,8 @@ class Delivery:
         self._wake.set()
         with self._progress:
             while not self.settled(target, delivered_only):
+                if self.state == AUTH_FAILED and self.settled(target):
+                    return False  # refused and safe in the spool: waiting cannot help
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
                     return self.settled(target, delivered_only)
@@ -233,6 +235,7 @@ class Delivery:
             ack = None
         if ack is not None:
             self.counters["batches_sent"] += 1
+            self.counters["bytes_sent"] += len(body)
             self.counters["duplicates"] += ack.duplicate
             self.counters["rows_acked"] += sum(r.count for r in ack.ranges)
             self.session_id = ack.sessionId

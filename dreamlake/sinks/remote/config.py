@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 #: A batch is sealed when it holds this many rows (all streams together) ...
-BATCH_MAX_ROWS = 20_000
+#: (msgpack-encoding a batch holds the GIL: 10k W1 rows ~2 ms; 20k doubled the
+#: hot path p99, 5k halved end-to-end rows/s: see benchmarks/remote.py)
+BATCH_MAX_ROWS = 10_000
 #: ... or this many bytes of msgpack (estimated before encoding) ...
 BATCH_MAX_BYTES = 4 << 20
 #: ... or its first row is this old (seconds). Bounds what a ``kill -9`` loses.

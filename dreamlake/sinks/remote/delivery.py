@@ -59,6 +59,7 @@ class Delivery:
         self.done_upto = 0
         self.state = OK
         self._attempt = 0
+        self.failures = 0  # network errors: the server is unreachable
         self._retry_at = 0.0
         self._stopping = False
         self._last_ack_save = 0.0
@@ -99,13 +100,19 @@ class Delivery:
             return False
         return not self._ready or self._ready[0].seq > target
 
-    def wait_settled(self, target: int, timeout: float, delivered_only: bool = False) -> bool:
+    def wait_settled(self, target: int, timeout: float, delivered_only: bool = False, one_try: bool = False) -> bool:
+        """Wait until :meth:`settled`. ``one_try`` (close): retry now, and stop
+        waiting as soon as the server proved unreachable (a network error, not
+        a 5xx/429 answer) with everything safe in the spool."""
         deadline = time.monotonic() + timeout
+        failures = self.failures
+        if one_try:
+            self._retry_at = 0.0
         self._wake.set()
         with self._progress:
             while not self.settled(target, delivered_only):
-                if self.state == AUTH_FAILED and self.settled(target):
-                    return False  # refused and safe in the spool: waiting cannot help
+                if self.settled(target) and (self.state == AUTH_FAILED or (one_try and self.failures > failures)):
+                    return False  # refused or unreachable, and safe in the spool
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
                     return self.settled(target, delivered_only)
@@ -216,12 +223,15 @@ class Delivery:
             self._ensure_session()
             ack = self.service.send(body)
         except Retryable as exc:
+            self.failures += exc.unreachable
             self.counters["retries"] += 1
             self.state = OUTAGE
             self._retry_at = time.monotonic() + backoff(self._attempt, exc.retry_after)
             self._attempt += 1
             self._note(f"server unreachable ({exc}); batches are spooled and retried", "retry")
             self._spool_ready()
+            with self._progress:
+                self._progress.notify_all()
             return False
         except AuthFailed as exc:
             self.state = AUTH_FAILED

@@ -31,9 +31,10 @@ class DeliveryError(Exception):
 
 
 class Retryable(DeliveryError):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.unreachable = unreachable  # a network error, not an answer
 
 
 class AuthFailed(DeliveryError):
@@ -118,7 +119,7 @@ def _request(method: str, url: str, target: RemoteTarget, headers: dict | None =
     try:
         return check(http_client().request(method, url, headers={**target.headers(), **(headers or {})}, **kwargs))
     except httpx.TransportError as exc:
-        raise Retryable(f"{type(exc).__name__}: {exc or 'network error'}") from exc
+        raise Retryable(f"{type(exc).__name__}: {exc or 'network error'}", unreachable=True) from exc
 
 
 class IngestService:

@@ -11,8 +11,9 @@ server, or — while the server is unreachable or refuses the key — safely in
 the on-disk spool; at most ``FLUSH_WAIT`` seconds, then ``SinkError``.
 Reads wait until the server acknowledged everything before them, then ask the
 server's REST API (a ``SinkError`` when it cannot be reached).
-``close()`` waits ``CLOSE_WAIT`` seconds at most; what is still unacknowledged
-stays in the spool and is delivered by the next process that opens the
+``close()`` tries once more at once and waits ``CLOSE_WAIT`` seconds at most
+(it stops waiting as soon as the server proved unreachable and everything is
+in the spool); what is still unacknowledged stays in the spool and is delivered by the next process that opens the
 session or by ``dreamlake sync``.
 """
 
@@ -95,7 +96,7 @@ class RemoteSink:
         delivery = self._require()
         delivery.push(self._builder.seal(close=(status, error)))
         target = delivery.sealed_upto
-        delivered = delivery.wait_settled(target, CLOSE_WAIT, delivered_only=True)
+        delivered = delivery.wait_settled(target, CLOSE_WAIT, delivered_only=True, one_try=True)
         delivery.stop()
         self._slot.state["closed"] = delivered
         if not delivered:

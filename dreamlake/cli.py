@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("track", nargs="?", help="track name (default: the session's logs)")
     tail.add_argument("-n", "--lines", type=int, default=10)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new rows")
+    from ._sync_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

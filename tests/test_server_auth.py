@@ -106,5 +106,17 @@ def test_write_protected_session_refuses_writes_over_http(server):
         assert c.get(f"/sessions/{sid}/tracks").json() == {"tracks": []}
 
 
+def test_revoked_key_is_refused_at_once(tmp_path):
+    root = tmp_path / "store"
+    key = make_key(root, "eve", ("lab",))
+    with ServerProcess(root) as srv, srv.client(key) as c:
+        assert c.post("/workspaces/lab/sessions", json={"name": "x"}).status_code == 200
+        key_id = json.loads((root / ".dreamlake-server" / "keys.json").read_text())["keys"][0]["id"]
+        out = subprocess.run([sys.executable, "-m", "dreamlake.server", "keys", "revoke", "--root", str(root), key_id],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert c.post("/workspaces/lab/sessions", json={"name": "x"}).status_code == 401
+
+
 def test_no_key_is_ever_logged(server):
     assert server.lab_key not in server.stderr() and server.all_key not in server.stderr()

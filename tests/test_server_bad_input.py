@@ -130,6 +130,17 @@ def test_names_escaping_the_store_are_400(server, method, path, kwargs):
     assert not escaped
 
 
+def test_reads_cannot_leave_the_session(server):
+    with server.client(server.key) as c:
+        other = c.post("/workspaces/lab/sessions", json={"name": "other"}).json()["session"]["id"]
+        c.post(f"/sessions/{other}/tracks/secret/append", json={"data": {"v": 42}}).raise_for_status()
+        for track in ("..%2Fother%2Ftracks%2Fsecret", "../other/tracks/secret", "..%2F..%2Flab%2Fother%2Ftracks%2Fsecret"):
+            for suffix in ("/data", "/stats", ""):
+                reply = c.get(f"/sessions/{server.sid}/tracks/{track}{suffix}")
+                assert reply.status_code in (400, 404), (track, suffix, reply.text)
+                assert "42" not in reply.text
+
+
 def test_malformed_json_and_bad_query_are_400(server):
     c, sid = server.c, server.sid
     _error(c.post(f"/sessions/{sid}/parameters", content=b"{not json", headers={"content-type": "application/json"}), 400)

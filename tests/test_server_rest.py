@@ -4,6 +4,7 @@ the request and reply shapes upstream's client sends and reads."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -160,6 +161,10 @@ def test_cli_reads_the_servers_store(client, server):
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if "lab/cli" in line)
     assert line.split()[:4] == ["lab/cli", "running", "1", "3"]  # session, status, tracks, rows
+    tail = subprocess.run([sys.executable, "-m", "dreamlake.cli", "tail", "lab/cli", "loss", "--root", str(server.root)],
+                          capture_output=True, text=True, timeout=30)
+    assert tail.returncode == 0, tail.stderr
+    assert [json.loads(line)["v"] for line in tail.stdout.splitlines()] == [0, 1, 2]
 
 
 def test_health_and_metrics(server, client):

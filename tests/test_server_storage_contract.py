@@ -22,7 +22,7 @@ from dreamlake.server.wire import IngestBatch, StreamBatch
 
 
 def _local(tmp: Path) -> Callable[[], Storage]:
-    return lambda: LocalStorage(Settings(root=tmp / "store", fsync=False))
+    return lambda: LocalStorage(Settings(root=tmp / "store", fsync="never"))
 
 
 BACKENDS = {"local": _local}

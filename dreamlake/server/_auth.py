@@ -29,7 +29,7 @@ from pathlib import Path
 from .._fsutil import now_iso
 from ._errors import Forbidden, Unauthorized
 
-__all__ = ["Identity", "KeyStore", "create_key"]
+__all__ = ["Identity", "KeyStore", "create_key", "revoke_key"]
 
 KEY_PREFIX = "dlk_"
 
@@ -72,14 +72,32 @@ def create_key(state_dir: Path, user: str, workspaces: list[str]) -> str:
     except FileNotFoundError:
         existing = {"keys": []}
     existing["keys"].append(entry)
+    _write_keys(path, existing)
+    return key
+
+
+def revoke_key(state_dir: Path, key_id: str) -> bool:
+    """Remove a key by its id; the server stops accepting it at once."""
+    path = _keys_path(state_dir)
+    try:
+        existing = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    kept = [entry for entry in existing["keys"] if entry["id"] != key_id]
+    if len(kept) == len(existing["keys"]):
+        return False
+    _write_keys(path, {"keys": kept})
+    return True
+
+
+def _write_keys(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump(existing, out, indent=2)
+        json.dump(data, out, indent=2)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
-    return key
 
 
 def _dev_user(token: str) -> str | None:

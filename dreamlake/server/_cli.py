@@ -3,6 +3,7 @@
     dreamlake-server --root DIR [--host 127.0.0.1] [--port 3000] [--dev] [--no-fsync]
     dreamlake-server keys create --root DIR --user NAME [--workspace WS ...]
     dreamlake-server keys list --root DIR
+    dreamlake-server keys revoke --root DIR KEY_ID
 
 The first line on stdout is the URL the server listens on (with ``--port 0``
 the port the OS picked), so scripts and tests can read it.
@@ -14,6 +15,7 @@ import argparse
 import logging
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from .._names import check_segment
@@ -28,10 +30,15 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000, help="0 picks a free port")
     p.add_argument("--dev", action="store_true", help="development mode: accept requests without a key")
-    p.add_argument("--no-fsync", action="store_true", help="acknowledge before fsync (survives a crash, not a power loss)")
+    p.add_argument("--fsync", choices=("batches", "always", "never"), default="batches",
+                   help="fsync before acknowledging: ingest batches (default), every write, or never "
+                        "(acknowledged data survives a server crash in every mode; fsync adds power loss)")
+    p.add_argument("--no-fsync", dest="fsync", action="store_const", const="never", help="same as --fsync never")
     p.add_argument("--max-body-mb", type=float, default=32, help="largest request body on the wire (413 above)")
     p.add_argument("--max-batch-mb", type=float, default=128, help="largest decompressed ingest batch (413 above)")
     p.add_argument("--body-timeout", type=float, default=30, help="seconds a request body may take to arrive (408)")
+    p.add_argument("--limit-concurrency", type=int, default=1024,
+                   help="connections + requests served at once; more get 503 (bounds slow clients)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -45,13 +52,16 @@ def _keys_parser() -> argparse.ArgumentParser:
     create.add_argument("--workspace", action="append", default=[], help="repeatable; none = all workspaces")
     lister = sub.add_parser("list", help="list keys (never the keys themselves)")
     lister.add_argument("--root", required=True)
+    revoke = sub.add_parser("revoke", help="remove a key by its id (see list)")
+    revoke.add_argument("--root", required=True)
+    revoke.add_argument("key_id")
     return p
 
 
 def _keys(argv: list[str]) -> int:
     import json
 
-    from ._auth import create_key
+    from ._auth import create_key, revoke_key
 
     args = _keys_parser().parse_args(argv)
     state_dir = Settings(root=Path(args.root)).state_dir
@@ -67,6 +77,12 @@ def _keys(argv: list[str]) -> int:
         print(key)
         print("(shown once: store it now; the server keeps only its hash)", file=sys.stderr)
         return 0
+    if args.action == "revoke":
+        if revoke_key(state_dir, args.key_id):
+            print(f"revoked {args.key_id}")
+            return 0
+        print(f"dreamlake-server: no key with id {args.key_id!r}", file=sys.stderr)
+        return 1
     try:
         entries = json.loads((state_dir / "keys.json").read_text())["keys"]
     except FileNotFoundError:
@@ -88,13 +104,15 @@ def _serve(argv: list[str]) -> int:
         host=args.host,
         port=args.port,
         dev=args.dev,
-        fsync=not args.no_fsync,
+        fsync=args.fsync,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         max_batch_bytes=int(args.max_batch_mb * (1 << 20)),
         body_timeout=args.body_timeout,
     )
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only
+    # for sockets that say so; without it every response waits ~40 ms (Nagle + delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     sock.listen(2048)
@@ -104,6 +122,10 @@ def _serve(argv: list[str]) -> int:
     if settings.dev:
         banner = "!" * 78
         print(f"{banner}\n!! {DEV_MODE_WARNING}\n{banner}", file=sys.stderr, flush=True)
+    # multipart parsing spools big uploads to temp files: keep them under --root too
+    spool = settings.state_dir / "tmp"
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tempfile.tempdir = str(spool)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -114,6 +136,7 @@ def _serve(argv: list[str]) -> int:
         timeout_graceful_shutdown=int(settings.graceful_timeout),
         h11_max_incomplete_event_size=64 << 10,
         server_header=False,
+        limit_concurrency=args.limit_concurrency,
     )
     server = uvicorn.Server(config)
     print(f"http://{host}:{port}", flush=True)

@@ -44,7 +44,9 @@ class ServerContext:
     async def session(self, request: Request) -> tuple[Identity, SessionRef]:
         """Authenticate (401), find the session (404), authorise (403)."""
         identity = self.authenticate(request)
-        ref = await self.run(self.storage.get_session, request.path_params["session_id"])
+        session_id = request.path_params["session_id"]
+        # a session the backend already holds is found without a thread hop
+        ref = self.storage.cached_session(session_id) or await self.run(self.storage.get_session, session_id)
         identity.allow(ref.workspace)
         return identity, ref
 

@@ -3,8 +3,8 @@
 Files, in ``<session>/.ingest/`` (a dot directory: readers of the store never
 see it):
 
-    journal      append-only frames, one per applied batch:
-                 ``[u32 length][u32 crc32][msgpack record]`` (little-endian)
+    journal      append-only frames, ``[u32 length][u32 crc32][msgpack record]``
+                 (little-endian): per batch a record, then a ``done`` marker
     applied.json snapshot: per client, the highest seq applied and the ranges
                  of its last few batches (written atomically)
 
@@ -16,9 +16,15 @@ index its first row gets and how many rows. The record is the commit point:
   match); it is cut on load; nothing was acknowledged; the client retries and
   the batch is applied fresh.
 * crash after the record, during or before the row appends → on load, every
-  record is *redone*: for each stream, rows whose index is already on disk are
-  skipped and the missing tail is appended. So the batch ends up applied
-  exactly once, with the indices the plan promised.
+  record without a ``done`` marker is *redone*: for each stream, rows whose
+  index is already on disk are skipped and the missing tail is appended; its
+  parameter merge and close are applied again (a merge of the same values).
+  So the batch ends up applied exactly once, with the indices the plan
+  promised. The marker is written after the rows, not fsynced.
+* power loss: only the journal is fsynced per batch (one fsync, not one per
+  stream); the stream files are fsynced before the journal is compacted and
+  on shutdown. So on load the rows of *every* record are checked against the
+  streams (a ``stat`` per stream) and any lost tail is appended again.
 
 Only this server writes the session while it runs (it holds the session's
 lock for the whole plan → record → append sequence), so the plan's indices are
@@ -40,7 +46,7 @@ import msgspec
 
 from .._fsutil import read_json
 
-__all__ = ["IngestJournal", "JournalRecord", "ranges_of", "KEEP_ACKS"]
+__all__ = ["IngestJournal", "JournalRecord", "ranges_of", "fsync_path", "KEEP_ACKS"]
 
 _HEADER = struct.Struct("<II")
 #: per client, the ranges of this many most recent batches are kept for duplicate acks
@@ -71,6 +77,15 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(JournalRecord).decode
 
 
+def fsync_path(path: str) -> None:
+    """fsync a file (or a directory) by name."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_synced(path: str, data: bytes) -> None:
     """Temp file, fsync, rename, fsync the directory: the snapshot is the only
     copy of what the truncated journal held, so it must survive a power loss
@@ -83,11 +98,7 @@ def _write_synced(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(os.path.dirname(path))
 
 
 class IngestJournal:
@@ -103,9 +114,11 @@ class IngestJournal:
         self._size = 0
 
     # -- loading ----------------------------------------------------------------
-    def load(self, redo: Callable[[JournalRecord], None]) -> int:
-        """Read the snapshot and the journal; ``redo`` every batch record that has
-        no ``done`` marker after it. Returns how many records were redone."""
+    def load(self, redo: Callable[[JournalRecord, bool], None]) -> int:
+        """Read the snapshot and the journal and call ``redo(record, rows_only)``
+        for every batch record: ``rows_only`` when a ``done`` marker follows it
+        (its rows are checked — a power loss may have lost them — but its params
+        and close are not applied again). Returns how many had no marker."""
         snapshot = read_json(self.snapshot_path, default={}) or {}
         for client, entry in snapshot.items():
             acks = deque(((int(s), r) for s, r in entry.get("acks", [])), maxlen=KEEP_ACKS)
@@ -139,8 +152,9 @@ class IngestJournal:
         redone = 0
         for record in records:
             self._remember(record.client, record.seq, ranges_of(record))
-            if (record.client, record.seq) not in done:
-                redo(record)
+            finished = (record.client, record.seq) in done
+            redo(record, finished)
+            if not finished:
                 self.mark_done(record)
                 redone += 1
         return redone
@@ -186,10 +200,12 @@ class IngestJournal:
             os.fsync(self._fd)
         self._size += len(frame)
 
-    def maybe_compact(self) -> None:
-        """Past the size limit (all rows of all records are on disk and synced)."""
+    def maybe_compact(self, sync_rows: Callable[[], None]) -> None:
+        """Past the size limit: ``sync_rows()`` makes every journalled row durable
+        in its stream, then the snapshot replaces the journal."""
         if self._size < self.compact_bytes:
             return
+        sync_rows()
         snapshot: dict[str, Any] = {
             client: {"seq": seq, "acks": [[s, r] for s, r in acks]} for client, (seq, acks) in self.applied.items()
         }

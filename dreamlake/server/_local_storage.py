@@ -20,10 +20,13 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from .._fsutil import read_json
+from .._names import check_track_name
 from .._local_sink import (
     LocalSink,
     list_track_names,
@@ -35,7 +38,7 @@ from .._local_sink import (
 from .._pipe import LOG_STREAM
 from .._stream_files import StreamFiles
 from ._errors import Forbidden, NotFound
-from ._journal import IngestJournal, JournalRecord, ranges_of
+from ._journal import IngestJournal, JournalRecord, fsync_path, ranges_of
 from ._prepare import check_session_name, check_workspace
 from ._settings import Settings
 from ._storage import PreparedBatch, SessionRef, StreamRows
@@ -46,6 +49,7 @@ __all__ = ["LocalStorage", "session_id_for"]
 log = logging.getLogger("dreamlake.server")
 
 _END_STATUSES = ("completed", "failed", "interrupted")
+_get_ts = itemgetter("_ts")
 
 
 def session_id_for(workspace: str, name: str) -> str:
@@ -63,14 +67,6 @@ def _prefix_of(session_id: str) -> tuple[str, str]:
         raise NotFound(f"no session with id {session_id!r}") from None
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Live:
     """What the server holds for one session it has touched."""
 
@@ -79,8 +75,15 @@ class _Live:
         self.directory = directory
         self.lock = threading.Lock()
         self.sink = LocalSink(directory)
-        self.journal = IngestJournal(directory, settings.fsync, settings.journal_compact_bytes)
+        self.journal = IngestJournal(directory, settings.fsync != "never", settings.journal_compact_bytes)
         self._counters: dict[tuple[str, bool], StreamFiles] = {}
+        #: files written by journalled batches and not fsynced yet (the journal covers them)
+        self.unsynced: set[str] = set()
+
+    def sync(self) -> None:
+        for path in sorted(self.unsynced):
+            fsync_path(path)
+        self.unsynced.clear()
 
     def count(self, name: str, is_log: bool) -> int:
         """Rows in a stream (its index brought up to date once per server life)."""
@@ -91,8 +94,16 @@ class _Live:
             files.close()
         return files.count()
 
-    def close(self) -> None:
+    def release_handles(self) -> None:
+        """Close every file descriptor (all reopen on the next write)."""
         self.sink.flush()
+        self.sink.after_fork_in_child()  # LocalSink's "close my descriptors, keep my state"
+        self.journal.close()
+
+    def close(self, sync: bool) -> None:
+        self.sink.flush()
+        if sync:
+            self.sync()
         self.journal.close()
 
 
@@ -103,8 +114,11 @@ class LocalStorage:
         self.settings = settings
         self.root = os.path.abspath(settings.root)
         os.makedirs(self.root, exist_ok=True)
+        self._sync_batches = settings.fsync in ("batches", "always")
+        self._sync_rest = settings.fsync == "always"
         self._live: dict[str, _Live] = {}
         self._live_lock = threading.Lock()
+        self._open: OrderedDict[str, _Live] = OrderedDict()  # sessions holding handles, oldest first
 
     # -- sessions --------------------------------------------------------------
     def _directory(self, workspace: str, name: str) -> str:
@@ -127,7 +141,7 @@ class LocalStorage:
             live = _Live(ref, directory, self.settings)
             if meta is not None:
                 with live.lock:
-                    redone = live.journal.load(lambda record: self._apply(live, record))
+                    redone = live.journal.load(lambda record, rows_only: self._apply(live, record, rows_only))
                 if redone:
                     log.warning("session %s/%s: redid %d ingest batch(es) after a crash", workspace, name, redone)
             self._live[session_id] = live
@@ -136,6 +150,10 @@ class LocalStorage:
     def get_session(self, session_id: str) -> SessionRef:
         workspace, name = _prefix_of(session_id)
         return self._live_for(workspace, name, create=False).ref
+
+    def cached_session(self, session_id: str) -> SessionRef | None:
+        live = self._live.get(session_id)  # a dict read: atomic, never waits for a load
+        return live.ref if live is not None else None
 
     def find_session(self, workspace: str, name: str) -> SessionRef | None:
         try:
@@ -177,19 +195,38 @@ class LocalStorage:
         live = self._live_for(ref.workspace, ref.name, create=False)
         if live.ref.write_protected:
             raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
+        self._keep_open(live)
         return live
 
-    def _write(self, live: _Live, kind: str, name: str, rows: list, ts: list) -> int:
+    def _keep_open(self, live: _Live) -> None:
+        """Bound open descriptors: a fleet of sessions must not run the server
+        out of them. The least recently written session beyond the limit
+        releases its handles (when no request is using it right now)."""
+        with self._live_lock:
+            self._open.pop(live.ref.id, None)
+            self._open[live.ref.id] = live
+            while len(self._open) > self.settings.max_open_sessions:
+                _, oldest = self._open.popitem(last=False)
+                if oldest.lock.acquire(blocking=False):
+                    try:
+                        oldest.release_handles()
+                    finally:
+                        oldest.lock.release()
+                else:  # busy: keep it, try the next time
+                    self._open[oldest.ref.id] = oldest
+                    break
+
+    def _write(self, live: _Live, kind: str, name: str, rows: list, ts: list, sync: bool) -> int:
         is_log = kind == "log"
         first = live.sink.write_rows(LOG_STREAM if is_log else name, is_log, rows, ts)
-        if self.settings.fsync:
-            _fsync_file(stream_files(live.directory, LOG_STREAM if is_log else name, is_log).data_path)
+        if sync:
+            fsync_path(stream_files(live.directory, LOG_STREAM if is_log else name, is_log).data_path)
         return first
 
     def append_rows(self, ref: SessionRef, rows: StreamRows) -> dict:
         live = self._writable(ref)
         with live.lock:
-            first = self._write(live, "track", rows.name, rows.rows, rows.ts) if rows.rows else None
+            first = self._write(live, "track", rows.name, rows.rows, rows.ts, self._sync_rest) if rows.rows else None
         n = len(rows.rows)
         return {
             "trackId": rows.name,
@@ -201,15 +238,18 @@ class LocalStorage:
     def append_logs(self, ref: SessionRef, rows: StreamRows) -> tuple[int, int]:
         live = self._writable(ref)
         with live.lock:
-            first = self._write(live, "log", "", rows.rows, rows.ts) if rows.rows else live.count(LOG_STREAM, True)
+            if rows.rows:
+                first = self._write(live, "log", "", rows.rows, rows.ts, self._sync_rest)
+            else:
+                first = live.count(LOG_STREAM, True)
         return first, first + len(rows.rows) - 1
 
     def set_params(self, ref: SessionRef, flat: dict[str, Any]) -> dict:
         live = self._writable(ref)
         with live.lock:
             live.sink.write_params(flat)
-            if self.settings.fsync:
-                _fsync_file(os.path.join(live.directory, "parameters.json"))
+            if self._sync_rest:
+                fsync_path(os.path.join(live.directory, "parameters.json"))
             return self._params(live)
 
     def ingest(self, ref: SessionRef, batch: PreparedBatch) -> IngestAck:
@@ -226,15 +266,15 @@ class LocalStorage:
             record = JournalRecord(
                 batch.client, batch.seq, plan, [s.rows for s in batch.streams], batch.params, batch.close
             )
-            live.journal.record(record)  # the commit point
+            live.journal.record(record)  # the commit point (fsynced)
             self._apply(live, record)
             live.journal.mark_done(record)
-            live.journal.maybe_compact()
+            live.journal.maybe_compact(live.sync if self._sync_batches else live.unsynced.clear)
             return IngestAck(batch.client, batch.seq, False, [StreamRange(**r) for r in ranges_of(record)], ref.id)
 
-    def _apply(self, live: _Live, record: JournalRecord) -> None:
+    def _apply(self, live: _Live, record: JournalRecord, rows_only: bool = False) -> None:
         """Write a journalled batch (first time, or redo after a crash: rows
-        already on disk are skipped)."""
+        already on disk are skipped). Not fsynced here: the journal holds the rows."""
         for (kind, name, first, n), rows in zip(record.plan, record.rows):
             is_log = kind == "log"
             have = live.count(LOG_STREAM if is_log else name, is_log)
@@ -244,13 +284,15 @@ class LocalStorage:
                 log.error("stream %s of %s lost rows below index %d (have %d); appending anyway", name or "logs",
                           live.ref.id, first, have)
             todo = rows[max(0, have - first) :]
-            got = self._write(live, kind, name, todo, [row["_ts"] for row in todo])
+            got = self._write(live, kind, name, todo, list(map(_get_ts, todo)), False)
+            live.unsynced.add(stream_files(live.directory, LOG_STREAM if is_log else name, is_log).data_path)
             if got != max(first, have):
                 log.error("stream %s of %s: rows landed at %d, planned %d", name or "logs", live.ref.id, got, first)
+        if rows_only:
+            return
         if record.params is not None:
             live.sink.write_params(record.params)
-            if self.settings.fsync:
-                _fsync_file(os.path.join(live.directory, "parameters.json"))
+            live.unsynced.add(os.path.join(live.directory, "parameters.json"))
         if record.close is not None:
             live.sink.close(*record.close)
 
@@ -270,9 +312,10 @@ class LocalStorage:
 
     def _track_files(self, ref: SessionRef, track: str) -> StreamFiles:
         live = self._readable(ref)
-        if track not in list_track_names(live.directory):
+        files = stream_files(live.directory, check_track_name(track))  # never a path out of the session
+        if not os.path.exists(files.data_path):
             raise NotFound(f"session {ref.workspace}/{ref.name} has no track {track!r}")
-        return stream_files(live.directory, track)
+        return files
 
     def read_rows(self, ref: SessionRef, track: str, start: int, limit: int) -> dict:
         return read_page(self._track_files(ref, track), start, limit)
@@ -330,5 +373,7 @@ class LocalStorage:
             lives = list(self._live.values())
         for live in lives:
             with live.lock:
-                live.close()
-        shutil.rmtree(Path(self.settings.state_dir) / "tmp", ignore_errors=True)
+                live.close(self._sync_batches)
+        scratch = Path(self.settings.state_dir) / "tmp"
+        for leftover in scratch.glob("tmp*"):  # staged uploads/downloads of this run
+            shutil.rmtree(leftover, ignore_errors=True)

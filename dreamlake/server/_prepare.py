@@ -14,10 +14,12 @@ fields win) — :func:`dreamlake._batcher.merge_events`.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import datetime
 from itertools import chain
+from operator import methodcaller
 from typing import Any
 
 from .._batcher import merge_events
@@ -86,30 +88,55 @@ def check_session_name(value: Any) -> str:
     return name
 
 
+_DICT_ONLY = frozenset((dict,))
+
+
 def _plain(rows: list) -> bool:
     return PLAIN_SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, rows))))
 
 
+_NUMBER_TYPES = frozenset((int, float))
+_get_ts = methodcaller("get", "_ts")
+
+
 def prepare_track_rows(name: Any, rows: Any, clock: SessionClock) -> StreamRows:
-    """Rows for a track: dicts, each with at least one field besides ``_ts``."""
+    """Rows for a track: dicts, each with at least one field besides ``_ts``.
+    The rows are the caller's freshly decoded dicts: they are kept, not copied."""
     name = check_track_name(name)
     if not isinstance(rows, list):
         raise BadRequest("rows must be a list of objects")
-    if not all(type(row) is dict for row in rows):
+    if not _DICT_ONLY.issuperset(map(type, rows)):
         raise BadRequest("every row must be an object")
-    plain = _plain(rows)
-    out: list[dict] = []
-    stamps: list[float] = []
-    for row in rows:
-        fields = dict(row) if plain else capture_fields(row)
-        t = clock.stamp(fields.pop("_ts", None))
-        if not fields:
+    stamps = _explicit_stamps(rows)
+    if stamps is not None and _plain(rows):  # the common batch: C-level passes only
+        if min(map(len, rows), default=2) < 2:
             raise BadRequest("a row needs at least one field besides _ts")
-        fields["_ts"] = t
-        out.append(fields)
-        stamps.append(t)
+        if stamps:
+            clock.stamp(stamps[-1])
+        out = rows
+    else:
+        out, stamps = [], []
+        for row in rows:
+            fields = capture_fields(row)
+            t = clock.stamp(fields.pop("_ts", None))
+            if not fields:
+                raise BadRequest("a row needs at least one field besides _ts")
+            fields["_ts"] = t
+            out.append(fields)
+            stamps.append(t)
     merged, merged_ts = merge_events(stamps, out)
     return StreamRows("track", name, merged, merged_ts)
+
+
+def _explicit_stamps(rows: list[dict]) -> list[float] | None:
+    """Every row's ``_ts`` when all are finite numbers other than -1, else None."""
+    given = list(map(_get_ts, rows))
+    if not _NUMBER_TYPES.issuperset(map(type, given)) or -1 in given:
+        return None
+    stamps = list(map(float, given))
+    if not all(map(math.isfinite, stamps)):
+        return None  # the row-by-row path raises the precise error
+    return stamps
 
 
 def _parse_iso(value: Any) -> float | None:

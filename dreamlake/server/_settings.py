@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 from pathlib import Path
 
 __all__ = ["Settings"]
@@ -17,8 +18,12 @@ class Settings:
     port: int = 3000
     #: accept requests without a key (and upstream's unsigned ``user_name`` tokens)
     dev: bool = False
-    #: fsync rows and the ingest journal before acknowledging (durable across power loss)
-    fsync: bool = True
+    #: when to fsync before acknowledging: "batches" (default) — the batched
+    #: ingest's journal and rows, so its exactly-once holds across power loss;
+    #: "always" — every write, the REST routes too (one fsync per request: slow
+    #: for upstream's row-by-row appends); "never" — the page cache only.
+    #: Whatever is acknowledged survives a crash or kill of the server in every mode.
+    fsync: Literal["batches", "always", "never"] = "batches"
     #: largest request body accepted on the wire (compressed size for ingest) → 413
     max_body_bytes: int = 32 * MiB
     #: largest decompressed ingest batch → 413, refused without allocating it
@@ -35,6 +40,9 @@ class Settings:
     graceful_timeout: float = 30.0
     #: ingest journal is compacted into its snapshot past this size
     journal_compact_bytes: int = 64 * MiB
+    #: sessions whose files stay open between writes (4 descriptors per stream);
+    #: the least recently written beyond this close theirs (reopened on demand)
+    max_open_sessions: int = 64
 
     @property
     def state_dir(self) -> Path:

@@ -69,6 +69,10 @@ class Storage(Protocol):
     def get_session(self, session_id: str) -> SessionRef:
         """Raises NotFound."""
 
+    def cached_session(self, session_id: str) -> SessionRef | None:
+        """A session already in memory, without blocking (called on the event
+        loop); None when unknown here — the caller then uses get_session."""
+
     def find_session(self, workspace: str, name: str) -> SessionRef | None: ...
 
     def session_record(self, ref: SessionRef) -> dict: ...

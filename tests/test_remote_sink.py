@@ -50,19 +50,48 @@ def test_rows_logs_params_reach_the_server_and_read_back(server, tmp_path):
     assert not list((tmp_path.cwd() / ".dreamlake" / "ws" / "basic" / ".remote").glob("*")) if (tmp_path.cwd() / ".dreamlake").exists() else True
 
 
-def test_files_stream_to_the_server_with_sha256(server, tmp_path):
+def test_files_stream_to_the_server_with_sha256(server, tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.chdir(tmp_path)
     src = tmp_path / "weights.bin"
     src.write_bytes(os.urandom(3 << 20))
-    with Session(prefix="ws/files", url=server.url, api_key=server.key, root=None) as session:
-        entry = session.files.upload(str(src), path="models", tags=["best"]) if "path" in session.files.upload.__code__.co_varnames else session.files.upload(str(src), prefix="models")
-        import hashlib
-
+    with Session(prefix="ws/files", url=server.url, api_key=server.key) as session:
+        entry = session.files.upload(str(src), path="models", tags=["best"])
         assert entry["checksum"] == hashlib.sha256(src.read_bytes()).hexdigest()
-        listed = session.files.list()
-        assert [e["id"] for e in listed] == [entry["id"]]
+        assert entry["path"].strip("/") == "models" and entry["tags"] == ["best"]
+        assert [e["id"] for e in session.files.list()] == [entry["id"]]
         dest = tmp_path / "back.bin"
         session.files.download(entry["id"], str(dest))
         assert dest.read_bytes() == src.read_bytes()
+
+
+def test_a_large_upload_streams_from_disk_and_never_holds_up_rows(server, tmp_path, monkeypatch):
+    import tracemalloc
+
+    monkeypatch.chdir(tmp_path)
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as out:  # 192 MiB, sparse on disk
+        out.truncate(192 << 20)
+    with Session(prefix="ws/bigfile", url=server.url, api_key=server.key) as session:
+        result = {}
+        tracemalloc.start()
+        uploader = threading.Thread(target=lambda: result.update(entry=session.files.upload(str(big))))
+        uploader.start()
+        try:
+            track = session.track("t")
+            for i in range(200):
+                track.append(i=i)
+            report = session.flush()  # rows are delivered while the upload runs
+            assert uploader.is_alive(), "the upload finished too fast to prove anything"
+            assert report[0]["count"] == 200
+        finally:
+            uploader.join(60)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        assert result["entry"]["sizeBytes"] == 192 << 20
+        assert peak < 32 << 20  # streamed in chunks, never the whole file in memory
+    assert len(server_rows(server.root, "ws", "bigfile", "t")) == 200
 
 
 def test_server_killed_for_seconds_every_row_arrives_once(tmp_path, monkeypatch):

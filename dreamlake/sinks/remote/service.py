@@ -96,8 +96,11 @@ def backoff(attempt: int, retry_after: float | None = None) -> float:
 def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
-        if isinstance(body, dict) and body.get("error"):
-            return str(body["error"])
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):  # {"error": {"kind", "message"}}
+            return str(error.get("message") or error.get("kind"))
+        if error:
+            return str(error)
     except ValueError:
         pass
     return response.text[:200] or response.reason_phrase

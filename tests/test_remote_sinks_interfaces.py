@@ -38,6 +38,8 @@ def test_factory_picks_the_sink_by_mode(tmp_path):
     assert type(make_sink(_config(url="http://127.0.0.1:9", mode="offline"))) is OfflineSink
     with pytest.raises(ValueError):
         make_sink(_config(mode="remote"))
+    # the agent does not forward to servers yet: a URL session sends itself
+    assert type(make_sink(_config(url="http://127.0.0.1:9", agent="auto"))) is RemoteSink
 
 
 def test_memory_sink_keeps_rows_in_order_and_can_fail():
@@ -87,3 +89,24 @@ def test_spool_cuts_a_torn_tail_and_keeps_the_frames_before(tmp_path):
     assert reopened.frames == 0 and os.path.getsize(path) == 0
     with pytest.raises(SpoolFull):
         Spool(path, budget=50).append(9, b"x" * 100)
+
+
+@pytest.mark.parametrize("n", [0, 5, 1000, 1001, 2500, 70_000])
+def test_encoder_chunks_give_the_same_batch_and_quarantine_bad_rows(n):
+    import msgspec
+    import zstandard
+
+    from dreamlake.server.wire import IngestBatch
+    from dreamlake.sinks.remote.batch import SealedBatch
+    from dreamlake.sinks.remote.encoder import encode
+
+    rows = [{"_ts": 1.0 + i, "v": i} for i in range(n)]
+    logs = [{"_ts": 1.0, "level": "info", "message": "m"}] * n
+    body, dropped = encode(SealedBatch(3, {("t", False): rows, ("logs", True): logs}, {"lr": 0.1}), "c")
+    decoded = msgspec.msgpack.decode(zstandard.ZstdDecompressor().decompress(body), type=IngestBatch)
+    assert dropped == 0 and decoded.seq == 3 and decoded.params == {"lr": 0.1}
+    assert decoded.streams[0].rows == rows and decoded.streams[1].rows == logs
+    bad = [{"_ts": 0.5, "v": 2**70}] + rows  # an int msgpack cannot carry
+    body, dropped = encode(SealedBatch(4, {("t", False): bad}), "c")
+    decoded = msgspec.msgpack.decode(zstandard.ZstdDecompressor().decompress(body), type=IngestBatch)
+    assert dropped == 1 and decoded.streams[0].rows == rows

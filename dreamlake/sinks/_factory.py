@@ -8,10 +8,15 @@ Modes (``Session(mode=...)`` or ``$DREAMLAKE_MODE``):
   (``root=``/``local_path=``/``session_dir=``) as well, a fan-out writes both;
 * ``offline`` — the local store, with the URL recorded in ``session.json``;
   ``dreamlake sync`` uploads it later.
+
+Agent mode (``agent=``) serves local and offline sessions; a session with a
+URL sends from its own process until the agent forwards to servers (issue 11
+point 4), with a warning once.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .._local_sink import LocalSink
@@ -19,6 +24,8 @@ from ._fanout import FanOutSink
 from .remote import RemoteSink, RemoteTarget
 
 __all__ = ["make_sink", "OfflineSink", "MODES"]
+
+log = logging.getLogger("dreamlake")
 
 MODES = ("local", "remote", "offline")
 
@@ -34,6 +41,15 @@ class OfflineSink(LocalSink):
         return super().open({**info, "mode": "offline", "url": self.url})
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("dreamlake: %s", message)
+
+
 def remote_target(config: Any) -> RemoteTarget:
     return RemoteTarget(config.url, config.workspace, config.name, config.api_key, config.user_name)
 
@@ -42,7 +58,12 @@ def make_sink(config: Any) -> Any:
     """The sink for ``config`` (a :class:`dreamlake._config.SessionConfig`)."""
     mode = getattr(config, "mode", None) or ("remote" if config.url else "local")
     directory = str(config.directory)
-    if config.agent and mode != "offline":
+    if config.agent and mode == "remote":
+        _warn_once(
+            "the agent does not forward to a server yet; this process sends to "
+            f"{config.url} itself (its own spool in {directory})"
+        )
+    elif config.agent:
         from .._agent_link import agent_sink
 
         sink = agent_sink(config)

@@ -27,13 +27,16 @@ class FanOutSink:
 
     def _each(self, op: str, *args: Any) -> None:
         for sink in self.secondaries:
-            try:
-                getattr(sink, op)(*args)
-            except Exception as exc:
-                self.secondary_errors += 1
-                if self.last_secondary_error is None:
-                    log.warning("dreamlake: %s on %s failed: %s", op, type(sink).__name__, exc)
-                self.last_secondary_error = f"{op}: {type(exc).__name__}: {exc}"
+            self._call_one(sink, op, *args)
+
+    def _call_one(self, sink: Any, op: str, *args: Any) -> None:
+        try:
+            getattr(sink, op)(*args)
+        except Exception as exc:
+            self.secondary_errors += 1
+            if self.last_secondary_error is None:
+                log.warning("dreamlake: %s on %s failed: %s", op, type(sink).__name__, exc)
+            self.last_secondary_error = f"{op}: {type(exc).__name__}: {exc}"
 
     def open(self, info: dict) -> dict:
         meta = self.primary.open(info)
@@ -50,8 +53,12 @@ class FanOutSink:
         self._each("write_params", flat)
 
     def flush(self) -> None:
+        """Durable means durable in the primary. A secondary that can send
+        without waiting (``delivery_mark``: the remote sink seals its open
+        batch) is not waited for, so a slow server never holds the writer."""
         self.primary.flush()
-        self._each("flush")
+        for sink in self.secondaries:
+            self._call_one(sink, "delivery_mark" if hasattr(sink, "delivery_mark") else "flush")
 
     def close(self, status: str, error: str | None) -> None:
         self.primary.close(status, error)

@@ -177,7 +177,13 @@ class RemoteSink:
         self.wait_delivered(self.delivery_mark(), delivered_only=False)
 
     def flush_report(self, names: list[str] | None) -> list[dict]:
-        self.flush()
+        """Today's writer calls this on its thread (it then waits on the server)."""
+        return self.wait_and_report(self.delivery_mark(), names)
+
+    def wait_and_report(self, mark: int, names: list[str] | None, timeout: float | None = None) -> list[dict]:
+        """Wait (any thread) until ``mark`` is settled, then hand out the index
+        windows the server acknowledged per track since the previous report."""
+        self.wait_delivered(mark, timeout, delivered_only=False)
         with self._windows_lock:
             wanted = [n for (n, is_log) in self._counts if not is_log] if names is None else names
             report = []

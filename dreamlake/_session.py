@@ -244,6 +244,10 @@ class Session:
 
             if op in STORE_OPS:
                 return _remote_store_call(self._writer, pipe, op, args, self._timeout)
+            if op == "flush":  # wait for the server's acks here, not on the writer thread
+                mark = self._writer.call(pipe, "delivery_mark", (), self._timeout)
+                names = args[0] if args[0] is not None else [s.name for s in list(pipe.streams.values()) if not s.is_log]
+                return pipe.sink.wait_and_report(mark, names, self._timeout)
         return self._writer.call(pipe, op, args, self._timeout)
 
     # -- the API -----------------------------------------------------------------

@@ -65,6 +65,7 @@ class FaultProxy:
         self.upstream = upstream
         self.plan = plan
         self.count = 0
+        self.delay: threading.Event | None = None
         self.faults = 0
         self.forwarded = 0
         proxy = self
@@ -80,6 +81,8 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 proxy.count += 1
                 fault = proxy.plan(proxy.count)
+                if proxy.delay:
+                    proxy.delay.wait()  # hold the reply until the test releases it
                 headers_in = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
                 if fault is not None and len(fault) == 3:
                     httpx.request(self.command, proxy.upstream + self.path, headers=headers_in, content=body, timeout=30)

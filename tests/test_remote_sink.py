@@ -210,3 +210,29 @@ def test_fork_children_log_to_a_remote_session(server, tmp_path, monkeypatch):
         assert [r["i"] for r in server_rows(server.root, "ws", "forks", f"child{child}")] == list(range(200))
     assert [r["i"] for r in server_rows(server.root, "ws", "forks", "parent")] == [-1, -2]
     assert server_meta(server.root, "ws", "forks")["status"] == "completed"
+
+
+def test_a_slow_server_never_holds_up_the_writer_thread(server, tmp_path, monkeypatch):
+    """While a remote flush waits for a server that does not answer, a local
+    session of the same process (same writer thread) writes and flushes."""
+    monkeypatch.chdir(tmp_path)
+    held = threading.Event()
+    with FaultProxy(server.url, lambda n: None) as proxy:
+        remote = Session(prefix="ws/slow", url=proxy.url, api_key=server.key)
+        remote.open()
+        proxy.delay = held
+        remote.track("t").append(i=0)
+        waiting = threading.Thread(target=remote.flush)
+        waiting.start()
+        try:
+            wait_for(lambda: proxy.count >= 1)
+            with Session(prefix="ws/local", root=str(tmp_path / "local")) as local:
+                for i in range(100):
+                    local.track("t").append(i=i)
+                assert local.flush()[0]["count"] == 100
+            assert waiting.is_alive()  # the remote flush is still waiting for its ack
+        finally:
+            held.set()
+            waiting.join(30)
+        remote.close()
+    assert [r["i"] for r in server_rows(server.root, "ws", "slow", "t")] == [0]

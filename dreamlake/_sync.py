@@ -34,7 +34,7 @@ from .sinks.remote.batch import SealedBatch
 from .sinks.remote.config import BATCH_MAX_BYTES, BATCH_MAX_ROWS, RemoteTarget
 from .sinks.remote.encoder import encode, estimate_row_bytes
 from .sinks.remote.service import AuthFailed, DeliveryError, IngestService, Rejected, RemoteStore, Retryable, backoff
-from .sinks.remote.spool import free_slots, slots_dir
+from .sinks.remote.spool import free_slots, pending_in_slots, slots_dir
 
 __all__ = ["SyncError", "SyncReport", "sync_session", "find_sessions", "unsynced_summary"]
 
@@ -333,21 +333,7 @@ def unsynced_summary(session_dir: str) -> dict:
     whether params, files or the final status are pending."""
     session_dir = os.path.abspath(session_dir)
     meta = read_json(os.path.join(session_dir, "session.json"), default={}) or {}
-    spooled = spool_bytes = 0
-    root = slots_dir(session_dir)
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        path = os.path.join(root, name, "spool.zst")
-        if os.path.exists(path):
-            from .sinks.remote.spool import Spool
-
-            spool = Spool.__new__(Spool)  # count frames without cutting a live writer's tail
-            spool.path, spool._read_at = path, 0
-            state = read_json(os.path.join(root, name, "state.json"), default={}) or {}
-            acked = int(state.get("acked", 0))
-            for _o, end, seq, _b in spool._scan(0):
-                if seq > acked:
-                    spooled += 1
-                    spool_bytes += end - _o
+    spooled, spool_bytes = pending_in_slots(session_dir)
     summary: dict = {"spooled_batches": spooled, "spool_bytes": spool_bytes, "unsynced_rows": 0,
                      "params": False, "files": 0, "status": False, "url": meta.get("url")}
     if _wants_upload(meta):

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 
 from .config import SEQ_BLOCK, spool_budget
 
-__all__ = ["ClientSlot", "Spool", "SpoolFull", "slots_dir", "free_slots", "acquire_new_slot"]
+__all__ = ["ClientSlot", "Spool", "SpoolFull", "slots_dir", "free_slots", "acquire_new_slot", "pending_in_slots"]
 
 MAGIC = b"DLS1"
 _HEADER = struct.Struct(">4sIIQ")
@@ -62,6 +62,30 @@ def _write_json_atomic(path: str, value: dict, sync: bool) -> None:
             out.flush()
             os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+def _frames(path: str, start: int) -> Iterator[tuple[int, int, int, bytes]]:
+    """(offset, end, seq, body) of every intact frame from ``start``; stops at a torn one."""
+    try:
+        source = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with source:
+        source.seek(start)
+        offset = start
+        while True:
+            head = source.read(_HEADER.size)
+            if len(head) < _HEADER.size:
+                return
+            magic, length, crc, seq = _HEADER.unpack(head)
+            if magic != MAGIC:
+                return
+            body = source.read(length)
+            if len(body) < length or zlib.crc32(body) != crc:
+                return
+            end = offset + _HEADER.size + length
+            yield offset, end, seq, body
+            offset = end
 
 
 class Spool:
@@ -89,26 +113,7 @@ class Spool:
         return good
 
     def _scan(self, start: int) -> Iterator[tuple[int, int, int, bytes]]:
-        try:
-            source = open(self.path, "rb")
-        except FileNotFoundError:
-            return
-        with source:
-            source.seek(start)
-            offset = start
-            while True:
-                head = source.read(_HEADER.size)
-                if len(head) < _HEADER.size:
-                    return
-                magic, length, crc, seq = _HEADER.unpack(head)
-                if magic != MAGIC:
-                    return
-                body = source.read(length)
-                if len(body) < length or zlib.crc32(body) != crc:
-                    return
-                end = offset + _HEADER.size + length
-                yield offset, end, seq, body
-                offset = end
+        return _frames(self.path, start)
 
     def skip_acked(self, acked: int) -> None:
         """Start reading after the frames the server already acknowledged."""
@@ -286,3 +291,18 @@ def acquire_new_slot(session_dir: str, info: dict, owner: bool) -> ClientSlot:
     state = {"client": client, "reserved": 0, "acked": 0, "owner": owner, "closed": False, "info": info, "pid": os.getpid()}
     _write_json_atomic(os.path.join(directory, "state.json"), state, True)
     return ClientSlot(directory, fd, state)
+
+
+def pending_in_slots(session_dir: str) -> tuple[int, int]:
+    """(frames, bytes) not yet acknowledged in every slot of a session, read
+    only: a live process's spool is counted, never cut or locked."""
+    frames = size = 0
+    root = slots_dir(session_dir)
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        directory = os.path.join(root, name)
+        acked = int((_read_state(directory) or {}).get("acked", 0))
+        for offset, end, seq, _body in _frames(os.path.join(directory, "spool.zst"), 0):
+            if seq > acked:
+                frames += 1
+                size += end - offset
+    return frames, size

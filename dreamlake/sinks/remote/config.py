@@ -56,7 +56,8 @@ FLUSH_WAIT = 30.0
 #: ``close()`` waits at most this long; what is unacknowledged stays spooled.
 CLOSE_WAIT = 10.0
 CONNECT_TIMEOUT = 5.0
-REQUEST_TIMEOUT = 60.0
+#: A request (ingest, read, file) that gets no answer in this long is retried.
+REQUEST_TIMEOUT = 20.0
 #: Sequence numbers are reserved on disk this many at a time, so a restarted
 #: client never reuses one without a disk write per batch.
 SEQ_BLOCK = 1000

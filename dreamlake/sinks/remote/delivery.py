@@ -19,7 +19,7 @@ from typing import Callable
 
 from ...server.wire import IngestAck
 from .batch import BatchBuilder, SealedBatch
-from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES
+from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES, REQUEST_TIMEOUT
 from .encoder import encode
 from .service import AuthFailed, IngestService, Rejected, Retryable, backoff
 from .spool import ClientSlot, SpoolFull
@@ -31,8 +31,9 @@ log = logging.getLogger("dreamlake")
 OK, OUTAGE, AUTH_FAILED = "ok", "outage", "auth_failed"
 #: How often the spool's acknowledged position is saved while replaying (s).
 ACK_SAVE_INTERVAL = 0.2
-#: How long ``stop`` waits for a request in flight.
-STOP_JOIN = 40.0
+#: How long ``stop`` waits for a request in flight (then its batches stay
+#: wherever they are: acknowledged, spooled, or lost with the process).
+STOP_JOIN = REQUEST_TIMEOUT + 5.0
 
 
 class Delivery:

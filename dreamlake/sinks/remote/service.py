@@ -23,6 +23,9 @@ import httpx
 from ...server.wire import BATCH_CONTENT_TYPE, IngestAck, decode_ack
 from .config import CONNECT_TIMEOUT, REQUEST_TIMEOUT, RETRY_MAX, RETRY_MIN, RemoteTarget
 
+#: How long a file upload may wait for the server's reply after the last byte.
+UPLOAD_REPLY_TIMEOUT = 600.0
+
 __all__ = ["DeliveryError", "Retryable", "AuthFailed", "Rejected", "http_client", "backoff", "IngestService", "RemoteStore"]
 
 
@@ -197,7 +200,9 @@ class RemoteStore:
             data["metadata"] = json.dumps(metadata)
         with open(src, "rb") as source:
             files = {"file": (os.path.basename(src), source, "application/octet-stream")}
-            return _request("POST", self._url("/files"), self.target, data=data, files=files).json()
+            # the server hashes and stores a large file before it answers
+            timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT, read=UPLOAD_REPLY_TIMEOUT)
+            return _request("POST", self._url("/files"), self.target, data=data, files=files, timeout=timeout).json()
 
     def files_list(self, folder: str | None, tags: list | None) -> list[dict]:
         return self._get("/files", prefix=folder, tags=",".join(tags) if tags else None)["files"]

@@ -236,3 +236,18 @@ def test_a_slow_server_never_holds_up_the_writer_thread(server, tmp_path, monkey
             waiting.join(30)
         remote.close()
     assert [r["i"] for r in server_rows(server.root, "ws", "slow", "t")] == [0]
+
+
+def test_reads_fail_fast_with_a_clear_error_while_the_server_is_down(tmp_path, monkeypatch):
+    from dreamlake._errors import SinkError
+
+    monkeypatch.chdir(tmp_path)
+    session = Session(prefix="ws/down", url=f"http://127.0.0.1:{free_port()}", api_key="k", timeout=30)
+    session.open()
+    session.track("t").append(i=1)
+    started = time.monotonic()
+    with pytest.raises(SinkError, match="has not acknowledged"):
+        session.track("t").read(0, 10)
+    assert time.monotonic() - started < 10
+    session.close()
+    assert session.health()["spooled_batches"] == 2  # the row, and the final status

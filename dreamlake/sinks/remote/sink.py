@@ -166,7 +166,8 @@ class RemoteSink:
 
     def wait_delivered(self, mark: int, timeout: float | None = None, delivered_only: bool = True) -> None:
         delivery = self._require()
-        if not delivery.wait_settled(mark, FLUSH_WAIT if timeout is None else timeout, delivered_only):
+        # a read (delivered_only) fails fast once the server proved unreachable
+        if not delivery.wait_settled(mark, FLUSH_WAIT if timeout is None else timeout, delivered_only, one_try=delivered_only):
             pending = delivery.pending()
             raise SinkError(
                 f"the server at {self.target.url} has not acknowledged {pending['memory_batches'] + pending['spooled_batches']} "

@@ -14,6 +14,8 @@ DEFAULT_ROOT = ".dreamlake"
 DEFAULT_WORKSPACE = "default"
 ENV_ROOT = "DREAMLAKE_ROOT"
 ENV_AGENT = "DREAMLAKE_AGENT"
+ENV_MODE = "DREAMLAKE_MODE"
+MODES = ("local", "remote", "offline")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class SessionConfig:
     user_name: str | None
     api_key: str | None = field(repr=False, default=None)
     agent: str | None = None
+    mode: str | None = None  # local | remote | offline; None: remote when a URL is given
+    local_root: bool = False  # a local root was asked for explicitly (with a URL: write both)
 
     @property
     def prefix(self) -> str:
@@ -65,6 +69,7 @@ def resolve(
     api_key: object,
     session_dir: object,
     agent: object,
+    mode: object = None,
 ) -> SessionConfig:
     if prefix is not None:
         if not isinstance(prefix, str):
@@ -88,6 +93,10 @@ def resolve(
         agent = os.environ.get(ENV_AGENT) or None
     if agent is not None and not isinstance(agent, str):
         raise TypeError("agent must be 'auto' or 'unix:///path/to/socket'")
+    if mode is None:
+        mode = os.environ.get(ENV_MODE) or None
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     base = storage_root(root, local_path)
     if session_dir is not None:
         if not isinstance(session_dir, (str, os.PathLike)):
@@ -104,4 +113,6 @@ def resolve(
         user_name=user_name,  # type: ignore[arg-type]
         api_key=api_key,  # type: ignore[arg-type]
         agent=agent,
+        mode=mode,  # type: ignore[arg-type]
+        local_root=root is not None or local_path is not None or session_dir is not None,
     )

@@ -8,7 +8,6 @@ import logging
 import os
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,29 +30,13 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 _END_STATUSES = ("completed", "failed", "interrupted")
 _LEVEL_ALIASES = {"warning": "warn", "critical": "fatal"}
 _time = time.time
-_warned_remote = False
 
 
 def _make_sink(config: SessionConfig) -> Any:
-    """Pick the sink for a session (local store; agent and remote plug in here)."""
-    global _warned_remote
-    if config.agent:
-        from ._agent_link import agent_sink
+    """Pick the sink for a session: local store, agent, remote, fan-out or offline."""
+    from .sinks import make_sink
 
-        sink = agent_sink(config)
-        if sink is not None:
-            return sink
-    if config.url and not _warned_remote:
-        _warned_remote = True
-        warnings.warn(
-            f"dreamlake: remote sync is not available in this version; session data is kept "
-            f"locally under {config.root} (offline cache) for a later sync",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    from ._local_sink import LocalSink
-
-    return LocalSink(str(config.directory))
+    return make_sink(config)
 
 
 class Session:
@@ -96,6 +79,7 @@ class Session:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         on_full: str = "block",
         timeout: float = 60.0,
+        mode: str | None = None,
     ) -> None:
         self._config = resolve(
             prefix=prefix,
@@ -109,6 +93,7 @@ class Session:
             api_key=api_key,
             session_dir=session_dir,
             agent=agent,
+            mode=mode,
         )
         if readme is not None:  # upstream 0.3's name for the description
             if description is not None and description != readme:
@@ -275,7 +260,18 @@ class Session:
         return self._pipe
 
     def _call(self, op: str, *args: Any) -> Any:
-        return self._writer.call(self._require_pipe(), op, args, self._timeout)
+        pipe = self._require_pipe()
+        store = getattr(pipe.sink, "store", None)
+        if store is not None:  # remote: reads and files on this thread, not the writer's
+            from .sinks import STORE_OPS
+
+            if op in STORE_OPS:
+                return _remote_store_call(self._writer, pipe, op, args, self._timeout)
+            if op == "flush":  # wait for the server's acks here, not on the writer thread
+                mark = self._writer.call(pipe, "delivery_mark", (), self._timeout)
+                names = args[0] if args[0] is not None else [s.name for s in list(pipe.streams.values()) if not s.is_log]
+                return pipe.sink.wait_and_report(mark, names, self._timeout)
+        return self._writer.call(pipe, op, args, self._timeout)
 
     # -- the API -----------------------------------------------------------------
     def track(self, name: str | None = None) -> Track | Tracks:
@@ -349,7 +345,19 @@ class Session:
         """Counters of the background pipeline: queued, dropped, write errors, ..."""
         if self._pipe is None:
             return {"state": self._state}
-        return {"state": self._state, "status": self._status, **self._pipe.health()}
+        sink_health = getattr(self._pipe.sink, "health", None)
+        extra = sink_health() if sink_health is not None else {}
+        return {"state": self._state, "status": self._status, **self._pipe.health(), **extra}
+
+
+def _remote_store_call(writer: Writer, pipe: SessionPipe, op: str, args: tuple, timeout: float) -> Any:
+    """A read waits until the server acknowledged everything queued before it;
+    files need no wait. The network call runs on the caller's thread."""
+    sink = pipe.sink
+    if not op.startswith("files_"):
+        mark = writer.call(pipe, "delivery_mark", (), timeout)
+        sink.wait_delivered(mark, timeout)
+    return sink.call_store(op, *args)
 
 
 def dreamlake_session(*session_args: Any, **session_kwargs: Any) -> Callable:

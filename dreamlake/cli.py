@@ -184,9 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--lines", type=int, default=10)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new rows")
     _add_export(add)
+    from ._sync_cli import add_commands as add_sync_commands  # sync
     from .ui._cli import add_commands as add_ui_commands  # ui, plot
 
     add_ui_commands(sub)
+    add_sync_commands(sub)
     return parser
 
 

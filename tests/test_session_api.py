@@ -64,16 +64,19 @@ def test_storage_root_rule(tmp_path, monkeypatch):
     assert Session(prefix="w/n").directory == (tmp_path / "env" / "w" / "n")
 
 
-def test_url_without_server_keeps_data_locally_and_says_so(tmp_path):
-    with pytest.warns(RuntimeWarning, match="remote sync is not available"):
-        import dreamlake._session as module
+def test_url_without_server_keeps_data_locally_and_says_so(tmp_path, caplog):
+    """A URL plus a local root writes both; an unreachable server leaves the
+    batches in the spool for later (remote mode, issue 11)."""
+    from dreamlake._sync import unsynced_summary
 
-        module._warned_remote = False
-        with Session(prefix="ws/r", root=str(tmp_path), url="https://example.invalid", user_name="me") as s:
-            s.log("kept locally")
+    with Session(prefix="ws/r", root=str(tmp_path), url="https://example.invalid", user_name="me") as s:
+        s.log("kept locally")
     meta = _meta(tmp_path / "ws" / "r")
     assert meta["url"] == "https://example.invalid" and meta["userName"] == "me"
     assert "api_key" not in json.dumps(meta).lower()
+    assert "kept locally" in (tmp_path / "ws" / "r" / "logs.jsonl").read_text()
+    assert unsynced_summary(str(tmp_path / "ws" / "r"))["spooled_batches"] == 1
+    assert any("server unreachable" in r.getMessage() for r in caplog.records)
 
 
 # -- lifecycle ------------------------------------------------------------------

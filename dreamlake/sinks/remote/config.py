@@ -1,0 +1,112 @@
+"""Remote sink settings: the named limits of batching, retrying and spooling,
+and where a session's remote target is (URL, workspace, name, credentials)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+
+__all__ = [
+    "RemoteTarget",
+    "BATCH_MAX_ROWS",
+    "BATCH_MAX_BYTES",
+    "BATCH_MAX_AGE",
+    "ZSTD_LEVEL",
+    "MEMORY_MAX_BATCHES",
+    "MEMORY_MAX_BYTES",
+    "SPOOL_BUDGET",
+    "RETRY_MIN",
+    "RETRY_MAX",
+    "FLUSH_WAIT",
+    "CLOSE_WAIT",
+    "CONNECT_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "SEQ_BLOCK",
+    "ENV_SPOOL_BUDGET",
+    "spool_budget",
+]
+
+#: A batch is sealed when it holds this many rows (all streams together) ...
+#: (msgpack-encoding a batch holds the GIL: 10k W1 rows ~2 ms; 20k doubled the
+#: hot path p99, 5k halved end-to-end rows/s: see benchmarks/remote.py)
+BATCH_MAX_ROWS = 10_000
+#: ... or this many bytes of msgpack (estimated before encoding) ...
+BATCH_MAX_BYTES = 4 << 20
+#: ... or its first row is this old (seconds). Bounds what a ``kill -9`` loses.
+BATCH_MAX_AGE = 0.25
+#: zstd level of a batch body. Measured by ``benchmarks/remote.py`` on a
+#: 20k-row W1 batch: level 1 -> 0.137 of the JSON rows at 168 MB/s, level 3 ->
+#: 0.126 at 89 MB/s, levels 6/9 -> 0.125 at 20/10 MB/s. Level 3 buys 8 % fewer
+#: bytes than 1 for CPU a background thread easily affords; higher levels buy nothing.
+ZSTD_LEVEL = 3
+#: Sealed batches waiting in memory before the sender moves them to the spool.
+MEMORY_MAX_BATCHES = 16
+#: Raw bytes of sealed batches in memory beyond which ``write_rows`` refuses
+#: (the writer then keeps the rows within the session's memory budget).
+MEMORY_MAX_BYTES = 64 << 20
+#: Disk budget of one client's spool (bytes); ``$DREAMLAKE_SPOOL_BUDGET`` overrides.
+SPOOL_BUDGET = 1 << 30
+ENV_SPOOL_BUDGET = "DREAMLAKE_SPOOL_BUDGET"
+#: Backoff between delivery attempts: exponential with full jitter, seconds.
+RETRY_MIN, RETRY_MAX = 0.1, 10.0
+#: ``flush()`` waits at most this long for the server's acknowledgements.
+FLUSH_WAIT = 30.0
+#: ``close()`` waits at most this long; what is unacknowledged stays spooled.
+CLOSE_WAIT = 10.0
+CONNECT_TIMEOUT = 5.0
+#: A request (ingest, read, file) that gets no answer in this long is retried.
+REQUEST_TIMEOUT = 20.0
+#: Sequence numbers are reserved on disk this many at a time, so a restarted
+#: client never reuses one without a disk write per batch.
+SEQ_BLOCK = 1000
+
+
+def spool_budget() -> int:
+    raw = os.environ.get(ENV_SPOOL_BUDGET)
+    if raw:
+        try:
+            return max(0, int(raw))
+        except ValueError:
+            raise ValueError(f"{ENV_SPOOL_BUDGET} must be a number of bytes, got {raw!r}") from None
+    return SPOOL_BUDGET
+
+
+def dev_token(user_name: str) -> str:
+    """Upstream's unsigned development token for ``user_name=`` (accepted only
+    by a server started with ``--dev``)."""
+
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'userName': user_name})}.dev"
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    """One remote session: ``url`` + ``workspace``/``name``, with a key
+    (``api_key=`` or ``$DREAMLAKE_API_KEY``) or a dev ``user_name``."""
+
+    url: str
+    workspace: str
+    name: str
+    api_key: str | None = field(default=None, repr=False)
+    user_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"remote url must start with http:// or https://, got {self.url!r}")
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+
+    def headers(self) -> dict[str, str]:
+        key = self.api_key or os.environ.get("DREAMLAKE_API_KEY")
+        if key:
+            return {"Authorization": f"Bearer {key}"}
+        if self.user_name:
+            return {"Authorization": f"Bearer {dev_token(self.user_name)}"}
+        return {}
+
+    @property
+    def ingest_url(self) -> str:
+        return f"{self.url}/ingest/{self.workspace}/{self.name}"

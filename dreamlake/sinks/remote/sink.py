@@ -1,0 +1,263 @@
+"""The remote sink: rows -> open batch -> sealed batch -> sender thread.
+
+The writer thread only hands rows over (``write_rows`` never touches the
+network or the disk); the sender thread (:mod:`.delivery`) encodes, sends,
+retries and spools. Index ranges are assigned by the server and come back in
+its acknowledgements: ``write_rows`` returns a provisional local index and
+``flush_report`` returns the server's ranges.
+
+What ``flush()`` waits for: every batch sealed before it acknowledged by the
+server, or — while the server is unreachable or refuses the key — safely in
+the on-disk spool; at most ``FLUSH_WAIT`` seconds, then ``SinkError``.
+Reads wait until the server acknowledged everything before them, then ask the
+server's REST API (a ``SinkError`` when it cannot be reached).
+``close()`` tries once more at once and waits ``CLOSE_WAIT`` seconds at most
+(it stops waiting as soon as the server proved unreachable and everything is
+in the spool); what is still unacknowledged stays in the spool and is delivered by the next process that opens the
+session or by ``dreamlake sync``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from ..._errors import SinkError
+from ...server.wire import IngestAck
+from .batch import BatchBuilder
+from .config import CLOSE_WAIT, FLUSH_WAIT, RemoteTarget
+from .delivery import Delivery
+from .encoder import estimate_row_bytes
+from .service import DeliveryError, IngestService, RemoteStore
+from .spool import ClientSlot, acquire_new_slot, free_slots
+
+__all__ = ["RemoteSink", "Backpressure"]
+
+log = logging.getLogger("dreamlake")
+
+
+class Backpressure(SinkError):
+    """Memory and spool are full: the writer keeps the rows and retries."""
+
+
+class RemoteSink:
+    def __init__(self, target: RemoteTarget, session_dir: str) -> None:
+        self.target = target
+        self.directory = os.path.abspath(session_dir)
+        self.service = IngestService(target)
+        self.store = RemoteStore(target, self._session_id)
+        self._info: dict = {}
+        self._row_bytes: dict[tuple[str, bool], int] = {}
+        self._counts: dict[tuple[str, bool], int] = {}
+        self._windows: dict[str, list] = {}
+        self._windows_lock = threading.Lock()
+        self._drains: list[Delivery] = []
+        self._delivery: Delivery | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def open(self, info: dict) -> dict:
+        os.makedirs(self.directory, exist_ok=True)
+        self._info = {k: v for k, v in info.items() if k not in ("url", "userName")}
+        slot = self._adopt_or_create()
+        slot.state["url"] = self.target.url  # where `dreamlake sync` delivers a leftover spool
+        slot.save()
+        self._start(slot, owner=True)
+        return {**info, "status": "running", "remote": self.target.url, "clientId": slot.client}
+
+    def _adopt_or_create(self) -> ClientSlot:
+        """Continue a dead owner's slot (its spool goes first, same client id);
+        drain other dead slots on their own threads."""
+        mine = None
+        for slot in free_slots(self.directory):
+            if mine is None and slot.state.get("owner") and not slot.state.get("closed"):
+                mine = slot
+            elif slot.spool.frames:
+                drain = Delivery(slot, self.service, None)
+                self._drains.append(drain)
+                drain.start()
+            else:
+                slot.state["closed"] = True
+                slot.release()
+        if mine is None:
+            return acquire_new_slot(self.directory, self._info, owner=True)
+        mine.state.update(info=self._info, pid=os.getpid())
+        mine.save()
+        return mine
+
+    def _start(self, slot: ClientSlot, owner: bool) -> None:
+        self._slot = slot
+        self._builder = BatchBuilder(slot.next_seq)
+        self._delivery = Delivery(slot, self.service, self._builder, self._on_ack, self._info if owner else None)
+        self._delivery.start()
+
+    def close(self, status: str, error: str | None) -> None:
+        delivery = self._require()
+        delivery.push(self._builder.seal(close=(status, error)))
+        target = delivery.sealed_upto
+        delivered = delivery.wait_settled(target, CLOSE_WAIT, delivered_only=True, one_try=True)
+        delivery.stop()
+        self._slot.state["closed"] = delivered
+        if not delivered:
+            pending = delivery.pending()
+            log.warning(
+                "dreamlake: %s/%s: %d batches not acknowledged by %s; kept in %s and delivered by the next "
+                "run of this session or `dreamlake sync`",
+                self.target.workspace, self.target.name,
+                pending["spooled_batches"] + pending["memory_batches"], self.target.url, self._slot.directory,
+            )
+        self._slot.release()
+        for drain in self._drains:  # what is left is delivered by the next run or sync
+            drain.stop()
+            drain.slot.state["closed"] = drain.slot.clean
+            drain.slot.release()
+        self._drains = []
+
+    def after_fork_in_child(self) -> None:
+        """The child sends from its own slot (new client id); what the parent
+        had queued or open is the parent's to send."""
+        self._slot.forget_after_fork()
+        self._drains = []
+        self._windows = {}
+        self._windows_lock = threading.Lock()
+        slot = acquire_new_slot(self.directory, self._info, owner=False)
+        slot.state["url"] = self.target.url
+        slot.save()
+        self._start(slot, owner=False)
+
+    # -- writing (writer thread: no network, no disk) ---------------------------
+    def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:
+        delivery = self._require()
+        if delivery.memory_full():
+            raise Backpressure(f"{delivery.ready_bytes} bytes of batches wait for the server and the spool is full")
+        key = (name, is_log)
+        size = self._row_bytes.get(key)
+        if size is None:
+            size = self._row_bytes[key] = estimate_row_bytes(rows)
+        if self._builder.add_rows(key, rows, size):
+            delivery.push(self._builder.seal())
+        first = self._counts.get(key, 0)
+        self._counts[key] = first + len(rows)
+        return first
+
+    def write_params(self, flat: dict) -> None:
+        self._require()
+        self._builder.add_params(flat)
+
+    # -- acknowledgements and flush ----------------------------------------------
+    def _on_ack(self, ack: IngestAck) -> None:
+        with self._windows_lock:
+            for r in ack.ranges:
+                if r.kind != "track" or not r.count:
+                    continue
+                window = self._windows.get(r.name)
+                if window is None:
+                    self._windows[r.name] = [r.startIndex, r.endIndex, r.count]
+                else:
+                    window[1] = r.endIndex
+                    window[2] += r.count
+
+    def delivery_mark(self) -> int:
+        """Seal the open batch; the seq a reader must see acknowledged."""
+        delivery = self._require()
+        delivery.push(self._builder.seal())
+        return delivery.sealed_upto
+
+    def wait_delivered(self, mark: int, timeout: float | None = None, delivered_only: bool = True) -> None:
+        delivery = self._require()
+        # a read (delivered_only) fails fast once the server proved unreachable
+        if not delivery.wait_settled(mark, FLUSH_WAIT if timeout is None else timeout, delivered_only, one_try=delivered_only):
+            pending = delivery.pending()
+            raise SinkError(
+                f"the server at {self.target.url} has not acknowledged {pending['memory_batches'] + pending['spooled_batches']} "
+                f"batches ({delivery.last_error or 'still sending'}); they are kept and retried"
+            )
+
+    def flush(self) -> None:
+        self.wait_delivered(self.delivery_mark(), delivered_only=False)
+
+    def flush_report(self, names: list[str] | None) -> list[dict]:
+        """Today's writer calls this on its thread (it then waits on the server)."""
+        return self.wait_and_report(self.delivery_mark(), names)
+
+    def wait_and_report(self, mark: int, names: list[str] | None, timeout: float | None = None) -> list[dict]:
+        """Wait (any thread) until ``mark`` is settled, then hand out the index
+        windows the server acknowledged per track since the previous report."""
+        self.wait_delivered(mark, timeout, delivered_only=False)
+        with self._windows_lock:
+            wanted = [n for (n, is_log) in self._counts if not is_log] if names is None else names
+            report = []
+            for name in wanted:
+                start, end, count = self._windows.pop(name, (None, None, 0))
+                report.append({"trackId": name, "startIndex": start, "endIndex": end, "count": count})
+            return report
+
+    def health(self) -> dict:
+        delivery = self._require()
+        return {
+            "remote": self.target.url,
+            "client": self._slot.client,
+            "delivery": delivery.state,
+            "remote_error": delivery.last_error,
+            "auth_failed": delivery.state == "auth_failed",
+            **delivery.counters,
+            **delivery.pending(),
+        }
+
+    def _require(self) -> Delivery:
+        if self._delivery is None:
+            raise SinkError("the remote sink is not open")
+        return self._delivery
+
+    def _session_id(self) -> str:
+        delivery = self._require()
+        if delivery.session_id is None:
+            try:
+                delivery.session_id = self.service.upsert(self._info)["id"]
+            except DeliveryError as exc:
+                raise SinkError(f"cannot reach the session at {self.target.url}: {exc}") from exc
+        return delivery.session_id
+
+    # -- reads and files (today's barrier ops; see Store) --------------------------
+    def _store_call(self, op: str, *args: Any) -> Any:
+        if not op.startswith("files_"):
+            self.wait_delivered(self.delivery_mark())
+        return self.call_store(op, *args)
+
+    def call_store(self, op: str, *args: Any) -> Any:
+        """One Store call, any thread, httpx errors mapped to ``SinkError``."""
+        try:
+            return getattr(self.store, op)(*args)
+        except DeliveryError as exc:
+            raise SinkError(f"{op} at {self.target.url} failed: {exc}") from exc
+
+    def read(self, name: str, is_log: bool, start_index: int, limit: int) -> dict:
+        return self._store_call("read", name, is_log, start_index, limit)
+
+    def read_range(self, name: str, is_log: bool, start_ts: Any, end_ts: Any, limit: int) -> dict:
+        return self._store_call("read_range", name, is_log, start_ts, end_ts, limit)
+
+    def stats(self, name: str) -> dict:
+        return self._store_call("stats", name)
+
+    def list_tracks(self) -> list[dict]:
+        return self._store_call("list_tracks")
+
+    def params_get(self) -> dict:
+        return self._store_call("params_get")
+
+    def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict) -> dict:
+        return self._store_call("files_upload", src, folder, description, tags, metadata)
+
+    def files_list(self, folder: str | None, tags: list | None) -> list[dict]:
+        return self._store_call("files_list", folder, tags)
+
+    def files_download(self, file_id: str, dest: str) -> str:
+        return self._store_call("files_download", file_id, dest)
+
+    def files_delete(self, file_id: str) -> dict:
+        return self._store_call("files_delete", file_id)
+
+    def files_update(self, file_id: str, changes: dict) -> dict:
+        return self._store_call("files_update", file_id, changes)

@@ -47,7 +47,8 @@ def _row_matches(obj: Any, position: int, stamp: float) -> bool:
     if type(obj) is dict and type(obj.get("data")) is dict and "index" in obj and obj["index"] != position:
         return False
     ts = line_ts(obj)
-    return ts is None or ts == stamp
+    # a log entry keeps its time as ISO text with microseconds: equal to the microsecond
+    return ts is None or ts == stamp or abs(ts - stamp) < 1e-6
 
 #: Rows encoded per C call; bounds how long the writer holds the GIL (~0.2 ms).
 ENCODE_CHUNK_ROWS = 1024

@@ -250,3 +250,17 @@ def test_uploading_a_fifo_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(IsADirectoryError, match="not a regular file"):
         FileStore(str(tmp_path / "ws" / "s")).upload(str(fifo), "", None, [], {})
+
+
+def test_reading_logs_never_takes_a_sound_index_for_a_corrupt_one(tmp_path, caplog):
+    """Log entries keep their time as ISO text (microseconds) while the index keeps
+    the float: the check must not call that a disagreement (and rebuild on every read)."""
+    with caplog.at_level(logging.WARNING, logger="dreamlake"):
+        with Session(prefix="ws/logs", root=str(tmp_path)) as s:
+            for i in range(50):
+                s.log(f"m{i}")
+            assert [e["data"]["message"] for e in s.logs()["data"]] == [f"m{i}" for i in range(50)]
+        files = local_sink.stream_files(str(tmp_path / "ws" / "logs"), "", is_log=True)
+        rows, total = files.read(0, 100)
+    assert total == 50 and [row["sequenceNumber"] for _, _, row in rows] == list(range(50))
+    assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]

@@ -29,11 +29,11 @@ from typing import Any, Callable
 
 from ._file_store import FileStore
 from ._fsutil import read_json, write_json_atomic
-from ._local_sink import list_track_names, stream_files
+from ._local_sink import list_track_names, read_params, stream_files
 from .sinks.remote.batch import SealedBatch
 from .sinks.remote.config import BATCH_MAX_BYTES, BATCH_MAX_ROWS, RemoteTarget
 from .sinks.remote.encoder import encode, estimate_row_bytes
-from .sinks.remote.service import AuthFailed, DeliveryError, IngestService, Rejected, RemoteStore, Retryable, backoff
+from .sinks.remote.service import AuthFailed, IngestService, Rejected, RemoteStore, Retryable, backoff
 from .sinks.remote.spool import free_slots, pending_in_slots, slots_dir
 
 __all__ = ["SyncError", "SyncReport", "sync_session", "find_sessions", "unsynced_summary"]
@@ -146,9 +146,15 @@ def _key(name: str, is_log: bool) -> str:
 
 
 def _params(session_dir: str) -> dict:
-    from ._values import untag_nonfinite
+    return read_params(session_dir)
 
-    return untag_nonfinite(read_json(os.path.join(session_dir, "parameters.json"), default={}) or {})
+
+def _as_sent(row: dict, ts: float, is_log: bool) -> dict:
+    """A stored row as the ingest endpoint takes it: a log entry as stored
+    (sequenceNumber, ISO timestamp) goes back to ``_ts``, level, message, metadata."""
+    if not is_log:
+        return row
+    return {"_ts": ts, **{k: row[k] for k in ("level", "message", "metadata") if k in row}}
 
 
 def _digest(value: Any) -> str:
@@ -189,7 +195,7 @@ class _LocalUpload:
             is_log = key == "log"
             files = stream_files(self.dir, "logs" if is_log else key[len("track:"):], is_log)
             rows, _ = files.read(start, end - start)
-            batch.streams[("logs" if is_log else key[len("track:"):], is_log)] = [row for _, _, row in rows]
+            batch.streams[("logs" if is_log else key[len("track:"):], is_log)] = [_as_sent(row, ts, is_log) for _, ts, row in rows]
             batch.rows += len(rows)
         return batch
 

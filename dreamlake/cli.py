@@ -12,7 +12,6 @@ from pathlib import Path
 
 from ._config import storage_root
 from ._reader import SessionReader
-from ._status import session_status  # noqa: F401 (for other commands)
 
 __all__ = ["main"]
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 
 import pytest
 
 from dreamlake import Session
-from remote_helpers import FaultProxy, free_port, server_logs, server_meta, server_rows, start_server, wait_for
+from remote_helpers import FaultProxy, free_port, server_meta, server_rows, start_server, wait_for
 from server_process import make_key
 
 

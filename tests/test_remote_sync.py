@@ -16,6 +16,7 @@ import pytest
 from dreamlake import Session
 from dreamlake._sync import unsynced_summary
 from dreamlake.cli import main
+from disk import disk_params
 from remote_helpers import FaultProxy, free_port, server_logs, server_meta, server_rows, start_server
 from server_process import make_key
 
@@ -68,8 +69,7 @@ def test_sync_uploads_once_and_second_run_is_a_no_op(server, tmp_path, capsys):
     assert [e["message"] for e in server_logs(server.root, "ws", "off")] == ["started"]
     meta = server_meta(server.root, "ws", "off")
     assert meta["status"] == "completed" and meta["description"] == "offline run"
-    params = json.loads((server.root / "ws" / "off" / "parameters.json").read_text())
-    assert params["lr"] == 0.1
+    assert disk_params(server.root / "ws" / "off")["lr"] == 0.1
     files = list((server.root / "ws" / "off" / "files").rglob("notes.txt"))
     assert len(files) == 1
     assert unsynced_summary(str(sdir))["synced"]

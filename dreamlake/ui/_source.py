@@ -20,7 +20,7 @@ from typing import Protocol, Sequence, runtime_checkable
 from .._file_store import FileStore
 from .._fsutil import read_json
 from .._local_sink import LocalSink, list_track_names, read_page, stream_files, track_stats
-from ..cli import session_status
+from .._status import session_status
 from ._sample_read import read_rows_at as read_scattered
 
 __all__ = ["DataSource", "LocalStoreSource", "NotFound", "Row"]

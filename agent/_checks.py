@@ -18,7 +18,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, Callable
 
-from dreamlake._files_api import _check_metadata, _check_tags
+from dreamlake._files_api import check_metadata, check_tags
 from dreamlake._names import check_file_folder, check_file_id, check_log_level, check_segment, check_track_name
 from dreamlake._params import flatten
 from dreamlake._protocol import ProtocolError
@@ -45,8 +45,8 @@ OPEN_INFO_KEYS = frozenset(("name", "workspace", "prefix", "description", "tags"
 #: checksum, ...) is the store's.
 FILE_CHANGE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "description": lambda v: _optional_str(v, "description"),
-    "tags": _check_tags,
-    "metadata": _check_metadata,
+    "tags": check_tags,
+    "metadata": check_metadata,
 }
 #: Operations that touch only the session's files area: run in a worker thread,
 #: off the writer that serves every session.
@@ -229,13 +229,13 @@ def check_call(op: str, args: list) -> tuple:
             src,
             check_file_folder(args[1]),
             _optional_str(args[2], "description"),
-            _check_tags(args[3]),
-            _check_metadata(args[4]),
+            check_tags(args[3]),
+            check_metadata(args[4]),
         )
     if op == "files_list":
         _arity(op, args, 2, 2)
         folder = None if args[0] is None else check_file_folder(args[0])
-        return (folder, None if args[1] is None else _check_tags(args[1]))
+        return (folder, None if args[1] is None else check_tags(args[1]))
     if op == "files_download":
         _arity(op, args, 2, 2)
         return (check_file_id(args[0]), _absolute_path(args[1], "files_download destination"))

@@ -11,13 +11,13 @@ from ._values import capture
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import Session
 
-__all__ = ["Files", "FileBuilder", "MAX_FILE_BYTES"]
+__all__ = ["Files", "FileBuilder", "MAX_FILE_BYTES", "check_tags", "check_metadata"]
 
 #: The documented per-file limit.
 MAX_FILE_BYTES = 5 << 30
 
 
-def _check_tags(tags: Any) -> list[str]:
+def check_tags(tags: Any) -> list[str]:
     if tags is None:
         return []
     if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
@@ -25,7 +25,7 @@ def _check_tags(tags: Any) -> list[str]:
     return list(tags)
 
 
-def _check_metadata(metadata: Any) -> dict:
+def check_metadata(metadata: Any) -> dict:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
@@ -63,12 +63,12 @@ class Files:
             raise TypeError("description must be a str")
         folder = check_file_folder(path)
         return self._session._call(
-            "files_upload", os.path.abspath(src), folder, description, _check_tags(tags), _check_metadata(metadata)
+            "files_upload", os.path.abspath(src), folder, description, check_tags(tags), check_metadata(metadata)
         )
 
     def list(self, path: str | None = None, tags: list[str] | None = None) -> list[dict]:
         folder = None if path is None else check_file_folder(path)
-        return self._session._call("files_list", folder, _check_tags(tags) or None)
+        return self._session._call("files_list", folder, check_tags(tags) or None)
 
     def download(self, file_id: str, dest: str | os.PathLike = ".") -> str:
         """Copy a stored file to ``dest`` (a file path or a directory); returns the path."""
@@ -91,9 +91,9 @@ class Files:
                 raise TypeError("description must be a str")
             changes["description"] = description
         if tags is not None:
-            changes["tags"] = _check_tags(tags)
+            changes["tags"] = check_tags(tags)
         if metadata is not None:
-            changes["metadata"] = _check_metadata(metadata)
+            changes["metadata"] = check_metadata(metadata)
         return self._session._call("files_update", str(file_id), changes)
 
 

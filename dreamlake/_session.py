@@ -15,7 +15,7 @@ from . import _lifecycle
 from ._config import SessionConfig, resolve
 from ._errors import SessionStateError
 from ._files_api import FileBuilder, Files
-from ._names import check_track_name
+from ._names import LOG_LEVELS, check_log_level, check_track_name
 from ._params import Params
 from ._pipe import DEFAULT_MEMORY_BUDGET, LOG_STREAM, SessionPipe
 from ._tracks import Track, Tracks
@@ -26,9 +26,7 @@ __all__ = ["Session", "dreamlake_session", "LOG_LEVELS"]
 
 log = logging.getLogger("dreamlake")
 
-LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 _END_STATUSES = ("completed", "failed", "interrupted")
-_LEVEL_ALIASES = {"warning": "warn", "critical": "fatal"}
 _time = time.time
 
 
@@ -315,11 +313,7 @@ class Session:
         ``extra`` fields are merged into ``metadata``."""
         if not isinstance(message, str):
             raise TypeError(f"log message must be a str, got {type(message).__name__}")
-        if not isinstance(level, str):
-            raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}")
-        level = _LEVEL_ALIASES.get(level.lower(), level.lower())
-        if level not in LOG_LEVELS:
-            raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}")
+        level = check_log_level(level)
         now = _time()
         entry: dict = {"_ts": now, "level": level, "message": capture(message)}
         if metadata is not None and not isinstance(metadata, dict):
@@ -342,12 +336,15 @@ class Session:
         return self._call("flush", None)
 
     def health(self) -> dict:
-        """Counters of the background pipeline: queued, dropped, write errors, ..."""
+        """Counters of the background pipeline: queued, dropped, write errors, ...
+        ``mode`` says where the rows go: ``thread`` (this process writes the
+        store), ``agent``, or ``local-fallback`` (the agent was lost and this
+        process writes instead); remote sessions add their delivery state."""
         if self._pipe is None:
             return {"state": self._state}
         sink_health = getattr(self._pipe.sink, "health", None)
         extra = sink_health() if sink_health is not None else {}
-        return {"state": self._state, "status": self._status, **self._pipe.health(), **extra}
+        return {"state": self._state, "status": self._status, "mode": "thread", **self._pipe.health(), **extra}
 
 
 def _remote_store_call(writer: Writer, pipe: SessionPipe, op: str, args: tuple, timeout: float) -> Any:

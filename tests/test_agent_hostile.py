@@ -223,6 +223,7 @@ def test_health_says_local_fallback_and_counts_rows_lost_with_the_agent(agents, 
         track.flush()
         assert sink.health() == {"mode": "agent", "socket": agents.sock, "lost_with_agent": 0,
                                  "unconfirmed_rows": 0, "fallback_reason": None}
+        assert session.health()["mode"] == "agent"  # what the user sees
         if stop == "kill -9":
             os.kill(proc.pid, signal.SIGSTOP)  # it reads nothing more from here on
         for i in range(100, 150):
@@ -233,7 +234,7 @@ def test_health_says_local_fallback_and_counts_rows_lost_with_the_agent(agents, 
         with pytest.warns(RuntimeWarning, match="lost the dreamlake-agent"):
             track.append(_ts=1000.0, v=1000)
             track.flush()
-        health = sink.health()
+        health = session.health()
         assert health["mode"] == "local-fallback"
         assert health["lost_with_agent"] == (50 if stop == "kill -9" else 0)
         assert ("stopped cleanly" in health["fallback_reason"]) == (stop == "clean stop")

@@ -326,3 +326,11 @@ def test_append_batch_minus_one_ts_as_the_first_row_of_a_session_is_now(tmp_path
         data = [p["data"] for p in s.track("t").read()["data"]]
     assert data[0]["_ts"] >= before  # like append(_ts=-1) with no earlier _ts: now
     assert data[1]["_ts"] > data[0]["_ts"]
+
+
+def test_health_says_the_session_writes_in_thread_mode(tmp_path):
+    with Session(prefix="ws/h", root=str(tmp_path)) as s:
+        s.track("t").append(v=1)
+        s.flush()
+        health = s.health()
+    assert health["mode"] == "thread" and health["rows_written"] == 1 and health["status"] == "running"

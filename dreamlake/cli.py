@@ -31,14 +31,31 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not sessions:
         print(f"no sessions under {root.absolute()}")
         return 0
-    print(f"{'SESSION':<40} {'STATUS':<12} {'TRACKS':>6} {'ROWS':>10}  UPDATED")
+    print(f"{'SESSION':<40} {'STATUS':<12} {'TRACKS':>6} {'ROWS':>10}  {'SYNC':<24} UPDATED")
     for directory in sessions:
         prefix = f"{directory.parent.name}/{directory.name}"
         reader = SessionReader(directory, prefix)
         names = reader.tracks.names()
         rows = sum(reader.track(n).count() for n in names)
-        print(f"{prefix:<40} {reader.status:<12} {len(names):>6} {rows:>10,}  {reader.meta.get('updatedAt', '')}")
+        sync = _sync_state(directory)
+        print(f"{prefix:<40} {reader.status:<12} {len(names):>6} {rows:>10,}  {sync:<24} {reader.meta.get('updatedAt', '')}")
     return 0
+
+
+def _sync_state(directory: Path) -> str:
+    """``local`` (no server), ``synced``, or what ``dreamlake sync`` would still send."""
+    from ._sync import unsynced_summary
+
+    summary = unsynced_summary(str(directory))
+    if not summary["url"] and not summary["spooled_batches"]:
+        return "local"
+    if summary["synced"]:
+        return "synced"
+    pending = [f"{summary['unsynced_rows']:,} rows"] if summary["unsynced_rows"] else []
+    if summary["spooled_batches"]:
+        pending.append(f"{summary['spooled_batches']} spooled")
+    pending += [what for what in ("params", "files", "status") if summary[what]]
+    return "unsynced: " + ", ".join(pending)
 
 
 def _session_dir(args: argparse.Namespace) -> Path:

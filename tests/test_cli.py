@@ -26,7 +26,7 @@ def _make(tmp_path):
 def test_ls_show_tail(tmp_path):
     _make(tmp_path)
     listing = _cli("ls", "--root", str(tmp_path))
-    assert "ws/cli" in listing and "completed" in listing and " 25" in listing
+    assert "ws/cli" in listing and "completed" in listing and " 25" in listing and " local " in listing
 
     shown = _cli("show", "ws/cli", "--root", str(tmp_path))
     assert "lr = 0.01" in shown

@@ -63,6 +63,9 @@ def test_sync_uploads_once_and_second_run_is_a_no_op(server, tmp_path, capsys):
     local = _offline_session(tmp_path, server.url)
     sdir = local / "ws" / "off"
     assert not unsynced_summary(str(sdir))["synced"]
+    capsys.readouterr()
+    assert main(["ls", "--root", str(local)]) == 0
+    assert "unsynced: 2,502 rows, params, files, status" in capsys.readouterr().out  # 2,501 track rows + 1 log entry
     assert main(["sync", str(local), "--api-key", server.key, "-q"]) == 0
     assert [r["step"] for r in server_rows(server.root, "ws", "off", "train")] == list(range(2500))
     assert len(server_rows(server.root, "ws", "off", "eval")) == 1
@@ -74,6 +77,8 @@ def test_sync_uploads_once_and_second_run_is_a_no_op(server, tmp_path, capsys):
     assert len(files) == 1
     assert unsynced_summary(str(sdir))["synced"]
     capsys.readouterr()
+    assert main(["ls", "--root", str(local)]) == 0
+    assert " synced " in capsys.readouterr().out
     assert main(["sync", str(local), "--api-key", server.key, "-q"]) == 0
     assert "up to date" in capsys.readouterr().out
     assert len(server_rows(server.root, "ws", "off", "train")) == 2500

@@ -41,16 +41,17 @@ def _rows(n: int, start: int) -> list[dict]:
              "acc": ((start + i) % 1000) / 1000.0} for i in range(n)]
 
 
-def _start_server(root: Path, fsync: str) -> tuple[subprocess.Popen, str]:
+def start_server(root: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """A dreamlake-server on a free loopback port, once healthy; ``extra`` CLI arguments."""
     args = [sys.executable, "-m", "dreamlake.server", "--root", str(root), "--port", "0", "--log-level", "warning",
-            "--max-body-mb", "64", "--fsync", fsync]
+            "--max-body-mb", "64", *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     url = proc.stdout.readline().strip()
     if not url.startswith("http://"):
         raise SystemExit("dreamlake-server did not start")
     import httpx
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/health").status_code == 200:
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         from dreamlake.server._settings import Settings
 
         key = create_key(Settings(root=tmp / "store").state_dir, "bench", [])
-        proc, url = _start_server(tmp / "store", fsync=args.fsync)
+        proc, url = start_server(tmp / "store", "--fsync", args.fsync)
         try:
             results = []
             for clients in (1, 4):

@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 from benchmarks._stats import percentile
-from benchmarks.server_ingest import _batched_client, _client, _run
+from benchmarks.server_ingest import _batched_client, _client, _run, start_server
 from dreamlake.server._local_storage import session_id_for
 
 INGEST_FLOOR = 500_000  # DESIGN §7: rows/s from one client into the server on loopback
@@ -41,27 +41,6 @@ _SCHEMA_OPTION = "options=-csearch_path%3D"
 def _batched_on_replica(urls: list[str], key: str, client_no: int, *rest) -> None:
     """One W7 client, on replica ``client_no % len(urls)``."""
     _batched_client(urls[client_no % len(urls)], key, client_no, *rest)
-
-
-def _start(root: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dreamlake.server", "--root", str(root), "--port", "0", "--log-level", "warning",
-         "--max-body-mb", "64", *extra],
-        stdout=subprocess.PIPE, text=True,
-    )
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://"):
-        raise SystemExit("dreamlake-server did not start")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise SystemExit("dreamlake-server never became healthy")
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -89,7 +68,7 @@ def _drop_schema(url: str) -> None:
 
 
 def _ingest(root: Path, key: str, replicas: int, clients: int, batches: int, batch: int, *extra: str) -> dict:
-    servers = [_start(root, *extra) for _ in range(replicas)]
+    servers = [start_server(root, *extra) for _ in range(replicas)]
     try:
         return _run(_batched_on_replica, clients, [url for _, url in servers], key, batches, batch)
     finally:
@@ -137,7 +116,7 @@ def _http_reads(label: str, root: Path, key: str, sid: str, track: str, rows: in
     """A server's bare round trip (``/health``: the floor of any request on this
     machine), then 100 rows at the end of ``track`` by index and by ``_ts``."""
     start_ts = 1.7e9 + (rows - 100) * 1e-3
-    proc, url = _start(root, *server_args)
+    proc, url = start_server(root, *server_args)
     try:
         with _client(url, {"Authorization": f"Bearer {key}"}) as c:
             def page(params: dict) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from dreamlake._local_sink import stream_files
-from server_process import ServerProcess
+from server_process import ServerProcess, make_key
 
 __all__ = ["free_port", "start_server", "server_rows", "server_logs", "server_meta", "FaultProxy", "wait_for"]
 
@@ -27,6 +27,20 @@ def free_port() -> int:
 
 def start_server(root: Path, port: int, *args: str) -> ServerProcess:
     return ServerProcess(root, "--port", str(port), *args)
+
+
+def keyed_server(tmp_path: Path):
+    """A real server under ``tmp_path/server`` with ``.key`` valid for workspace ``ws``;
+    stopped when the generator is closed (use with ``yield from`` in a fixture)."""
+    root = tmp_path / "server"
+    root.mkdir()
+    key = make_key(root, workspaces=("ws",))
+    srv = start_server(root, free_port())
+    srv.key = key
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def server_rows(root: Path, workspace: str, name: str, track: str) -> list[dict]:

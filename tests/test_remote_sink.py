@@ -11,19 +11,13 @@ import time
 import pytest
 
 from dreamlake import Session
-from remote_helpers import FaultProxy, free_port, server_meta, server_rows, start_server, wait_for
+from remote_helpers import FaultProxy, free_port, keyed_server, server_meta, server_rows, start_server, wait_for
 from server_process import make_key
 
 
 @pytest.fixture
 def server(tmp_path):
-    root = tmp_path / "server"
-    root.mkdir()
-    key = make_key(root, workspaces=("ws",))
-    srv = start_server(root, free_port())
-    srv.key = key
-    yield srv
-    srv.stop()
+    yield from keyed_server(tmp_path)
 
 
 def test_rows_logs_params_reach_the_server_and_read_back(server, tmp_path):

@@ -17,19 +17,13 @@ from dreamlake import Session
 from dreamlake._sync import unsynced_summary
 from dreamlake.cli import main
 from disk import disk_params
-from remote_helpers import FaultProxy, free_port, server_logs, server_meta, server_rows, start_server
+from remote_helpers import FaultProxy, free_port, keyed_server, server_logs, server_meta, server_rows, start_server
 from server_process import make_key
 
 
 @pytest.fixture
 def server(tmp_path):
-    root = tmp_path / "server"
-    root.mkdir()
-    key = make_key(root, workspaces=("ws",))
-    srv = start_server(root, free_port())
-    srv.key = key
-    yield srv
-    srv.stop()
+    yield from keyed_server(tmp_path)
 
 
 def _offline_session(tmp_path, url, rows=2500):

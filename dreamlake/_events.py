@@ -4,18 +4,22 @@ A session's queue holds items in threes, each three pushed with one
 ``deque.extend`` (atomic in CPython, so threes from several threads never
 interleave):
 
-    stream_id, ts, fields               one track row or log entry (stream_id >= 0;
-                                        ``fields`` already holds ``"_ts"``)
-    -ROWS,    (stream_id, ts_list, rows, weight), None
-                                        append_batch, or one large row; ``weight``
+    stream_id, ts, payload              one track row or log entry (stream_id >= 0;
+                                        ``payload``: the msgpack bytes of its fields,
+                                        ``"_ts"`` included, encoded at the call)
+    -BATCH,   stream_id, payload        append_batch, or one large row: the msgpack
+                                        bytes of ``[weight, ts_list, rows]``; ``weight``
                                         is the budget slots it holds while queued
+    -ROWS,    (stream_id, ts_list, rows, weight), None
+                                        rows as dicts (the agent's side)
     -PARAMS,  flat_dict, None           a params.set() call, already flattened
     -BARRIER, (op, args, waiter), None  run ``sink.<op>(*args)`` after everything
                                         queued before it is written; the result
                                         goes to ``waiter``
 
-Why flat items rather than one tuple per event: a row's items are an int, a
-float and a dict of scalars, none of which CPython's cyclic GC tracks. Tuples
+Why flat items of bytes rather than tuples or dicts: a row's items are an
+int, a float and bytes, none of which CPython's cyclic GC tracks (a dict
+holding a list is tracked, and so is every tuple). Tuples
 would be tracked, promoted while they wait, and trigger full collections
 (measured: 6 full collections, 38-46 ms each on the caller's thread, per 300k
 queued rows, against 1 of 4-6 ms with flat items).
@@ -29,12 +33,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["ROWS", "PARAMS", "BARRIER", "Waiter"]
+__all__ = ["ROWS", "PARAMS", "BARRIER", "BATCH", "Waiter"]
 
 # pushed negated as the first item of a three (stream ids are >= 0)
 ROWS = 1
 PARAMS = 2
 BARRIER = 3
+BATCH = 4
 
 
 class Waiter:

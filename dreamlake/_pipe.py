@@ -1,9 +1,12 @@
 """A session's lock-free queue, its memory budget and its counters.
 
-Producers call ``pipe.push((stream_id, ts, fields))`` — a bound
-``deque.extend`` of one three (see :mod:`._events`), atomic in CPython and
-lock-free. Only when the queue is at its budget does a producer take the slow
-path (:meth:`SessionPipe.on_full`), which applies the policy:
+Producers call :meth:`SessionPipe.put_row`: under the session's producer
+lock (also the lock of the auto ``_ts``) it stamps the row, encodes it to
+bytes, copies them into the session's crash journal (:mod:`._journal`) and
+pushes one three (see :mod:`._events`) with a bound ``deque.extend``; so
+journal order is queue order, which the writer relies on to mark rows
+written. Only when the queue is at its budget does a producer take the slow
+path (:meth:`SessionPipe.wait_room`), which applies the policy:
 
 * ``block`` (default, lossless): wait until the writer has made room;
 * ``drop``: discard the event and count it.
@@ -21,7 +24,9 @@ from collections import deque
 from typing import Any
 
 from ._errors import SessionStateError
-from ._events import BARRIER, PARAMS, ROWS
+from ._events import BARRIER, BATCH, PARAMS, ROWS
+from ._journal import KEY_SHIFT, RECORD, Journal, JournalFull
+from ._values import capture_fields, encode_value
 
 __all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM"]
 
@@ -100,10 +105,13 @@ class SessionPipe:
         self.dropped = 0
         self.blocked_waits = 0
         self.rows_written = 0
+        self.journal_waits = 0
+        self.recovered_rows = 0  # rows of killed processes replayed when this session opened
         self.write_errors = 0
         self.last_error: str | None = None
         self.pending_params: dict = {}
-        self.retry: dict[StreamRef, tuple[list, list]] = {}
+        #: rows whose write failed, per stream: [rows, ts, first key, last key]
+        self.retry: dict[StreamRef, list] = {}
         self.retry_at = 0.0
         self.writer_backlog = 0
         self.closed = False
@@ -112,8 +120,12 @@ class SessionPipe:
         #: the agent widens it so rows from several processes can meet
         self.row_max_age: float | None = None
         # writer-side state (touched only by the writer thread)
-        self.pending: dict[int, list] = {}  # stream id -> [ts list, rows list]
+        self.pending: dict[int, list] = {}  # stream id -> [ts list, rows list, journal keys]
         self.held_rows = 0
+        #: the crash journal (None: not journaled, e.g. the agent's own pipes)
+        self.journal: Journal | None = None
+        self.drain_offset = 0  # journal offset of the next queued record (writer side)
+        self.backlog_since: float | None = None  # monotonic time the writer last had nothing unwritten
         self.open_ts: dict[int, float] = {}
         self.open_since: dict[int, float] = {}
 
@@ -134,6 +146,141 @@ class SessionPipe:
         self.ts_release()
         return t
 
+    def attach_journal(self, journal: Journal) -> None:
+        """Journal every row from now on (before the first stream is made)."""
+        self.journal = journal
+        for ref in self.stream_refs:
+            journal.declare(ref.sid, ref.name, ref.is_log)
+
+    # -- the producers' path -------------------------------------------------------
+    def put_row(self, sid: int, fields: dict, stamp: Any, wake_writer, remember: bool = True) -> bool:
+        """Stamp, encode, journal and queue one row (a dict of the caller's own,
+        not yet validated). ``stamp``: None (now), ``-1`` (this thread's last
+        ``_ts``) or a checked float, which ``remember`` makes this thread's last
+        ``_ts``. Returns False if the row was dropped."""
+        if len(self.queue) >= self.max_items and not self.wait_room(wake_writer):
+            return False
+        if not PLAIN_SCALARS_ONLY(fields):
+            fields = capture_fields(fields, copy=False)
+        while True:
+            self.ts_acquire()
+            try:
+                if stamp is None:
+                    t = time.time()
+                    if t <= self.last_auto_ts:
+                        t = self.last_auto_ts + 1e-6
+                    self.last_auto_ts = self.thread_ts.last = t
+                elif stamp == -1:
+                    t = getattr(self.thread_ts, "last", 0.0)
+                    if t == 0.0:  # no _ts yet in this thread: now
+                        t = time.time()
+                        if t <= self.last_auto_ts:
+                            t = self.last_auto_ts + 1e-6
+                        self.last_auto_ts = self.thread_ts.last = t
+                else:
+                    t = stamp
+                    if remember:
+                        self.thread_ts.last = t
+                fields["_ts"] = t
+                payload = encode_value(fields)
+                journal = self.journal
+                if len(payload) <= EVENT_COST:
+                    if journal is not None:
+                        journal.put(sid << 2, payload)
+                    self.push((sid, t, payload))
+                    return True
+                # a large row: one item that takes budget in proportion to its size
+                weight = len(payload) // EVENT_COST
+                payload = _batch_blob(weight, [t], payload)
+                if journal is not None:
+                    journal.put(sid << 2 | 1, payload)
+                with self.space:  # admitted on one slot; later producers see the rest taken
+                    self.max_items -= 3 * (weight - 1)
+                self.push((-BATCH, sid, payload))
+                return True
+            except JournalFull:
+                pass
+            finally:
+                self.ts_release()
+            if not self.wait_journal(RECORD.size + len(payload), wake_writer):
+                return False
+
+    def put_batch(self, sid: int, ts: list, rows: list, weight: int, wake_writer) -> bool:
+        """Queue rows of one stream (dicts holding ``_ts``, already captured) as
+        one journaled item worth ``weight`` budget slots."""
+        blob = encode_value([weight, ts, rows])
+        if not self.admit(weight, len(rows), wake_writer):
+            return False
+        while True:
+            self.ts_acquire()
+            try:
+                if self.journal is not None:
+                    self.journal.put(sid << 2 | 1, blob)
+                self.push((-BATCH, sid, blob))
+                return True
+            except JournalFull:
+                pass
+            finally:
+                self.ts_release()
+            if not self.wait_journal(RECORD.size + len(blob), wake_writer):
+                with self.space:
+                    self.max_items += 3 * (weight - 1)
+                return False
+
+    def wait_room(self, wake_writer) -> bool:
+        """The queue is at budget: wait for the writer (``block``) or count a drop."""
+        if self.closed:
+            raise SessionStateError("the session is closed")
+        if self.on_full_policy == "drop":
+            with self.space:
+                self.dropped += 1
+            return False
+        with self.space:
+            self.blocked_waits += 1
+            while self.is_full():
+                wake_writer()
+                self.space.wait(0.05)
+                if self.closed:
+                    raise SessionStateError("the session is closed")
+        return True
+
+    def wait_journal(self, size: int, wake_writer) -> bool:
+        """The journal ring is full (the writer holds unwritten rows): wait for it
+        to write them (``block``) or count a drop."""
+        journal = self.journal
+        if self.on_full_policy == "drop":
+            with self.space:
+                self.dropped += 1
+            return False
+        with self.space:
+            self.journal_waits += 1
+            while journal.head + size - journal.tail > journal.capacity:
+                wake_writer()
+                self.space.wait(0.05)
+                if self.closed:
+                    raise SessionStateError("the session is closed")
+        return True
+
+    def admit(self, weight: int, rows: int, wake_writer) -> bool:
+        """Reserve ``weight`` budget slots for one item (``max_items`` shrinks by
+        ``3 * (weight - 1)`` until the writer takes it, :meth:`rows_taken`);
+        waits (``block``) or counts ``rows`` dropped."""
+        extra = 3 * (weight - 1)
+        with self.space:
+            if self.closed:
+                raise SessionStateError("the session is closed")
+            # a weight larger than the whole budget is admitted once the queue is empty
+            if self.queue and len(self.queue) + 3 * weight > self.max_items:
+                if self.on_full_policy == "drop":
+                    self.dropped += rows
+                    return False
+                self.blocked_waits += 1
+                while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
+                    wake_writer()
+                    self.space.wait(0.05)
+            self.max_items -= extra
+            return True
+
     def mark_closed(self) -> None:
         """Make every later push raise, at no cost to the open hot path."""
         self.closed = True
@@ -141,8 +288,17 @@ class SessionPipe:
         self.push = _refuse
 
     def after_fork_in_child(self) -> None:
-        """Events queued before fork belong to the parent, which writes them."""
+        """Events queued before fork belong to the parent, which writes them; so
+        does its journal (the child starts its own)."""
         self.queue.clear()
+        journal, self.journal = self.journal, None
+        self.drain_offset = 0
+        if journal is not None:
+            journal.forget_in_child()
+            try:
+                self.attach_journal(Journal(journal.session_dir, journal.capacity))
+            except OSError:
+                pass  # the child's rows are then kept as before: in memory until written
         self.space = threading.Condition(threading.Lock())
         self._make_ts_lock()
         self.pending_params = {}
@@ -160,6 +316,8 @@ class SessionPipe:
                 ref = self.streams.get(name)
                 if ref is None:
                     ref = StreamRef(self, len(self.stream_refs), name, is_log)
+                    if self.journal is not None:
+                        self.journal.declare(ref.sid, name, is_log)
                     self.stream_refs.append(ref)
                     self.streams[name] = ref
         return ref
@@ -178,42 +336,12 @@ class SessionPipe:
         """Queue rows of one stream as one item worth ``weight`` budget slots."""
         return self.push_rows((-ROWS, (stream.sid, ts, rows, weight), None), weight, wake_writer)
 
-    def on_full(self, event: tuple, wake_writer) -> bool:
-        """Slow path when the queue is at budget. Returns True if the event was queued."""
-        if self.closed:
-            raise SessionStateError("the session is closed")
-        if self.on_full_policy == "drop":
-            with self.space:
-                self.dropped += 1
-            return False
-        with self.space:
-            self.blocked_waits += 1
-            while self.is_full():
-                wake_writer()
-                self.space.wait(0.05)
-        self.push(event)
-        return True
-
     def push_rows(self, item: tuple, weight: int, wake_writer) -> bool:
-        """Queue a ROWS item (see :meth:`push_batch`) worth ``weight`` budget slots.
-        While it waits it shrinks ``max_items`` by ``3 * (weight - 1)`` until the
-        writer takes it (:meth:`rows_taken`)."""
-        extra = 3 * (weight - 1)
-        with self.space:
-            if self.closed:
-                raise SessionStateError("the session is closed")
-            # a weight larger than the whole budget is admitted once the queue is empty
-            if self.queue and len(self.queue) + 3 * weight > self.max_items:
-                if self.on_full_policy == "drop":
-                    self.dropped += len(item[1][2])
-                    return False
-                self.blocked_waits += 1
-                while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
-                    wake_writer()
-                    self.space.wait(0.05)
-            self.max_items -= extra
-            self.push(item)
-            return True
+        """Queue a ROWS item (see :meth:`push_batch`) worth ``weight`` budget slots."""
+        if not self.admit(weight, len(item[1][2]), wake_writer):
+            return False
+        self.push(item)
+        return True
 
     def rows_taken(self, weight: int) -> None:
         """Writer side of :meth:`push_rows`."""
@@ -238,9 +366,38 @@ class SessionPipe:
             "rows_written": self.rows_written,
             "write_errors": self.write_errors,
             "last_error": self.last_error,
-            "pending_retry_rows": sum(len(rows) for rows, _ in self.retry.values()),
+            "pending_retry_rows": sum(len(held[0]) for held in self.retry.values()),
+            **self.backlog(),
+        }
+
+    def backlog(self) -> dict:
+        """Rows appended and not yet in the store, and for how long the writer has
+        had such rows; with the journal, what a ``kill -9`` now would leave to
+        recover on the next open."""
+        rows = len(self.queue) // 3 + self.held_rows + sum(len(held[0]) for held in self.retry.values())
+        since = self.backlog_since
+        journal = self.journal
+        return {
+            "backlog_rows": rows,
+            "backlog_age_s": round(time.monotonic() - since, 3) if rows and since is not None else 0.0,
+            "journal": journal.path if journal is not None else None,
+            "journal_bytes": journal.used() if journal is not None else 0,
+            "journal_waits": self.journal_waits,
+            "recovered_rows": self.recovered_rows,
         }
 
 
 def _refuse(event: tuple) -> None:
     raise SessionStateError("the session is closed")
+
+
+def _batch_blob(weight: int, ts: list, payload: bytes) -> bytes:
+    """``[weight, ts, [row]]`` in msgpack around an already encoded row."""
+    return b"\x93" + encode_value(weight) + encode_value(ts) + b"\x91" + payload
+
+
+_PLAIN = frozenset((int, float, bool, type(None)))
+
+
+def PLAIN_SCALARS_ONLY(fields: dict) -> bool:
+    return _PLAIN.issuperset(map(type, fields.values()))

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _lifecycle
+from . import _journal, _lifecycle
 from ._config import SessionConfig, resolve
 from ._errors import SessionStateError
 from ._files_api import Files
@@ -161,6 +161,7 @@ class Session:
             return self
         sink = _make_sink(self._config)
         pipe = SessionPipe(sink, self._memory_budget, self._on_full)
+        _journal.start(pipe, str(self.directory), self._memory_budget)
         self._pipe = pipe
         self._tracks = {}
         self._owner_pid = os.getpid()
@@ -277,17 +278,13 @@ class Session:
         if level not in LOG_LEVELS:
             raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}")
         now = _time()
-        entry: dict = {"_ts": now, "level": level, "message": capture(message)}
+        entry: dict = {"level": level, "message": capture(message)}
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
         if metadata or extra:  # keyword extras are stored in the entry's metadata
             entry["metadata"] = capture({**(metadata or {}), **extra})
         pipe = self._require_pipe()
-        item = (pipe.stream(LOG_STREAM, is_log=True).sid, now, entry)
-        if len(pipe.queue) < pipe.max_items:
-            pipe.push(item)
-        else:
-            pipe.on_full(item, self._writer.wake)
+        pipe.put_row(pipe.stream(LOG_STREAM, is_log=True).sid, entry, now, self._writer.wake, remember=False)
 
     def logs(self, start_index: int = 0, limit: int = 1000) -> dict:
         """Read log entries back (same page shape as ``Track.read``)."""

@@ -68,56 +68,25 @@ class Track:
         self._sid = self._stream.sid
         self.name = name
 
-    def _stamp(self, _ts: Any) -> float:
-        pipe = self._pipe
-        if _ts is None:
-            return pipe.next_auto_ts()
-        if _ts == -1 and (type(_ts) is int or type(_ts) is float):
-            last = getattr(pipe.thread_ts, "last", 0.0)
-            return pipe.next_auto_ts() if last == 0.0 else last
-        t = check_ts(_ts)
-        pipe.thread_ts.last = t
-        return t
-
     def append(self, row: Any = None, /, _ts: Any = None, **fields: Any) -> "Track":
         """Append one row and return the track (so appends chain). ``_ts``: None →
         now, -1 → the last ``_ts`` this thread used in this session, a number →
         used as is. Rows with equal ``_ts`` merge (see DESIGN §4). A dict passed
         positionally is the row (``append({"loss": 0.1})``), keywords add to it.
 
-        The hot path: stamp, capture (plain scalars are immutable and kept as
-        they are; anything else is copied and checked), push. Anything invalid
-        raises here, never in the writer."""
+        The hot path (:meth:`SessionPipe.put_row`): stamp, encode to bytes
+        (numpy/torch converted, containers checked), copy into the session's
+        crash journal, queue. Anything invalid raises here, never in the
+        writer; once this returns, the row survives a ``kill -9``."""
         if row is not None:
             fields = _positional_row(row, fields)
             if "_ts" in fields:
                 _ts = fields.pop("_ts")
-        pipe = self._pipe
-        if _ts is None:  # SessionPipe.next_auto_ts, inlined: a call costs ~60 ns here
-            pipe.ts_acquire()
-            t = _time()
-            if t <= pipe.last_auto_ts:
-                t = pipe.last_auto_ts + 1e-6
-            pipe.last_auto_ts = pipe.thread_ts.last = t
-            pipe.ts_release()
-        else:
-            t = self._stamp(_ts)
         if not fields:
             raise ValueError("append() needs at least one field")
-        for value in fields.values():
-            if type(value) not in PLAIN_SCALARS:  # containers, strings, numpy, ...
-                fields = capture_fields(fields)
-                fields["_ts"] = t
-                size = approx_bytes(fields)
-                if size > EVENT_COST:  # a large row takes budget in proportion
-                    pipe.push_batch(self._stream, [t], [fields], size // EVENT_COST, self._session._writer.wake)
-                    return self
-                break
-        fields["_ts"] = t  # fields is this call's own dict (or our copy)
-        if len(pipe.queue) < pipe.max_items:
-            pipe.push((self._sid, t, fields))
-        else:
-            pipe.on_full((self._sid, t, fields), self._session._writer.wake)
+        if _ts is not None and not ((type(_ts) is int or type(_ts) is float) and _ts == -1):
+            _ts = check_ts(_ts)
+        self._pipe.put_row(self._sid, fields, _ts, self._session._writer.wake)
         return self
 
     log = append  # upstream 0.3's spelling
@@ -180,7 +149,7 @@ class Track:
             while last < len(captured) and weights[last] - taken <= pipe.batch_rows:
                 last += 1
             chunk_weight = max(1, weights[last - 1] - taken)
-            pipe.push_batch(stream, stamps[first:last], captured[first:last], chunk_weight, wake)
+            pipe.put_batch(stream.sid, stamps[first:last], captured[first:last], chunk_weight, wake)
             first, taken = last, weights[last - 1]
         return result
 
@@ -226,7 +195,7 @@ class Track:
         step = pipe.batch_rows
         for first in range(0, n, step):
             last = first + step
-            pipe.push_batch(self._stream, stamps[first:last], copies[first:last], len(copies[first:last]), wake)
+            pipe.put_batch(self._sid, stamps[first:last], copies[first:last], len(copies[first:last]), wake)
         return True
 
     def flush(self) -> dict:

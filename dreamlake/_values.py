@@ -15,10 +15,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "PLAIN_SCALARS",
     "capture",
     "capture_fields",
+    "encode_fields",
+    "encode_value",
+    "decode_rows",
+    "INT_RANGE",
     "approx_bytes",
     "tag_nonfinite",
     "untag_nonfinite",
@@ -33,6 +39,8 @@ MAX_STRING_LENGTH = 16 << 20
 MAX_ELEMENTS = 16 << 20
 MAX_DEPTH = 32
 NONFINITE_MARKER = b'"$float"'
+#: the ints a row may hold, in thread and agent mode alike (what msgpack carries)
+INT_RANGE = (-(1 << 63), (1 << 64) - 1)
 _NONFINITE_NAMES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -48,6 +56,8 @@ def _from_array_like(value: Any) -> Any:
         return value.tolist()
     if module == "numpy":
         if getattr(value, "ndim", 0) == 0:
+            if value.dtype.kind == "c":
+                raise TypeError(f"numpy values of dtype {value.dtype} are not supported (complex)")
             return value.item()
         if value.size > MAX_ELEMENTS:
             raise ValueError(f"array of {value.size} elements is larger than {MAX_ELEMENTS}")
@@ -57,8 +67,9 @@ def _from_array_like(value: Any) -> Any:
     raise TypeError(f"values of type {type(value).__name__} are not supported")
 
 
-def capture(value: Any, depth: int = 0) -> Any:
-    """Return a private, JSON-compatible copy of ``value`` or raise TypeError/ValueError."""
+def capture(value: Any, depth: int = 0, copy: bool = True) -> Any:
+    """Return a private, JSON-compatible copy of ``value`` or raise TypeError/ValueError.
+    With ``copy=False`` (the caller encodes it at once) flat lists are not copied."""
     kind = type(value)
     if kind in PLAIN_SCALARS:
         return value
@@ -72,14 +83,14 @@ def capture(value: Any, depth: int = 0) -> Any:
         if len(value) > MAX_ELEMENTS:
             raise ValueError(f"sequence of {len(value)} elements is longer than {MAX_ELEMENTS}")
         if set(map(type, value)) <= _FLAT_OK:  # the common flat list: copied in C
-            return list(value)
-        return [capture(item, depth + 1) for item in value]
+            return list(value) if copy else value
+        return [capture(item, depth + 1, copy) for item in value]
     if kind is dict:
         out = {}
         for key, item in value.items():
             if type(key) is not str:
                 raise TypeError(f"dict keys must be str, got {type(key).__name__}")
-            out[key] = capture(item, depth + 1)
+            out[key] = capture(item, depth + 1, copy)
         return out
     module = kind.__module__
     if module == "numpy" or module.startswith("torch"):
@@ -92,9 +103,49 @@ def capture(value: Any, depth: int = 0) -> Any:
     raise TypeError(f"values of type {kind.__name__} are not supported (use JSON types, numpy or torch)")
 
 
-def capture_fields(fields: dict) -> dict:
+def capture_fields(fields: dict, copy: bool = True) -> dict:
     """Slow path of append(): copy a row whose values are not all plain scalars."""
-    return {key: capture(value) for key, value in fields.items()}
+    return {key: capture(value, 0, copy) for key, value in fields.items()}
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+def encode_value(value: Any) -> bytes:
+    """msgpack bytes of an already captured value; what msgpack cannot carry
+    (ints beyond 64 bits, lone surrogates in strings or keys) is refused here,
+    with the same rule in thread and agent mode."""
+    try:
+        return _encode(value)
+    except OverflowError:
+        raise ValueError(
+            f"ints must lie in [{INT_RANGE[0]}, {INT_RANGE[1]}] (store bigger ones as str)"
+        ) from None
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"strings must be valid Unicode text ({exc.reason}: {exc.object[exc.start:exc.end]!r})") from None
+    except TypeError as exc:
+        raise TypeError(f"values of this type are not supported ({exc})") from None
+
+
+def encode_fields(fields: dict) -> bytes:
+    """Validate a row (``_ts`` included) and encode it, on the caller's thread:
+    plain scalars go straight to the encoder, anything else is captured first
+    (numpy/torch converted, containers checked) without copying."""
+    if not PLAIN_SCALARS.issuperset(map(type, fields.values())):
+        fields = capture_fields(fields, copy=False)
+    return encode_value(fields)
+
+
+def decode_rows(rows: list) -> list:
+    """The writer's side of :func:`encode_fields`: rows as dicts (bytes decoded
+    in one C call when the whole list is bytes)."""
+    if not rows or type(rows[0]) is not bytes:
+        if not any(type(row) is bytes for row in rows):
+            return rows
+    elif all(type(row) is bytes for row in rows):
+        return _decode(b"\xdd" + len(rows).to_bytes(4, "big") + b"".join(rows))
+    return [_decode(row) if type(row) is bytes else row for row in rows]
 
 
 def approx_bytes(value: Any) -> int:

@@ -24,14 +24,18 @@ import logging
 import os
 import threading
 import time
-from itertools import groupby
-from operator import itemgetter
+from itertools import accumulate, groupby, repeat
+from operator import itemgetter, lshift
 from typing import Any
+
+import msgspec
 
 from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
-from ._events import PARAMS, ROWS, Waiter
+from ._events import BATCH, PARAMS, ROWS, Waiter
+from ._journal import KEY_SHIFT, RECORD
 from ._pipe import SessionPipe, StreamRef
+from ._values import decode_rows
 
 __all__ = ["Writer", "get_writer", "TICK", "ROW_MAX_AGE"]
 
@@ -49,6 +53,8 @@ RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
 
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+_record_size = RECORD.size.__add__
+_decode_blob = msgspec.msgpack.Decoder().decode
 
 
 def yield_gil() -> None:
@@ -119,19 +125,45 @@ class Writer:
             self._drain(pipe)
         now = time.monotonic()
         for pipe in pipes:
-            self._write_pipe(pipe, hold_open=True)
+            journal = pipe.journal
+            # a nearly full journal cannot wait for open rows to age
+            hold = journal is None or journal.used() < journal.capacity // 2
+            self._write_pipe(pipe, hold_open=hold)
             self._close_aged(pipe, now - (pipe.row_max_age or ROW_MAX_AGE))
             if pipe.pending_params:
                 self._write_params(pipe)
             if pipe.retry and now >= pipe.retry_at:
                 self._write_retry(pipe)
+            self._note_progress(pipe, now)
             if pipe.close_request is not None and not pipe.retry and not pipe.pending_params:
                 self._close(pipe, *pipe.close_request)  # closed while rows were unwritten
+
+    def _note_progress(self, pipe: SessionPipe, now: float) -> None:
+        """Free the journal's room up to the oldest unwritten row; note when the
+        writer last had nothing unwritten (the backlog's age in ``health()``)."""
+        journal = pipe.journal
+        if journal is not None:
+            low = pipe.drain_offset << KEY_SHIFT
+            for held in pipe.pending.values():
+                if held[2] and held[2][0] < low:
+                    low = held[2][0]
+            for held in pipe.retry.values():
+                if held[2] < low:
+                    low = held[2]
+            if (low >> KEY_SHIFT) > journal.tail:
+                journal.set_tail(low >> KEY_SHIFT)
+                if pipe.journal_waits:
+                    pipe.made_room()
+        if not pipe.queue and not pipe.held_rows and not pipe.retry:
+            pipe.backlog_since = now
+        elif pipe.backlog_since is None:
+            pipe.backlog_since = now
 
     def _drain(self, pipe: SessionPipe) -> None:
         """Move queued items into per-stream pending lists, a slice at a time.
         A slice of rows of one stream (the common case) moves with two C-level
-        slices; mixed slices go run by run."""
+        slices; mixed slices go run by run. Each row gets its journal key
+        (journal order is queue order: offsets add up from the record sizes)."""
         queue = pipe.queue
         popleft = queue.popleft
         while len(queue) >= 3:
@@ -141,23 +173,40 @@ class Writer:
             sids = items[0::3]
             first = sids[0]
             if first >= 0 and min(sids) == first == max(sids):
+                payloads = items[2::3]
                 held = self._held(pipe, first)
                 held[0].extend(items[1::3])
-                held[1].extend(items[2::3])
+                held[1].extend(payloads)
+                self._add_keys(pipe, held[2], payloads)
                 pipe.held_rows += len(sids)
             else:
                 for key, run in groupby(zip(sids, items[1::3], items[2::3]), _first):
                     if key >= 0:
                         run = list(run)
+                        payloads = list(map(_third, run))
                         held = self._held(pipe, key)
                         held[0].extend(map(_second, run))
-                        held[1].extend(map(_third, run))
+                        held[1].extend(payloads)
+                        self._add_keys(pipe, held[2], payloads)
                         pipe.held_rows += len(run)
+                    elif key == -BATCH:
+                        for _, sid, blob in run:
+                            weight, ts, rows = _decode_blob(blob)
+                            held = self._held(pipe, sid)
+                            held[0].extend(ts)
+                            held[1].extend(rows)
+                            base = pipe.drain_offset << KEY_SHIFT
+                            held[2].extend(range(base, base + len(rows)))
+                            if pipe.journal is not None:
+                                pipe.drain_offset += RECORD.size + len(blob)
+                            pipe.held_rows += weight  # budget weight, not row count
+                            pipe.rows_taken(weight)
                     elif key == -ROWS:
                         for _, (sid, ts, rows, weight), _ in run:
                             held = self._held(pipe, sid)
                             held[0].extend(ts)
                             held[1].extend(rows)
+                            held[2].extend(repeat(0, len(rows)))  # not journaled (the agent's side)
                             pipe.held_rows += weight  # budget weight, not row count
                             pipe.rows_taken(weight)
                     elif key == -PARAMS:
@@ -173,10 +222,19 @@ class Writer:
             yield_gil()
 
     @staticmethod
+    def _add_keys(pipe: SessionPipe, keys: list, payloads: list) -> None:
+        if pipe.journal is None:
+            keys.extend(repeat(0, len(payloads)))
+            return
+        starts = list(accumulate(map(_record_size, map(len, payloads)), initial=pipe.drain_offset))
+        pipe.drain_offset = starts.pop()
+        keys.extend(map(lshift, starts, repeat(KEY_SHIFT)))
+
+    @staticmethod
     def _held(pipe: SessionPipe, sid: int) -> list:
         held = pipe.pending.get(sid)
         if held is None:
-            held = pipe.pending[sid] = [[], []]
+            held = pipe.pending[sid] = [[], [], []]
         return held
 
     def _write_pipe(self, pipe: SessionPipe, hold_open: bool, sids: list | None = None) -> None:
@@ -187,7 +245,7 @@ class Writer:
             held = pending.get(sid)
             if not held or not held[0]:
                 continue
-            ts, rows = held
+            ts, rows, keys = held
             cut = open_group_start(ts) if hold_open else len(ts)
             if hold_open:
                 opened = ts[cut]
@@ -196,18 +254,18 @@ class Writer:
                     pipe.open_since[sid] = time.monotonic()
                 if cut == 0:
                     continue
-                pending[sid] = [ts[cut:], rows[cut:]]
-                ts, rows = ts[:cut], rows[:cut]
+                pending[sid] = [ts[cut:], rows[cut:], keys[cut:]]
+                ts, rows, keys = ts[:cut], rows[:cut], keys[:cut]
             else:
                 del pending[sid]
                 pipe.open_ts.pop(sid, None)
                 pipe.open_since.pop(sid, None)
             stream = pipe.stream_refs[sid]
-            rows, ts = merge_events(ts, rows, stream.merge)
+            rows, ts = merge_events(ts, decode_rows(rows), stream.merge)
             if pipe.retry:
-                self._stash(pipe, stream, rows, ts)
+                self._stash(pipe, stream, rows, ts, keys[0], keys[-1])
             else:
-                self._write_rows(pipe, stream, rows, ts)
+                self._write_rows(pipe, stream, rows, ts, keys[0], keys[-1])
         pipe.held_rows = sum(len(held[0]) for held in pending.values())  # what is left: open rows
 
     def _close_aged(self, pipe: SessionPipe, opened_before: float) -> None:
@@ -215,34 +273,37 @@ class Writer:
         if aged:
             self._write_pipe(pipe, hold_open=False, sids=aged)
 
-    def _write_rows(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list) -> bool:
+    def _write_rows(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list, first_key: int, last_key: int) -> bool:
         try:
             start = pipe.sink.write_rows(stream.name, stream.is_log, rows, ts)
         except Exception as exc:
             self._record_failure(pipe, exc)
-            self._stash(pipe, stream, rows, ts)
+            self._stash(pipe, stream, rows, ts, first_key, last_key)
             return False
+        if pipe.journal is not None:
+            pipe.journal.set_mark(stream.sid, last_key + 1)
         stream.note_written(start, len(rows))
         pipe.rows_written += len(rows)
         return True
 
-    def _stash(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list) -> None:
+    def _stash(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list, first_key: int, last_key: int) -> None:
         held = pipe.retry.get(stream)
         if held is None:
-            pipe.retry[stream] = (rows, ts)
+            pipe.retry[stream] = [rows, ts, first_key, last_key]
         else:
             held[0].extend(rows)
             held[1].extend(ts)
+            held[3] = last_key
         pipe.writer_backlog += len(rows)
 
     def _write_retry(self, pipe: SessionPipe) -> None:
         held, pipe.retry = pipe.retry, {}
         pipe.writer_backlog = 0
-        for stream, (rows, ts) in held.items():
+        for stream, (rows, ts, first_key, last_key) in held.items():
             if pipe.retry:  # failed again: keep order, hold the rest
-                self._stash(pipe, stream, rows, ts)
+                self._stash(pipe, stream, rows, ts, first_key, last_key)
             else:
-                self._write_rows(pipe, stream, rows, ts)
+                self._write_rows(pipe, stream, rows, ts, first_key, last_key)
         if not pipe.retry:
             pipe.retry_at = 0.0
             self._retry_delay = RETRY_MIN
@@ -289,7 +350,7 @@ class Writer:
             waiter.fail(exc)
 
     def _unwritten_error(self, pipe: SessionPipe) -> SinkError:
-        held = sum(len(rows) for rows, _ in pipe.retry.values())
+        held = sum(len(held[0]) for held in pipe.retry.values())
         return SinkError(f"{held} rows are not written yet ({pipe.last_error}); kept and retried")
 
     def _flush(self, pipe: SessionPipe, names: list[str] | None) -> list[dict]:
@@ -322,11 +383,25 @@ class Writer:
         pipe.close_request = (status, error) if unwritten is not None else None
         if unwritten is None:
             pipe.sink.close(status, error)
+            self._drop_journal(pipe)
         with self._lock:
             if unwritten is None and pipe in self._pipes:
                 self._pipes.remove(pipe)
         if unwritten is not None:
             raise unwritten
+
+    @staticmethod
+    def _drop_journal(pipe: SessionPipe) -> None:
+        """Closed with every row written: the journal has no more use."""
+        journal = pipe.journal
+        if journal is None:
+            return
+        pipe.ts_acquire()  # no producer is copying into it while it goes
+        try:
+            pipe.journal = None
+            journal.remove()
+        finally:
+            pipe.ts_release()
 
     # -- lifecycle ---------------------------------------------------------
     def after_fork_in_child(self) -> None:

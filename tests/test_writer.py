@@ -59,10 +59,7 @@ def writer():
 def _push_rows(pipe, name, n, start=0):
     stream = pipe.stream(name)
     for i in range(start, start + n):
-        if len(pipe.queue) < pipe.max_items:
-            pipe.push((stream.sid, float(i), {"i": i, "_ts": float(i)}))
-        else:
-            pipe.on_full((stream.sid, float(i), {"i": i, "_ts": float(i)}), lambda: None)
+        pipe.put_row(stream.sid, {"i": i}, float(i), lambda: None)
 
 
 def test_flush_barrier_returns_window_after_all_earlier_rows(writer):
@@ -175,7 +172,7 @@ def test_many_producer_threads_one_stream(writer):
         barrier.wait()
         for i in range(2000):
             ts = float(k * 10**6 + i)
-            pipe.push((stream.sid, ts, {"k": k, "i": i, "_ts": ts}))
+            pipe.put_row(stream.sid, {"k": k, "i": i}, ts, writer.wake)
 
     threads = [threading.Thread(target=produce, args=(k,)) for k in range(8)]
     for t in threads:

@@ -49,7 +49,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", default=str(DEFAULT_JSON), metavar="PATH", help="where to write the results JSON")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per subprocess (default scales with sizes)")
     args = ap.parse_args(argv)
-    args.only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
+    canonical = {w.upper(): w for w in WORKLOADS}
+    args.only = [canonical.get(w.strip().upper(), w.strip()) for w in args.only.split(",") if w.strip()]
     bad = [w for w in args.only if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload(s) {', '.join(bad)}; known: {', '.join(WORKLOADS)}")
@@ -63,6 +64,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _systems(args: argparse.Namespace) -> list[tuple[str, str, list[str], str]]:
     """(column, module, extra argv, module to probe) per column, DreamLake modes first."""
     out = [(f"dreamlake[{m}]", "benchmarks.workloads", ["--mode", m], "dreamlake") for m in args.modes]
+    out.append(("naive-jsonl", "benchmarks.naive", [], "json"))  # the baseline: always measured
     if args.peers:
         out += [(col, mod, extra, probe) for col, (mod, extra, probe) in PEERS.items()]
     return out

@@ -43,7 +43,7 @@ MODES: dict[str, dict[str, Any]] = {
     "agent": {"agent": "auto"},  # the parent points $DREAMLAKE_AGENT_SOCKET at its scratch dir
 }
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
+WORKLOADS = ("W1", "W2", "W2s", "W7", "W3", "W4", "W5", "W6")
 
 #: Marker that starts the one result line a runner prints (libraries under
 #: test may print to stdout too).
@@ -164,6 +164,17 @@ class Target:
     def robot_rows(self) -> dict[str, int] | None:
         return None
 
+    def robot_array_calls(self) -> tuple[Callable, Callable, Callable]:
+        """W2, what a robot logs: ``(pose(t, q), vel(t, v), cam(t, meta))`` with an
+        explicit ``_ts=t`` each: ``q`` a list of 7 floats, ``v`` a numpy array of
+        7 floats, ``meta`` a small dict."""
+        raise NotApplicable(self.na.get("robot_arrays", "no mapping of list/array rows written yet"))
+
+    # W7 -------------------------------------------------------------------
+    def row_kind_call(self) -> Callable[[dict], Any]:
+        """``call(row)`` logs one row given as a dict of fields (W7's row kinds)."""
+        raise NotApplicable(self.na.get("row_kinds", "no mapping written yet"))
+
     # W4 batch --------------------------------------------------------------
     def batch_payload(self, start: int, n: int) -> Any:
         """Rows ``start..start+n`` (loss, acc, step) in the system's batch format."""
@@ -217,6 +228,18 @@ class FloorTarget(Target):
     def scalar_call(self) -> Callable:
         append = self.train.append
         return lambda i, loss, acc: append(loss=loss, acc=acc, step=i)
+
+    def robot_array_calls(self) -> tuple[Callable, Callable, Callable]:
+        p, v, c = self.pose.append, self.vel.append, self.cam.append
+        return (
+            lambda t, q: p(q=q, _ts=t),
+            lambda t, vel: v(v=vel, _ts=t),
+            lambda t, meta: c(meta=meta, _ts=t),
+        )
+
+    def row_kind_call(self) -> Callable[[dict], Any]:
+        append = self.train.append
+        return lambda row: append(**row)
 
     def robot_calls(self) -> tuple[Callable, Callable, Callable]:
         p, v, c = self.pose.append, self.vel.append, self.cam.append
@@ -305,6 +328,23 @@ class DreamLakeTarget(Target):
 
     def robot_rows(self) -> dict[str, int] | None:
         return self._rows_after_close(list(self.robot))
+
+    def robot_array_calls(self) -> tuple[Callable, Callable, Callable]:
+        s = self.session
+        self.robot = {name: s.track(name) for name in ("robot/pose", "robot/vel", "camera/left")}
+        self.tracks = list(self.robot.values())
+        p = self.robot["robot/pose"].append
+        v = self.robot["robot/vel"].append
+        c = self.robot["camera/left"].append
+        return (
+            lambda t, q: p(q=q, _ts=t),
+            lambda t, vel: v(v=vel, _ts=t),
+            lambda t, meta: c(meta=meta, _ts=t),
+        )
+
+    def row_kind_call(self) -> Callable[[dict], Any]:
+        append = self.train.append
+        return lambda row: append(**row)
 
     def batch_payload(self, start: int, n: int) -> Any:
         # no _ts: the session stamps each row (like append())
@@ -489,8 +529,104 @@ def w1_scalars(target: Target, sz: Sizes, workdir: Path) -> dict:
     return out
 
 
+def _time_robot_arrays(calls: tuple, n: int, cap_ns: int) -> tuple[list[int], list[int], list[int]]:
+    import numpy as np
+
+    pose, vel, cam = calls
+    lp, lv, lc = [0] * n, [0] * n, [0] * n
+    deadline = now() + cap_ns
+    base = np.arange(7.0)
+    for i in range(n):
+        t = TS0 + i * 1e-3
+        f = i * 1e-3
+        q = [f, -f, 0.5, 0.0, 0.0, 0.7071, 0.7071]  # made by the robot's code, outside the timing
+        v = base + f
+        meta = {"width": 640, "height": 480, "frame_id": i}
+        t0 = now()
+        pose(t, q)
+        t1 = now()
+        vel(t, v)
+        t2 = now()
+        cam(t, meta)
+        t3 = now()
+        lp[i], lv[i], lc[i] = t1 - t0, t2 - t1, t3 - t2
+        if t3 > deadline and not i & 1023:
+            return lp[: i + 1], lv[: i + 1], lc[: i + 1]
+    return lp, lv, lc
+
+
+def w2_robot_arrays(target: Target, sz: Sizes, workdir: Path) -> dict:
+    """W2: what a robot logs per tick, explicit _ts on each: pose q (list of 7
+    floats), vel v (numpy array of 7 floats), camera meta (a small dict)."""
+    floor = FloorTarget()
+    floor.open()
+    fp, fv, fc = _time_robot_arrays(floor.robot_array_calls(), sz.w2_ticks, 1 << 62)
+    floor_all = summarize_ns(fp + fv + fc)
+    del floor, fp, fv, fc
+    gc.collect()
+    target.open(workdir, "w2")
+    lp, lv, lc = _time_robot_arrays(target.robot_array_calls(), sz.w2_ticks, int(sz.cap_s * 1e9))
+    ticks = len(lp)
+    out = {
+        "ticks": ticks,
+        "calls": 3 * ticks,
+        "latency_ns": summarize_ns(lp + lv + lc),
+        "max_at_tick": {"pose": _argmax(lp), "vel": _argmax(lv), "camera": _argmax(lc)},
+        "by_call_ns": {"pose": summarize_ns(lp), "vel": summarize_ns(lv), "camera": summarize_ns(lc)},
+        "floor_ns": floor_all,
+    }
+    del lp, lv, lc
+    out.update(_drain_close(target))
+    out["bytes"] = _bytes(target)
+    out["bytes_per_tick"] = out["bytes"] / ticks if out["bytes"] else None
+    out["rows_on_disk"] = _maybe(target.robot_rows)
+    out["health"] = target.health()
+    return out
+
+
+#: W7's row kinds: each the same three fields, in different types.
+def _row_kinds() -> dict[str, dict]:
+    import numpy as np
+
+    return {
+        "plain": {"a": 0.5, "b": 0.25, "c": 3},
+        "numpy_scalars": {"a": np.float32(0.5), "b": np.float64(0.25), "c": np.int64(3)},
+        "list7": {"a": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], "b": 0.25, "c": 3},
+        "array7": {"a": np.arange(7.0), "b": 0.25, "c": 3},
+        "short_str": {"a": "left", "b": "ok", "c": 3},
+    }
+
+
+def w7_row_kinds(target: Target, sz: Sizes, workdir: Path) -> dict:
+    """W7: p50 of one append per row kind (plain floats, numpy scalars, a 7-float
+    list, a 7-float array, short strings), interleaved in blocks so drift hits
+    every kind alike; DESIGN §7 wants each within 2× the plain row."""
+    kinds = _row_kinds()
+    target.open(workdir, "w7")
+    call = target.row_kind_call()
+    samples: dict[str, list[int]] = {k: [] for k in kinds}
+    block = 1000
+    rounds = max(1, sz.w1_calls // (block * len(kinds)))
+    deadline = now() + int(sz.cap_s * 1e9)
+    for _ in range(rounds):
+        for kind, row in kinds.items():
+            lat = samples[kind]
+            for _ in range(block):
+                t0 = now()
+                call(row)
+                lat.append(now() - t0)
+        if now() > deadline:
+            break
+    out = {kind: summarize_ns(lat) for kind, lat in samples.items()}
+    plain = out["plain"]["p50"]
+    out["ratio_p50"] = {kind: out[kind]["p50"] / plain for kind in kinds}
+    out["worst_ratio_p50"] = max(out["ratio_p50"].values())
+    out.update(_drain_close(target))
+    return out
+
+
 def w2_robot(target: Target, sz: Sizes, workdir: Path) -> dict:
-    """W2: per tick pose (7 floats), vel (7 floats, _ts=-1), camera {w,h,id} (_ts=-1)."""
+    """W2s: per tick pose (7 floats), vel (7 floats, _ts=-1), camera {w,h,id} (_ts=-1)."""
     floor = FloorTarget()
     floor.open()
     fp, fv, fc = _time_robot(floor.robot_calls(), sz.w2_ticks, 1 << 62)
@@ -774,7 +910,9 @@ def w6_overload(target: Target, sz: Sizes, workdir: Path) -> dict:
 
 RUNNERS: dict[str, Callable[[Target, Sizes, Path], dict]] = {
     "W1": w1_scalars,
-    "W2": w2_robot,
+    "W2": w2_robot_arrays,
+    "W2s": w2_robot,
+    "W7": w7_row_kinds,
     "W3": w3_loop,
     "W4": w4_throughput,
     "W5": w5_read,
@@ -804,7 +942,35 @@ def run_workload(target: Target, workload: str, sz: Sizes, workdir: Path) -> dic
         shutil.rmtree(wd, ignore_errors=True)
     res["wall_s"] = time.perf_counter() - t0
     res["peak_rss_bytes"] = peak_rss()
+    agent = _agent_peak_rss()
+    if agent is not None:  # agent mode: its process is part of the cost
+        res["client_peak_rss_bytes"] = res["peak_rss_bytes"]
+        res["agent_peak_rss_bytes"] = agent
+        res["peak_rss_bytes"] += agent
     return res
+
+
+def _agent_peak_rss() -> int | None:
+    """Peak RSS (VmHWM) of the agent serving ``$DREAMLAKE_AGENT_SOCKET``, if any
+    (Linux /proc); the agent lives across workloads, so this is its peak so far."""
+    import os
+
+    sock = os.environ.get("DREAMLAKE_AGENT_SOCKET")
+    if not sock or not os.path.isdir("/proc"):
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if b"agent" not in argv or sock.encode() not in argv:
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -833,7 +999,8 @@ def child_main(make_target: Callable[[argparse.Namespace], Target], argv: list[s
     if args.rows_read:
         # the build cap is for slow peers: allow ~100k rows/s before it bites
         sz = replace(sz, w5_rows=args.rows_read, build_cap_s=max(sz.build_cap_s, args.rows_read / 1e5))
-    only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
+    canonical = {w.upper(): w for w in RUNNERS}
+    only = [canonical.get(w.strip().upper(), w.strip()) for w in args.only.split(",") if w.strip()]
     bad = [w for w in only if w not in RUNNERS]
     if bad:
         raise SystemExit(f"unknown workload(s): {', '.join(bad)}")

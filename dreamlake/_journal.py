@@ -64,6 +64,7 @@ MAX_RECHECK = 1 << 16
 MAX_CAPACITY = 32 << 20
 
 _U64 = struct.Struct("<Q")
+_pack_record = RECORD.pack
 _decode = msgspec.msgpack.Decoder().decode
 
 
@@ -118,21 +119,24 @@ class Journal:
         """Copy one record into the ring; raises :class:`JournalFull` when the
         writer has not yet freed room for it."""
         head = self.head
-        size = RECORD.size + len(payload)
+        length = len(payload)
+        size = RECORD.size + length
         if head + size - self.tail > self.capacity:
             raise JournalFull
-        record = RECORD.pack(head, sid_kind, len(payload)) + payload
+        if head % self.capacity + size < self.capacity:  # the common case: no wrap
+            self._write(_pack_record(head, sid_kind, length) + payload)
+        else:
+            self._put_wrapping(_pack_record(head, sid_kind, length) + payload)
+        self.head = head + size
+
+    def _put_wrapping(self, record: bytes) -> None:
+        """A record that reaches the end of the ring continues at its start."""
         mm = self._mm
         room = self._end - mm.tell()
-        if size <= room:
-            self._write(record)
-            if size == room:
-                mm.seek(DATA_AT)
-        else:  # wraps: the rest continues at the start of the ring
-            self._write(record[:room])
-            mm.seek(DATA_AT)
+        self._write(record[:room])
+        mm.seek(DATA_AT)
+        if len(record) > room:
             self._write(record[room:])
-        self.head = head + size
 
     def declare(self, sid: int, name: str, is_log: bool) -> None:
         if sid >= MAX_STREAMS:
@@ -400,6 +404,8 @@ def start(pipe: Any, session_dir: str, memory_budget: int) -> None:
             log.warning("dreamlake: recovered %d rows a killed process had appended to %s", pipe.recovered_rows, session_dir)
     except Exception as exc:
         log.warning("dreamlake: could not recover the journals of %s (%s: %s); they are kept", session_dir, type(exc).__name__, exc)
+    if os.environ.get("DREAMLAKE_JOURNAL", "1").lower() in ("0", "off", "false", "no"):
+        return  # opted out (benchmarks compare with it off): rows wait in memory until written
     try:
         pipe.attach_journal(Journal(session_dir, capacity_for(memory_budget)))
     except OSError as exc:

@@ -23,6 +23,8 @@ import time
 from collections import deque
 from typing import Any
 
+import msgspec
+
 from ._errors import SessionStateError
 from ._events import BARRIER, BATCH, PARAMS, ROWS
 from ._journal import KEY_SHIFT, RECORD, Journal, JournalFull
@@ -160,8 +162,10 @@ class SessionPipe:
         ``_ts``. Returns False if the row was dropped."""
         if len(self.queue) >= self.max_items and not self.wait_room(wake_writer):
             return False
-        if not PLAIN_SCALARS_ONLY(fields):
-            fields = capture_fields(fields, copy=False)
+        for value in fields.values():
+            if type(value) not in _PLAIN:  # containers, strings, numpy, ...: checked, converted
+                fields = capture_fields(fields, copy=False)
+                break
         while True:
             self.ts_acquire()
             try:
@@ -182,7 +186,10 @@ class SessionPipe:
                     if remember:
                         self.thread_ts.last = t
                 fields["_ts"] = t
-                payload = encode_value(fields)
+                try:
+                    payload = _encode(fields)
+                except (OverflowError, UnicodeEncodeError, TypeError):
+                    payload = encode_value(fields)  # raises the clear error
                 journal = self.journal
                 if len(payload) <= EVENT_COST:
                     if journal is not None:
@@ -397,7 +404,4 @@ def _batch_blob(weight: int, ts: list, payload: bytes) -> bytes:
 
 
 _PLAIN = frozenset((int, float, bool, type(None)))
-
-
-def PLAIN_SCALARS_ONLY(fields: dict) -> bool:
-    return _PLAIN.issuperset(map(type, fields.values()))
+_encode = msgspec.msgpack.Encoder().encode

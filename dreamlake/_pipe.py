@@ -23,12 +23,11 @@ import time
 from collections import deque
 from typing import Any
 
-import msgspec
 
 from ._errors import SessionStateError
 from ._events import BARRIER, BATCH, PARAMS, ROWS
 from ._journal import KEY_SHIFT, RECORD, Journal, JournalFull
-from ._values import capture_fields, encode_value
+from ._values import PLAIN_SCALARS, encode_row, encode_value, prepare_fields
 
 __all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM"]
 
@@ -163,8 +162,8 @@ class SessionPipe:
         if len(self.queue) >= self.max_items and not self.wait_room(wake_writer):
             return False
         for value in fields.values():
-            if type(value) not in _PLAIN:  # containers, strings, numpy, ...: checked, converted
-                fields = capture_fields(fields, copy=False)
+            if type(value) not in PLAIN_SCALARS:  # containers, strings, numpy, ...
+                fields = prepare_fields(fields)
                 break
         while True:
             self.ts_acquire()
@@ -403,5 +402,4 @@ def _batch_blob(weight: int, ts: list, payload: bytes) -> bytes:
     return b"\x93" + encode_value(weight) + encode_value(ts) + b"\x91" + payload
 
 
-_PLAIN = frozenset((int, float, bool, type(None)))
-_encode = msgspec.msgpack.Encoder().encode
+_encode = encode_row

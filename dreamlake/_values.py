@@ -23,6 +23,8 @@ __all__ = [
     "capture_fields",
     "encode_fields",
     "encode_value",
+    "encode_row",
+    "prepare_fields",
     "decode_rows",
     "INT_RANGE",
     "approx_bytes",
@@ -108,7 +110,20 @@ def capture_fields(fields: dict, copy: bool = True) -> dict:
     return {key: capture(value, 0, copy) for key, value in fields.items()}
 
 
-_encode = msgspec.msgpack.Encoder().encode
+def _encode_other(value: Any) -> Any:
+    """The encoder's hook for what msgpack has no type for: numpy/torch scalars
+    and arrays become numbers and lists (one call per value, no dict copy)."""
+    module = type(value).__module__
+    if module == "numpy" or module.startswith("torch"):
+        return _from_array_like(value)
+    if isinstance(value, str):
+        return str(value)
+    raise TypeError(f"values of type {type(value).__name__} are not supported (use JSON types, numpy or torch)")
+
+
+#: the row encoder of the hot path (and of anything that journals rows)
+encode_row = msgspec.msgpack.Encoder(enc_hook=_encode_other).encode
+_encode = encode_row
 _decode = msgspec.msgpack.Decoder().decode
 
 
@@ -125,16 +140,24 @@ def encode_value(value: Any) -> bytes:
     except UnicodeEncodeError as exc:
         raise ValueError(f"strings must be valid Unicode text ({exc.reason}: {exc.object[exc.start:exc.end]!r})") from None
     except TypeError as exc:
-        raise TypeError(f"values of this type are not supported ({exc})") from None
+        raise TypeError(str(exc) if "not supported" in str(exc) else f"values of this type are not supported ({exc})") from None
+
+
+def prepare_fields(fields: dict) -> dict:
+    """A row ready for :data:`encode_row`: numpy scalars and arrays are left to
+    the encoder's hook (one call each, no copy); a row holding anything else
+    that is not a plain scalar (containers, strings, torch, ...) goes through
+    :func:`capture_fields`, which checks it and refuses what it cannot store."""
+    for value in fields.values():
+        kind = type(value)
+        if kind not in PLAIN_SCALARS and kind.__module__ != "numpy":
+            return capture_fields(fields, copy=False)
+    return fields
 
 
 def encode_fields(fields: dict) -> bytes:
-    """Validate a row (``_ts`` included) and encode it, on the caller's thread:
-    plain scalars go straight to the encoder, anything else is captured first
-    (numpy/torch converted, containers checked) without copying."""
-    if not PLAIN_SCALARS.issuperset(map(type, fields.values())):
-        fields = capture_fields(fields, copy=False)
-    return encode_value(fields)
+    """Validate a row (``_ts`` included) and encode it, as ``append()`` does."""
+    return encode_value(prepare_fields(fields))
 
 
 def decode_rows(rows: list) -> list:

@@ -48,6 +48,8 @@ TICK = 0.02
 ROW_MAX_AGE = 0.1
 #: Events taken from a queue before the writer gives the GIL back.
 SLICE_EVENTS = 256
+#: Rows decoded per C call before the writer gives the GIL back.
+DECODE_SLICE = 256
 #: Retry backoff after a failed write (seconds): doubles up to the maximum.
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
@@ -62,6 +64,18 @@ def yield_gil() -> None:
     interpreter's switch interval. ``os.sched_yield`` releases the GIL around the
     syscall (~1 µs); ``time.sleep(0)`` would cost the timer slack (~50 µs)."""
     os.sched_yield()
+
+
+def _decode_sliced(rows: list) -> list:
+    """The rows as dicts, decoded ``DECODE_SLICE`` at a time with the GIL given
+    back between slices (a producer waits one slice at most)."""
+    if len(rows) <= DECODE_SLICE:
+        return decode_rows(rows)
+    out: list = []
+    for first in range(0, len(rows), DECODE_SLICE):
+        out.extend(decode_rows(rows[first : first + DECODE_SLICE]))
+        yield_gil()
+    return out
 
 
 class Writer:
@@ -261,7 +275,7 @@ class Writer:
                 pipe.open_ts.pop(sid, None)
                 pipe.open_since.pop(sid, None)
             stream = pipe.stream_refs[sid]
-            rows, ts = merge_events(ts, decode_rows(rows), stream.merge)
+            rows, ts = merge_events(ts, _decode_sliced(rows), stream.merge)
             if pipe.retry:
                 self._stash(pipe, stream, rows, ts, keys[0], keys[-1])
             else:

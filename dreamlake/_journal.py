@@ -36,17 +36,20 @@ import json
 import logging
 import mmap
 import os
+import hashlib
 import secrets
+import stat
 import struct
 from typing import Any, Callable
 
 import msgspec
 
-__all__ = ["Journal", "recover", "recover_session", "capacity_for", "JOURNAL_DIR", "ROW", "BATCH", "KEY_SHIFT", "JournalFull"]
+__all__ = ["Journal", "recover", "recover_session", "capacity_for", "JOURNAL_DIR", "journal_dirs", "ROW", "BATCH", "KEY_SHIFT", "JournalFull"]
 
 log = logging.getLogger("dreamlake")
 
 JOURNAL_DIR = ".journal"
+SHM = "/dev/shm"
 MAGIC = b"DLJ1"
 MAX_STREAMS = 1 << 16
 MARKS_AT = 4096
@@ -61,7 +64,7 @@ MIN_CAPACITY = 2 << 20
 #: rows a writer may have stored but not yet marked when it was killed: at most
 #: one write of one stream (the writer's batch, or a retried backlog)
 MAX_RECHECK = 1 << 16
-MAX_CAPACITY = 32 << 20
+MAX_CAPACITY = 16 << 20
 
 _U64 = struct.Struct("<Q")
 _pack_record = RECORD.pack
@@ -87,8 +90,8 @@ class Journal:
 
     def __init__(self, session_dir: str, capacity: int) -> None:
         self.session_dir = session_dir
-        directory = os.path.join(session_dir, JOURNAL_DIR)
-        os.makedirs(directory, exist_ok=True)
+        directory = journal_dirs(session_dir)[0]
+        _make_private_dir(directory)
         stem = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(4)}")
         self.path = stem + ".ring"
         self.names_path = stem + ".names"
@@ -99,7 +102,8 @@ class Journal:
             # allocated up front: a store of a sparse mapping on a full disk is a SIGBUS;
             # this fails now (ENOSPC) instead, and the session opens without a journal
             os.posix_fallocate(fd, 0, DATA_AT + capacity)
-            self._mm = mmap.mmap(fd, DATA_AT + capacity)
+            # pages mapped now, not on the hot path's first touch of each
+            self._mm = mmap.mmap(fd, DATA_AT + capacity, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         except BaseException:
             os.close(fd)
             os.unlink(self.path)
@@ -163,11 +167,7 @@ class Journal:
     def remove(self) -> None:
         """The session closed with everything written: the journal has no more use."""
         self.close()
-        for path in (self.path, self.names_path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _delete(self.path)
 
     def close(self) -> None:
         """Release the mapping and the lock (the files stay, for recovery)."""
@@ -270,19 +270,50 @@ def unwritten_rows(ring_path: str) -> dict[tuple[str, bool], tuple[list[float], 
     return {key: value for key, value in out.items() if value[1]}
 
 
+def journal_dirs(session_dir: str) -> list[str]:
+    """Where a session's journals live, the preferred place first: a private
+    directory in ``/dev/shm`` (memory: no disk writeback stalling the hot path's
+    page writes, and it outlives any process, not a reboot), else the session's
+    own ``.journal`` directory. Recovery looks in both."""
+    local = os.path.join(session_dir, JOURNAL_DIR)
+    if os.environ.get("DREAMLAKE_JOURNAL_DIR") == "session" or not os.path.isdir(SHM) or not os.access(SHM, os.W_OK):
+        return [local]
+    key = hashlib.sha256(os.path.realpath(session_dir).encode()).hexdigest()[:32]
+    return [os.path.join(SHM, f"dreamlake-{os.getuid()}", key), local]
+
+
+def _make_private_dir(directory: str) -> None:
+    """Create ``directory`` (0700 where it is ours to make); refuse a shared-memory
+    directory another user owns or that is a link (someone else's files)."""
+    if directory.startswith(SHM + os.sep):
+        for path in (os.path.dirname(directory), directory):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+        parent = os.path.dirname(directory)
+        for path in (parent, directory):
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+                raise PermissionError(f"{path} is not a private directory of this user")
+    else:
+        os.makedirs(directory, exist_ok=True)
+
+
 def dead_journals(session_dir: str) -> list[tuple[str, int]]:
     """Journals of this session whose owner is gone, each with its lock taken
     (the caller closes the fd once it is done)."""
-    directory = os.path.join(session_dir, JOURNAL_DIR)
-    try:
-        entries = sorted(os.listdir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    entries = []
+    for directory in journal_dirs(session_dir):
+        try:
+            entries += [os.path.join(directory, e) for e in sorted(os.listdir(directory))]
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            pass
     found = []
     for entry in entries:
         if not entry.endswith(".ring"):
             continue
-        path = os.path.join(directory, entry)
+        path = entry
         try:
             fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         except OSError:
@@ -319,14 +350,23 @@ def recover(session_dir: str, write: Callable[[str, bool, list, list], int], tai
                 if done < len(rows):
                     write(name, is_log, rows[done:], ts[done:])
                     replayed += len(rows) - done
-            for stale in (path, path[: -len(".ring")] + ".names"):
-                try:
-                    os.unlink(stale)
-                except FileNotFoundError:
-                    pass
+            _delete(path)
         finally:
             os.close(fd)
     return replayed
+
+
+def _delete(ring_path: str) -> None:
+    """Remove a journal (ring and names) and its directory once empty."""
+    for path in (ring_path, ring_path[: -len(".ring")] + ".names"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(os.path.dirname(ring_path))
+    except OSError:
+        pass  # other journals of the session live there
 
 
 def _canonical(row: Any) -> bytes:
@@ -369,7 +409,7 @@ def _stored_log_key(line: dict) -> tuple:
 def recover_session(session_dir: str) -> int:
     """Replay into the session's store whatever dead journals of the session
     hold unwritten (see :func:`recover`); returns the rows written."""
-    if not os.path.isdir(os.path.join(session_dir, JOURNAL_DIR)):
+    if not any(os.path.isdir(d) for d in journal_dirs(session_dir)):
         return 0
     from ._local_sink import LocalSink
 

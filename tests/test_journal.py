@@ -15,7 +15,7 @@ import pytest
 
 from disk import read_all
 from dreamlake import Session
-from dreamlake._journal import JOURNAL_DIR, Journal, recover_session
+from dreamlake._journal import Journal, journal_dirs, recover_session
 from dreamlake._local_sink import LocalSink
 from dreamlake._pipe import SessionPipe
 from dreamlake._values import encode_fields
@@ -82,9 +82,17 @@ def _check_everything_back(tmp_path, n):
         logs = [p["data"]["message"] for p in read_all_logs(s)]
         assert logs == [f"step {i}" for i in range(0, n, 1000)]
         health = s.health()
-    journals = os.listdir(tmp_path / "ws" / "run" / JOURNAL_DIR)
+    journals = _journal_files(tmp_path / "ws" / "run")
     assert journals == [], f"recovered journals must be deleted, found {journals}"
     return health
+
+
+def _journal_files(session_dir):
+    found = []
+    for directory in journal_dirs(str(session_dir)):
+        if os.path.isdir(directory):
+            found += [name for name in os.listdir(directory) if name.endswith((".ring", ".names"))]
+    return found
 
 
 def read_all_logs(s):
@@ -189,7 +197,7 @@ def test_a_clean_close_leaves_no_journal(tmp_path):
     with Session(prefix=PREFIX, root=str(tmp_path)) as s:
         s.track("t").append(a=1)
         assert s.health()["journal"]
-    assert os.listdir(tmp_path / "ws" / "run" / JOURNAL_DIR) == []
+    assert _journal_files(tmp_path / "ws" / "run") == []
 
 
 def test_queued_rows_are_not_tracked_by_the_cyclic_gc(tmp_path):

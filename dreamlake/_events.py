@@ -5,9 +5,9 @@ A session's queue holds items in threes, each three pushed with one
 interleave):
 
     stream_id, ts, payload              one track row or log entry (stream_id >= 0;
-                                        ``payload``: the msgpack bytes of its fields,
+                                        ``payload``: the JSON bytes of its fields,
                                         ``"_ts"`` included, encoded at the call)
-    -BATCH,   stream_id, payload        append_batch, or one large row: the msgpack
+    -BATCH,   stream_id, payload        append_batch, or one large row: the JSON
                                         bytes of ``[weight, ts_list, rows]``; ``weight``
                                         is the budget slots it holds while queued
     -ROWS,    (stream_id, ts_list, rows, weight), None

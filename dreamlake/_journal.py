@@ -1,6 +1,6 @@
 """A session's crash journal: every appended row, as bytes, in a memory-mapped ring.
 
-``append()`` encodes its row (msgpack, :func:`._values.encode_fields`) and copies
+``append()`` encodes its row (JSON, :func:`._values.encode_fields`) and copies
 the bytes into this process's journal of the session before it returns. The
 journal is a ``MAP_SHARED`` file mapping, so the bytes are in the kernel's page
 cache the moment they are copied: a ``kill -9`` of the process cannot take them
@@ -15,8 +15,8 @@ File ``<session>/.journal/<pid>-<token>.ring``::
     DATA_AT  ring of records (logical offset ``o`` lives at ``DATA_AT + o % capacity``)
 
 A record is ``<u64 logical offset><u32 stream id * 4 + kind><u32 length>`` and its
-payload: one row (kind ``ROW``, a msgpack map holding ``_ts``) or a batch (kind
-``BATCH``, a msgpack ``[weight, ts list, rows]``). A record that wraps past the
+payload: one row (kind ``ROW``, its JSON object holding ``_ts``) or a batch (kind
+``BATCH``, the JSON ``[weight, ts list, rows]``). A record that wraps past the
 end of the ring continues at ``DATA_AT``. Row ``k`` of the record at offset ``o``
 has the *key* ``o << 16 | k``; marks and the tail are keys/offsets, so a stale
 record of an earlier lap (its stored offset differs) is never mistaken for a
@@ -44,6 +44,8 @@ from typing import Any, Callable
 
 import msgspec
 
+from ._values import decode_row
+
 __all__ = ["Journal", "recover", "recover_session", "capacity_for", "JOURNAL_DIR", "journal_dirs", "ROW", "BATCH", "KEY_SHIFT", "JournalFull"]
 
 log = logging.getLogger("dreamlake")
@@ -57,6 +59,7 @@ DATA_AT = MARKS_AT + 8 * MAX_STREAMS
 #: record header: logical offset, stream id * 4 + kind, payload length
 RECORD = struct.Struct("<QII")
 HEADER = struct.Struct("<4sIQQ")  # magic, version, capacity, tail
+TAIL_AT = HEADER.size - 8
 ROW, BATCH = 0, 1
 #: a row's key is ``record offset << KEY_SHIFT | row number in the record``
 KEY_SHIFT = 16
@@ -68,7 +71,6 @@ MAX_CAPACITY = 16 << 20
 
 _U64 = struct.Struct("<Q")
 _pack_record = RECORD.pack
-_decode = msgspec.msgpack.Decoder().decode
 
 
 class JournalFull(Exception):
@@ -157,7 +159,7 @@ class Journal:
         """Records before ``offset`` are all written: their room may be reused.
         The header is written before producers may overwrite (recovery scans from it)."""
         if offset > self.tail:
-            _U64.pack_into(self._mm, 24, offset)
+            _U64.pack_into(self._mm, TAIL_AT, offset)
             self.tail = offset
 
     def used(self) -> int:
@@ -211,7 +213,7 @@ def _records(raw: Any, capacity: int, tail: int):
             return
         payload = _wrapped(ring, (start + RECORD.size) % capacity, length, capacity)
         try:
-            value = _decode(payload)
+            value = decode_row(payload)
         except msgspec.DecodeError:
             return  # torn by the kill: this append never returned
         yield offset, sid_kind >> 2, sid_kind & 3, value

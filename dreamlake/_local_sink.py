@@ -188,6 +188,10 @@ def track_stats(session_dir: str, name: str) -> dict:
 class LocalSink:
     """Writes one session into ``directory``."""
 
+    #: track rows may arrive encoded (``msgspec.Raw`` of a JSON object holding
+    #: ``_ts``): the line format frames them as they are (see ``_format``)
+    takes_encoded_rows = True
+
     def __init__(self, directory: str) -> None:
         self.directory = os.path.abspath(directory)
         self._streams: dict[tuple[str, bool], StreamFiles] = {}

@@ -23,11 +23,13 @@ import time
 from collections import deque
 from typing import Any
 
+import msgspec
+
 
 from ._errors import SessionStateError
 from ._events import BARRIER, BATCH, PARAMS, ROWS
 from ._journal import KEY_SHIFT, RECORD, Journal, JournalFull
-from ._values import PLAIN_SCALARS, encode_row, encode_value, prepare_fields
+from ._values import INT_RANGE, PLAIN_SCALARS, check_ints, encode_row, encode_value, prepare_fields
 
 __all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM"]
 
@@ -82,6 +84,8 @@ class SessionPipe:
         if memory_budget < MIN_MEMORY_BUDGET:
             raise ValueError(f"memory_budget must be at least {MIN_MEMORY_BUDGET} bytes")
         self.sink = sink
+        #: the sink writes encoded rows (``msgspec.Raw``) as they are (the local store does)
+        self.sink_takes_encoded = bool(getattr(sink, "takes_encoded_rows", False))
         self.queue: deque = deque()
         self.push = self.queue.extend
         self.memory_budget = memory_budget
@@ -162,7 +166,11 @@ class SessionPipe:
         if len(self.queue) >= self.max_items and not self.wait_room(wake_writer):
             return False
         for value in fields.values():
-            if type(value) not in PLAIN_SCALARS:  # containers, strings, numpy, ...
+            kind = type(value)
+            if kind is int:
+                if not _INT_MIN <= value <= _INT_MAX:
+                    check_ints(fields)  # raises the clear error
+            elif kind not in PLAIN_SCALARS:  # containers, strings, numpy, ...
                 fields = prepare_fields(fields)
                 break
         while True:
@@ -187,8 +195,10 @@ class SessionPipe:
                 fields["_ts"] = t
                 try:
                     payload = _encode(fields)
-                except (OverflowError, UnicodeEncodeError, TypeError):
+                except (UnicodeEncodeError, TypeError):
                     payload = encode_value(fields)  # raises the clear error
+                if b"null" in payload:  # None, or NaN/inf: tagged
+                    payload = encode_value(fields)
                 journal = self.journal
                 if len(payload) <= EVENT_COST:
                     if journal is not None:
@@ -398,8 +408,9 @@ def _refuse(event: tuple) -> None:
 
 
 def _batch_blob(weight: int, ts: list, payload: bytes) -> bytes:
-    """``[weight, ts, [row]]`` in msgpack around an already encoded row."""
-    return b"\x93" + encode_value(weight) + encode_value(ts) + b"\x91" + payload
+    """``[weight, ts, [row]]`` around an already encoded row."""
+    return encode_row([weight, ts, [msgspec.Raw(payload)]])
 
 
 _encode = encode_row
+_INT_MIN, _INT_MAX = INT_RANGE

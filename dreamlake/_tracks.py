@@ -16,7 +16,7 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from ._pipe import EVENT_COST
-from ._values import PLAIN_SCALARS, approx_bytes, capture_fields
+from ._values import PLAIN_SCALARS, approx_bytes, capture_fields, check_ints
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import Session
@@ -175,6 +175,7 @@ class Track:
                 raise ValueError("append_batch() rows need at least one field besides _ts")
         elif not all(rows):
             raise ValueError("append_batch() rows need at least one field besides _ts")
+        deque(map(check_ints, rows), maxlen=0)  # ints beyond 64 bits: refused, as in append()
         copies = list(map(dict, rows))
         pipe = self._pipe
         n = len(copies)

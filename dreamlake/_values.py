@@ -26,6 +26,8 @@ __all__ = [
     "encode_row",
     "prepare_fields",
     "decode_rows",
+    "decode_row",
+    "check_ints",
     "INT_RANGE",
     "approx_bytes",
     "tag_nonfinite",
@@ -74,6 +76,8 @@ def capture(value: Any, depth: int = 0, copy: bool = True) -> Any:
     With ``copy=False`` (the caller encodes it at once) flat lists are not copied."""
     kind = type(value)
     if kind in PLAIN_SCALARS:
+        if kind is int and not _INT_MIN <= value <= _INT_MAX:
+            raise _int_error(value)
         return value
     if kind is str:
         if len(value) > MAX_STRING_LENGTH:
@@ -84,7 +88,10 @@ def capture(value: Any, depth: int = 0, copy: bool = True) -> Any:
     if kind is list or kind is tuple:
         if len(value) > MAX_ELEMENTS:
             raise ValueError(f"sequence of {len(value)} elements is longer than {MAX_ELEMENTS}")
-        if set(map(type, value)) <= _FLAT_OK:  # the common flat list: copied in C
+        kinds = set(map(type, value))
+        if kinds <= _FLAT_OK:  # the common flat list: copied in C
+            if int in kinds and value and not (_INT_MIN <= min(x for x in value if type(x) is int) and max(x for x in value if type(x) is int) <= _INT_MAX):
+                raise _int_error(max((x for x in value if type(x) is int), key=abs))
             return list(value) if copy else value
         return [capture(item, depth + 1, copy) for item in value]
     if kind is dict:
@@ -99,7 +106,7 @@ def capture(value: Any, depth: int = 0, copy: bool = True) -> Any:
         return _from_array_like(value)
     if isinstance(value, (bool, int, float)):
         # subclasses (IntEnum, ...) are stored as their plain value
-        return float(value) if isinstance(value, float) else int(value)
+        return float(value) if isinstance(value, float) else capture(int(value))
     if isinstance(value, str):
         return capture(str(value), depth)
     raise TypeError(f"values of type {kind.__name__} are not supported (use JSON types, numpy or torch)")
@@ -111,8 +118,8 @@ def capture_fields(fields: dict, copy: bool = True) -> dict:
 
 
 def _encode_other(value: Any) -> Any:
-    """The encoder's hook for what msgpack has no type for: numpy/torch scalars
-    and arrays become numbers and lists (one call per value, no dict copy)."""
+    """The encoder's hook for what JSON has no type for: numpy/torch scalars and
+    arrays become numbers and lists (one call per value, no dict copy)."""
     module = type(value).__module__
     if module == "numpy" or module.startswith("torch"):
         return _from_array_like(value)
@@ -121,26 +128,53 @@ def _encode_other(value: Any) -> Any:
     raise TypeError(f"values of type {type(value).__name__} are not supported (use JSON types, numpy or torch)")
 
 
-#: the row encoder of the hot path (and of anything that journals rows)
-encode_row = msgspec.msgpack.Encoder(enc_hook=_encode_other).encode
-_encode = encode_row
-_decode = msgspec.msgpack.Decoder().decode
+_INT_MIN, _INT_MAX = INT_RANGE
+
+
+def _int_error(value: int) -> ValueError:
+    return ValueError(f"ints must lie in [{_INT_MIN}, {_INT_MAX}] (store bigger ones as str), got {value}")
+
+
+#: the row encoder of the hot path: JSON, so the writer only frames the bytes
+#: (non-finite floats come out as null; :func:`encode_value` tags them)
+encode_row = msgspec.json.Encoder(enc_hook=_encode_other).encode
+_decode = msgspec.json.Decoder().decode
 
 
 def encode_value(value: Any) -> bytes:
-    """msgpack bytes of an already captured value; what msgpack cannot carry
-    (ints beyond 64 bits, lone surrogates in strings or keys) is refused here,
-    with the same rule in thread and agent mode."""
+    """JSON bytes of a value (prepared by :func:`prepare_fields`), non-finite
+    floats tagged; what a row cannot hold (lone surrogates in strings or keys,
+    unsupported types) is refused here with a clear error."""
     try:
-        return _encode(value)
-    except OverflowError:
-        raise ValueError(
-            f"ints must lie in [{INT_RANGE[0]}, {INT_RANGE[1]}] (store bigger ones as str)"
-        ) from None
+        payload = encode_row(value)
     except UnicodeEncodeError as exc:
         raise ValueError(f"strings must be valid Unicode text ({exc.reason}: {exc.object[exc.start:exc.end]!r})") from None
     except TypeError as exc:
         raise TypeError(str(exc) if "not supported" in str(exc) else f"values of this type are not supported ({exc})") from None
+    if b"null" in payload:  # None, or a NaN/inf the encoder wrote as null
+        value = capture(value, 0, False)  # numpy as lists, so non-finite floats show
+        if _has_nonfinite(value):
+            payload = encode_row(tag_nonfinite(value))
+    return payload
+
+
+def _has_nonfinite(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return not math.isfinite(value)
+    if kind is dict:
+        return any(map(_has_nonfinite, value.values()))
+    if kind is list or kind is tuple:
+        return any(map(_has_nonfinite, value))
+    return False
+
+
+def check_ints(fields: dict) -> None:
+    """Refuse ints JSON could carry but msgpack (the agent's frames) cannot: one
+    rule for thread and agent mode. Called on rows of plain scalars."""
+    for value in fields.values():
+        if type(value) is int and not _INT_MIN <= value <= _INT_MAX:
+            raise _int_error(value)
 
 
 def prepare_fields(fields: dict) -> dict:
@@ -152,12 +186,17 @@ def prepare_fields(fields: dict) -> dict:
         kind = type(value)
         if kind not in PLAIN_SCALARS and kind.__module__ != "numpy":
             return capture_fields(fields, copy=False)
+    check_ints(fields)
     return fields
 
 
 def encode_fields(fields: dict) -> bytes:
     """Validate a row (``_ts`` included) and encode it, as ``append()`` does."""
-    return encode_value(prepare_fields(fields))
+    for value in fields.values():
+        if type(value) not in PLAIN_SCALARS:
+            return encode_value(prepare_fields(fields))
+    check_ints(fields)
+    return encode_value(fields)
 
 
 def decode_rows(rows: list) -> list:
@@ -167,8 +206,15 @@ def decode_rows(rows: list) -> list:
         if not any(type(row) is bytes for row in rows):
             return rows
     elif all(type(row) is bytes for row in rows):
-        return _decode(b"\xdd" + len(rows).to_bytes(4, "big") + b"".join(rows))
-    return [_decode(row) if type(row) is bytes else row for row in rows]
+        joined = b"[" + b",".join(rows) + b"]"
+        decoded = _decode(joined)
+        return untag_nonfinite(decoded) if NONFINITE_MARKER in joined else decoded
+    return [decode_row(row) if type(row) is bytes else row for row in rows]
+
+
+def decode_row(payload: bytes) -> Any:
+    value = _decode(payload)
+    return untag_nonfinite(value) if NONFINITE_MARKER in payload else value
 
 
 def approx_bytes(value: Any) -> int:

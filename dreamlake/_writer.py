@@ -28,14 +28,14 @@ from itertools import accumulate, groupby, repeat
 from operator import itemgetter, lshift
 from typing import Any
 
-import msgspec
+from msgspec import Raw
 
 from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import BATCH, PARAMS, ROWS, Waiter
 from ._journal import KEY_SHIFT, RECORD
 from ._pipe import SessionPipe, StreamRef
-from ._values import decode_rows
+from ._values import decode_row, decode_rows
 
 __all__ = ["Writer", "get_writer", "TICK", "ROW_MAX_AGE"]
 
@@ -56,7 +56,6 @@ RETRY_MIN, RETRY_MAX = 0.05, 2.0
 
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 _record_size = RECORD.size.__add__
-_decode_blob = msgspec.msgpack.Decoder().decode
 
 
 def yield_gil() -> None:
@@ -205,7 +204,7 @@ class Writer:
                         pipe.held_rows += len(run)
                     elif key == -BATCH:
                         for _, sid, blob in run:
-                            weight, ts, rows = _decode_blob(blob)
+                            weight, ts, rows = decode_row(blob)
                             held = self._held(pipe, sid)
                             held[0].extend(ts)
                             held[1].extend(rows)
@@ -275,7 +274,12 @@ class Writer:
                 pipe.open_ts.pop(sid, None)
                 pipe.open_since.pop(sid, None)
             stream = pipe.stream_refs[sid]
-            rows, ts = merge_events(ts, _decode_sliced(rows), stream.merge)
+            if stream.merge and len(set(ts)) != len(ts):  # equal _ts: merged as dicts
+                rows, ts = merge_events(ts, _decode_sliced(rows), True)
+            elif not stream.is_log and pipe.sink_takes_encoded:  # bytes framed as they are
+                rows = [Raw(row) if type(row) is bytes else row for row in rows]
+            else:
+                rows = _decode_sliced(rows)
             if pipe.retry:
                 self._stash(pipe, stream, rows, ts, keys[0], keys[-1])
             else:

@@ -232,6 +232,7 @@ class Writer:
                 pipe.made_room()
             if pipe.held_rows >= pipe.batch_rows:
                 self._write_pipe(pipe, hold_open=True)
+                self._note_progress(pipe, time.monotonic())  # free journal room now, not after the drain
             yield_gil()
 
     @staticmethod

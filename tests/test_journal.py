@@ -14,6 +14,7 @@ import textwrap
 import pytest
 
 from disk import read_all
+from test_agent_processes import agents  # noqa: F401  (fixture: agents on a private socket)
 from dreamlake import Session
 from dreamlake._journal import Journal, journal_dirs, recover_session
 from dreamlake._local_sink import LocalSink
@@ -231,3 +232,17 @@ def test_bad_values_are_refused_at_the_call_in_one_rule(tmp_path):
         with pytest.raises(error):
             encode_fields(bad)
     encode_fields({"x": (1 << 64) - 1, "y": -(1 << 63)})  # the edges are fine
+
+
+def test_kill9_in_agent_mode_after_a_burst_keeps_every_returned_append(agents):
+    """Agent mode: the client journals too; rows it had not yet sent to the agent
+    come back on the next open, rows the agent had are not written twice."""
+    from test_agent_processes import meta, wait_until
+
+    agents.start()
+    root = agents.root
+    n = 30_000
+    _run_and_kill(root, n, repr({"agent": agents.address}))
+    sdir = root / "ws" / "run"
+    wait_until(lambda: meta(sdir)["status"] == "interrupted", what="the agent to finish the killed client's session")
+    _check_everything_back(root, n)

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ._values import NONFINITE_MARKER, tag_nonfinite, untag_nonfinite
+from ._values import NONFINITE_MARKER, has_nonfinite as _has_nonfinite, tag_nonfinite, untag_nonfinite
 
 __all__ = [
     "encode_track_lines",
@@ -54,17 +54,6 @@ def _encode_lines(objects: list, rows: list) -> bytes:
     if b"null" in buf and _has_nonfinite(rows):
         return _encoder.encode_lines(tag_nonfinite(objects))
     return buf
-
-
-def _has_nonfinite(value: Any) -> bool:
-    kind = type(value)
-    if kind is float:
-        return not math.isfinite(value)
-    if kind is dict:
-        return any(map(_has_nonfinite, value.values()))
-    if kind is list:
-        return any(map(_has_nonfinite, value))
-    return False
 
 
 def encode_track_lines(rows: list[dict], first_index: int) -> bytes:

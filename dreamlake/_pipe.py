@@ -111,6 +111,7 @@ class SessionPipe:
         self.blocked_waits = 0
         self.rows_written = 0
         self.journal_waits = 0
+        self.dropped_journal_full = 0  # of ``dropped``: the journal ring had no room
         self.recovered_rows = 0  # rows of killed processes replayed when this session opened
         self.write_errors = 0
         self.last_error: str | None = None
@@ -267,6 +268,7 @@ class SessionPipe:
         if self.on_full_policy == "drop":
             with self.space:
                 self.dropped += 1
+                self.dropped_journal_full += 1
             return False
         with self.space:
             self.journal_waits += 1
@@ -399,6 +401,8 @@ class SessionPipe:
             "journal": journal.path if journal is not None else None,
             "journal_bytes": journal.used() if journal is not None else 0,
             "journal_waits": self.journal_waits,
+            # rows lost, by reason (``dropped`` is their sum)
+            "lost": {"queue_full": self.dropped - self.dropped_journal_full, "journal_full": self.dropped_journal_full},
             "recovered_rows": self.recovered_rows,
         }
 

@@ -27,6 +27,7 @@ __all__ = [
     "prepare_fields",
     "decode_rows",
     "decode_row",
+    "has_nonfinite",
     "check_ints",
     "INT_RANGE",
     "approx_bytes",
@@ -153,19 +154,19 @@ def encode_value(value: Any) -> bytes:
         raise TypeError(str(exc) if "not supported" in str(exc) else f"values of this type are not supported ({exc})") from None
     if b"null" in payload:  # None, or a NaN/inf the encoder wrote as null
         value = capture(value, 0, False)  # numpy as lists, so non-finite floats show
-        if _has_nonfinite(value):
+        if has_nonfinite(value):
             payload = encode_row(tag_nonfinite(value))
     return payload
 
 
-def _has_nonfinite(value: Any) -> bool:
+def has_nonfinite(value: Any) -> bool:
     kind = type(value)
     if kind is float:
         return not math.isfinite(value)
     if kind is dict:
-        return any(map(_has_nonfinite, value.values()))
+        return any(map(has_nonfinite, value.values()))
     if kind is list or kind is tuple:
-        return any(map(_has_nonfinite, value))
+        return any(map(has_nonfinite, value))
     return False
 
 

@@ -77,6 +77,13 @@ def _decode_sliced(rows: list) -> list:
     return out
 
 
+def _as_raw(rows: list) -> list:
+    """Encoded rows wrapped for the sink's line encoder (C-level when all are bytes)."""
+    if set(map(type, rows)) == {bytes}:
+        return list(map(Raw, rows))
+    return [Raw(row) if type(row) is bytes else row for row in rows]
+
+
 class Writer:
     def __init__(self) -> None:
         self._pipes: list[SessionPipe] = []
@@ -278,7 +285,7 @@ class Writer:
             if stream.merge and len(set(ts)) != len(ts):  # equal _ts: merged as dicts
                 rows, ts = merge_events(ts, _decode_sliced(rows), True)
             elif not stream.is_log and pipe.sink_takes_encoded:  # bytes framed as they are
-                rows = [Raw(row) if type(row) is bytes else row for row in rows]
+                rows = _as_raw(rows)
             else:
                 rows = _decode_sliced(rows)
             if pipe.retry:

@@ -246,3 +246,17 @@ def test_kill9_in_agent_mode_after_a_burst_keeps_every_returned_append(agents):
     sdir = root / "ws" / "run"
     wait_until(lambda: meta(sdir)["status"] == "interrupted", what="the agent to finish the killed client's session")
     _check_everything_back(root, n)
+
+
+def test_a_full_journal_with_drop_counts_the_loss_by_reason(tmp_path):
+    sink = LocalSink(str(tmp_path / "s"))
+    pipe = SessionPipe(sink, on_full="drop")  # no writer: nothing frees the ring
+    pipe.attach_journal(Journal(str(tmp_path / "s"), 4096))
+    sid = pipe.stream("t").sid
+    kept = sum(pipe.put_row(sid, {"i": i, "pad": "x" * 40}, None, lambda: None) for i in range(200))
+    health = pipe.health()
+    assert 0 < kept < 200
+    assert health["lost"] == {"queue_full": 0, "journal_full": 200 - kept}
+    assert health["dropped"] == 200 - kept
+    assert health["backlog_rows"] == kept
+    pipe.journal.remove()

@@ -18,6 +18,7 @@ checks with one ``len()``; events carrying large values count their size.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -31,6 +32,8 @@ from ._events import BARRIER, BATCH, PARAMS, ROWS
 from ._journal import KEY_SHIFT, RECORD, Journal, JournalFull
 from ._values import INT_RANGE, PLAIN_SCALARS, check_ints, encode_row, encode_value, prepare_fields
 
+log = logging.getLogger("dreamlake")
+
 __all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM"]
 
 #: Measured cost of one queued small-row event (tuple + dict of 3 floats), bytes.
@@ -39,6 +42,10 @@ DEFAULT_MEMORY_BUDGET = 64 << 20
 MIN_MEMORY_BUDGET = 64 << 10
 #: The log stream's key: not a valid track name, so a track named "logs" is its own stream.
 LOG_STREAM = "\x00logs"
+#: How long ``block`` waits on a store that keeps failing (disk full, read-only)
+#: before it gives way: rows that do not fit the budget are then dropped and
+#: counted, and ``flush()``/``close()`` raise ``SinkError`` instead of waiting.
+SINK_STALL_LIMIT = 5.0
 #: Most rows the writer holds for one session before it writes them.
 MAX_WRITER_ROWS = 4096
 
@@ -112,6 +119,10 @@ class SessionPipe:
         self.rows_written = 0
         self.journal_waits = 0
         self.dropped_journal_full = 0  # of ``dropped``: the journal ring had no room
+        self.dropped_sink_failing = 0  # of ``dropped``: ``block`` gave way to a failing store
+        self.warned_stalled = False
+        #: monotonic time of the first failure of the current run of failures (writer side)
+        self.failing_since: float | None = None
         self.recovered_rows = 0  # rows of killed processes replayed when this session opened
         self.write_errors = 0
         self.last_error: str | None = None
@@ -255,11 +266,31 @@ class SessionPipe:
         with self.space:
             self.blocked_waits += 1
             while self.is_full():
+                if self.sink_stalled():
+                    self._drop_stalled(1)
+                    return False
                 wake_writer()
                 self.space.wait(0.05)
                 if self.closed:
                     raise SessionStateError("the session is closed")
         return True
+
+    def sink_stalled(self) -> bool:
+        """The sink has been failing for longer than ``SINK_STALL_LIMIT``."""
+        since = self.failing_since
+        return since is not None and time.monotonic() - since > SINK_STALL_LIMIT
+
+    def _drop_stalled(self, rows: int) -> None:
+        """``block`` gives way: the store has failed too long to wait for (space held)."""
+        self.dropped += rows
+        self.dropped_sink_failing += rows
+        if not self.warned_stalled:
+            self.warned_stalled = True
+            log.warning(
+                "dreamlake: the store has been failing for over %.0f s (%s); rows that do not fit "
+                "the memory budget are dropped and counted in health()['lost'] until it recovers",
+                SINK_STALL_LIMIT, self.last_error,
+            )
 
     def wait_journal(self, size: int, wake_writer) -> bool:
         """The journal ring is full (the writer holds unwritten rows): wait for it
@@ -273,6 +304,9 @@ class SessionPipe:
         with self.space:
             self.journal_waits += 1
             while journal.head + size - journal.tail > journal.capacity:
+                if self.sink_stalled():
+                    self._drop_stalled(1)
+                    return False
                 wake_writer()
                 self.space.wait(0.05)
                 if self.closed:
@@ -294,6 +328,9 @@ class SessionPipe:
                     return False
                 self.blocked_waits += 1
                 while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
+                    if self.sink_stalled():
+                        self._drop_stalled(rows)
+                        return False
                     wake_writer()
                     self.space.wait(0.05)
             self.max_items -= extra
@@ -402,7 +439,12 @@ class SessionPipe:
             "journal_bytes": journal.used() if journal is not None else 0,
             "journal_waits": self.journal_waits,
             # rows lost, by reason (``dropped`` is their sum)
-            "lost": {"queue_full": self.dropped - self.dropped_journal_full, "journal_full": self.dropped_journal_full},
+            "lost": {
+                "queue_full": self.dropped - self.dropped_journal_full - self.dropped_sink_failing,
+                "journal_full": self.dropped_journal_full,
+                "sink_failing": self.dropped_sink_failing,
+            },
+            "sink_failing_s": round(time.monotonic() - self.failing_since, 3) if self.failing_since is not None else 0.0,
             "recovered_rows": self.recovered_rows,
         }
 

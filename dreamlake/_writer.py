@@ -34,7 +34,7 @@ from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import BATCH, PARAMS, ROWS, Waiter
 from ._journal import KEY_SHIFT, RECORD
-from ._pipe import SessionPipe, StreamRef
+from ._pipe import SINK_STALL_LIMIT, SessionPipe, StreamRef
 from ._values import decode_row, decode_rows
 
 __all__ = ["Writer", "get_writer", "TICK", "ROW_MAX_AGE"]
@@ -48,6 +48,8 @@ TICK = 0.02
 ROW_MAX_AGE = 0.1
 #: Events taken from a queue before the writer gives the GIL back.
 SLICE_EVENTS = 256
+#: How often a caller waiting on a barrier checks whether the store is stalled (seconds).
+BARRIER_POLL = 0.1
 #: Rows decoded per C call before the writer gives the GIL back.
 DECODE_SLICE = 256
 #: Retry backoff after a failed write (seconds): doubles up to the maximum.
@@ -113,12 +115,20 @@ class Writer:
         waiter = Waiter()
         pipe.push_barrier(op, args, waiter)
         self._wake.set()
-        if not waiter.wait(timeout):
-            from ._errors import FlushTimeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not waiter.wait(BARRIER_POLL):
+            if op in ("flush", "close") and pipe.sink_stalled():
+                # the store has failed for too long: say so now rather than wait out the timeout
+                raise SinkError(
+                    f"{op}: the store has been failing for over {SINK_STALL_LIMIT:.0f} s ({pipe.last_error}); "
+                    f"{pipe.backlog()['backlog_rows']} rows are kept, retried and journaled"
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                from ._errors import FlushTimeout
 
-            raise FlushTimeout(
-                f"{op} did not complete within {timeout}s; {len(pipe.queue)} events still queued"
-            )
+                raise FlushTimeout(
+                    f"{op} did not complete within {timeout}s; {len(pipe.queue)} events still queued"
+                )
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -308,6 +318,7 @@ class Writer:
             return False
         if pipe.journal is not None:
             pipe.journal.set_mark(stream.sid, last_key + 1)
+        pipe.failing_since = None
         stream.note_written(start, len(rows))
         pipe.rows_written += len(rows)
         return True
@@ -345,6 +356,8 @@ class Writer:
             pipe.pending_params = params
 
     def _record_failure(self, pipe: SessionPipe, exc: BaseException) -> None:
+        if pipe.failing_since is None:
+            pipe.failing_since = time.monotonic()
         pipe.write_errors += 1
         pipe.last_error = f"{type(exc).__name__}: {exc}"
         pipe.retry_at = time.monotonic() + self._retry_delay

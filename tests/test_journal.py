@@ -256,7 +256,7 @@ def test_a_full_journal_with_drop_counts_the_loss_by_reason(tmp_path):
     kept = sum(pipe.put_row(sid, {"i": i, "pad": "x" * 40}, None, lambda: None) for i in range(200))
     health = pipe.health()
     assert 0 < kept < 200
-    assert health["lost"] == {"queue_full": 0, "journal_full": 200 - kept}
+    assert health["lost"] == {"queue_full": 0, "journal_full": 200 - kept, "sink_failing": 0}
     assert health["dropped"] == 200 - kept
     assert health["backlog_rows"] == kept
     pipe.journal.remove()

@@ -38,6 +38,7 @@ import mmap
 import os
 import hashlib
 import secrets
+import shutil
 import stat
 import struct
 from typing import Any, Callable
@@ -52,6 +53,7 @@ log = logging.getLogger("dreamlake")
 
 JOURNAL_DIR = ".journal"
 SHM = "/dev/shm"
+SESSION_FILE = "session"
 MAGIC = b"DLJ1"
 MAX_STREAMS = 1 << 16
 MARKS_AT = 4096
@@ -67,7 +69,7 @@ MIN_CAPACITY = 2 << 20
 #: rows a writer may have stored but not yet marked when it was killed: at most
 #: one write of one stream (the writer's batch, or a retried backlog)
 MAX_RECHECK = 1 << 16
-MAX_CAPACITY = 16 << 20
+MAX_CAPACITY = 8 << 20
 
 _U64 = struct.Struct("<Q")
 _pack_record = RECORD.pack
@@ -78,11 +80,12 @@ class JournalFull(Exception):
 
 
 def capacity_for(memory_budget: int) -> int:
-    """A quarter of the memory budget, within bounds: the queue holds about half
-    the budget of payload at most, small rows take far less than their budget
-    share, and a full ring only makes producers wait for the writer (``block``)
-    or count drops (``drop``), like the queue's own budget."""
-    return max(MIN_CAPACITY, min(MAX_CAPACITY, memory_budget // 4))
+    """An eighth of the memory budget, within bounds (8 MiB for the default):
+    the ring only holds what the writer has not yet written, and a full ring
+    only makes producers wait for the writer (``block``) or count drops
+    (``drop``), like the queue's own budget. It is allocated up front (shared
+    memory), so it is kept small."""
+    return max(MIN_CAPACITY, min(MAX_CAPACITY, memory_budget // 8))
 
 
 class Journal:
@@ -94,6 +97,9 @@ class Journal:
         self.session_dir = session_dir
         directory = journal_dirs(session_dir)[0]
         _make_private_dir(directory)
+        if directory.startswith(SHM + os.sep):  # says whose rows these are, for the sweep
+            with open(os.path.join(directory, SESSION_FILE), "w") as owner:
+                owner.write(os.path.realpath(session_dir))
         stem = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(4)}")
         self.path = stem + ".ring"
         self.names_path = stem + ".names"
@@ -305,12 +311,18 @@ def _make_private_dir(directory: str) -> None:
 def dead_journals(session_dir: str) -> list[tuple[str, int]]:
     """Journals of this session whose owner is gone, each with its lock taken
     (the caller closes the fd once it is done)."""
-    entries = []
+    found = []
     for directory in journal_dirs(session_dir):
-        try:
-            entries += [os.path.join(directory, e) for e in sorted(os.listdir(directory))]
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            pass
+        found += dead_journals_in(directory)
+    return found
+
+
+def dead_journals_in(directory: str) -> list[tuple[str, int]]:
+    """The dead journals in one directory, each with its lock taken."""
+    try:
+        entries = [os.path.join(directory, e) for e in sorted(os.listdir(directory))]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
     found = []
     for entry in entries:
         if not entry.endswith(".ring"):
@@ -435,11 +447,60 @@ def recover_session(session_dir: str) -> int:
             files.close()
 
 
+def sweep_shared_memory() -> int:
+    """Free the shared memory of dead journals of *other* sessions: one with
+    nothing unwritten, or whose session directory is gone, is deleted; one with
+    rows to recover moves into its session's ``.journal`` directory on disk, where
+    the next open of that session finds it. Returns the journals handled."""
+    root = os.path.join(SHM, f"dreamlake-{os.getuid()}")
+    try:
+        keys = os.listdir(root)
+    except OSError:
+        return 0
+    handled = 0
+    for key in keys:
+        directory = os.path.join(root, key)
+        try:
+            with open(os.path.join(directory, SESSION_FILE)) as owner:
+                session_dir = owner.read()
+        except OSError:
+            continue
+        for path, fd in dead_journals_in(directory):
+            try:
+                if os.path.isdir(session_dir) and unwritten_rows(path):
+                    target = os.path.join(session_dir, JOURNAL_DIR)
+                    os.makedirs(target, exist_ok=True)
+                    for source in (path, path[: -len(".ring")] + ".names"):
+                        if os.path.exists(source):
+                            shutil.copyfile(source, os.path.join(target, os.path.basename(source)))
+                _delete(path)
+                handled += 1
+            except OSError as exc:
+                log.warning("dreamlake: could not sweep the dead journal %s (%s)", path, exc)
+            finally:
+                os.close(fd)
+        if not any(name.endswith(".ring") for name in os.listdir(directory)):
+            for leftover in os.listdir(directory):
+                try:
+                    os.unlink(os.path.join(directory, leftover))
+                except OSError:
+                    pass
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
+    return handled
+
+
 def start(pipe: Any, session_dir: str, memory_budget: int) -> None:
     """On opening a session: recover what dead journals of it hold, then journal
     this process's rows. A store where neither works (read-only, no space) still
     opens: the rows are then kept in memory until written, as without a journal,
     and ``health()`` shows ``journal: None``."""
+    try:
+        sweep_shared_memory()
+    except Exception as exc:  # never a reason not to open
+        log.warning("dreamlake: sweeping dead journals failed (%s: %s)", type(exc).__name__, exc)
     try:
         pipe.recovered_rows = recover_session(session_dir)
         if pipe.recovered_rows:

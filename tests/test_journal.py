@@ -260,3 +260,30 @@ def test_a_full_journal_with_drop_counts_the_loss_by_reason(tmp_path):
     assert health["dropped"] == 200 - kept
     assert health["backlog_rows"] == kept
     pipe.journal.remove()
+
+
+def test_dead_journals_in_shared_memory_are_swept_to_disk_or_deleted(tmp_path):
+    from dreamlake._journal import SHM, sweep_shared_memory
+
+    if not journal_dirs(str(tmp_path))[0].startswith(SHM):
+        pytest.skip("no /dev/shm here: journals live in the session directory")
+    done, pending, gone = tmp_path / "done", tmp_path / "pending", tmp_path / "gone"
+    journals = {}
+    for sdir in (done, pending, gone):
+        sink, pipe = _journaled_pipe(sdir)
+        sid = pipe.stream("t").sid
+        pipe.put_row(sid, {"a": 1}, 1.0, lambda: None)
+        if sdir is done:
+            sink.write_rows("t", False, [{"a": 1, "_ts": 1.0}], [1.0])
+            pipe.journal.set_mark(sid, 1)  # written and marked: nothing to recover
+        pipe.journal.close()  # its process is gone
+        journals[sdir] = pipe.journal.path
+    import shutil
+
+    shutil.rmtree(gone)
+    assert sweep_shared_memory() >= 3
+    assert not any(os.path.exists(path) for path in journals.values())  # shared memory freed
+    assert os.listdir(pending / ".journal")  # the rows to recover now wait on disk
+    assert recover_session(str(pending)) == 1
+    assert [p["data"] for p in LocalSink(str(pending)).read("t", False, 0, 10)["data"]] == [{"a": 1, "_ts": 1.0}]
+    assert recover_session(str(done)) == 0

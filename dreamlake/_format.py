@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ._values import NONFINITE_MARKER, tag_nonfinite, untag_nonfinite
+from ._values import ESCAPE_MARKER, NONFINITE_MARKER, tag_nonfinite, untag_nonfinite
 
 __all__ = [
     "encode_track_lines",
@@ -52,7 +52,7 @@ _decode = msgspec.json.Decoder().decode
 def _encode_lines(objects: list, rows: list) -> bytes:
     """JSON lines; non-finite floats (which msgspec writes as null) are tagged."""
     buf = _encoder.encode_lines(objects)
-    if b"null" in buf and _has_nonfinite(rows):
+    if (b"null" in buf and _has_nonfinite(rows)) or NONFINITE_MARKER in buf or ESCAPE_MARKER in buf:
         return _encoder.encode_lines(tag_nonfinite(objects))
     return buf
 
@@ -72,7 +72,7 @@ def encode_track_lines(rows: list[dict], first_index: int) -> bytes:
     """Track rows (dicts holding ``_ts``) as ``{"index": i, "data": row}`` lines."""
     lines = list(map(_TrackLine, range(first_index, first_index + len(rows)), rows))
     buf = _encoder.encode_lines(lines)
-    if b"null" in buf and _has_nonfinite(rows):
+    if (b"null" in buf and _has_nonfinite(rows)) or NONFINITE_MARKER in buf or ESCAPE_MARKER in buf:
         return _encoder.encode_lines([{"index": line.index, "data": tag_nonfinite(line.data)} for line in lines])
     return buf
 
@@ -112,7 +112,7 @@ def encode_log_lines(entries: list[dict], first_seq: int) -> bytes:
 def decode_line(line: bytes) -> Any:
     """One stored line as a Python object, non-finite tags turned back into floats."""
     obj = _decode(line)
-    if NONFINITE_MARKER in line:
+    if NONFINITE_MARKER in line or ESCAPE_MARKER in line:
         obj = untag_nonfinite(obj)
     return obj
 

@@ -16,7 +16,7 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from ._pipe import EVENT_COST
-from ._values import PLAIN_SCALARS, approx_bytes, capture_fields
+from ._values import MAX_INT, MIN_INT, PLAIN_SCALARS, approx_bytes, capture_fields, check_ints
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._session import Session
@@ -27,6 +27,8 @@ _time = time.time
 _STR_ONLY = frozenset((str,))
 _DICT_ONLY = frozenset((dict,))
 _NUMBER_ONLY = frozenset((int, float))
+#: Values the hot path keeps as they are without a look (ints are range-checked inline).
+_AS_IS = frozenset((float, bool, type(None)))
 _get_ts = methodcaller("get", "_ts")
 
 
@@ -105,7 +107,8 @@ class Track:
         if not fields:
             raise ValueError("append() needs at least one field")
         for value in fields.values():
-            if type(value) not in PLAIN_SCALARS:  # containers, strings, numpy, ...
+            # containers, strings, numpy, ... and ints beyond 64 bits (refused by capture)
+            if type(value) not in _AS_IS and not (type(value) is int and MIN_INT <= value <= MAX_INT):
                 fields = capture_fields(fields)
                 fields["_ts"] = t
                 size = approx_bytes(fields)
@@ -165,6 +168,7 @@ class Track:
                     fields = capture_fields(fields)
                     weight += approx_bytes(fields) // EVENT_COST
                 else:
+                    check_ints(fields.values())
                     weight += 1
                 fields["_ts"] = ts
                 stamps.append(ts)
@@ -195,8 +199,10 @@ class Track:
         keys = set().union(*rows)
         if not keys or not _STR_ONLY.issuperset(map(type, keys)):
             return False
-        if not PLAIN_SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, rows)))):
+        values = list(chain.from_iterable(map(dict.values, rows)))
+        if not PLAIN_SCALARS.issuperset(map(type, values)):
             return False
+        check_ints(values)
         explicit = "_ts" in keys
         if explicit:
             given = list(map(_get_ts, rows))

@@ -264,3 +264,62 @@ def test_reading_logs_never_takes_a_sound_index_for_a_corrupt_one(tmp_path, capl
         rows, total = files.read(0, 100)
     assert total == 50 and [row["sequenceNumber"] for _, _, row in rows] == list(range(50))
     assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]
+
+
+# -- one bad value never stalls a session -------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [2**70, -(2**64), "lone \udcff surrogate", "complex"])
+def test_values_no_sink_can_store_are_refused_at_the_call(tmp_path, bad):
+    import numpy as np
+
+    value = np.complex64(1 + 2j) if bad == "complex" else bad
+    with Session(prefix="ws/refuse", root=str(tmp_path)) as s:
+        t = s.track("t")
+        with pytest.raises((ValueError, TypeError)):
+            t.append(v=value)
+        with pytest.raises((ValueError, TypeError)):
+            t.append_batch([{"v": 1}, {"v": value}])
+        with pytest.raises((ValueError, TypeError)):
+            t.append(meta={"nested": [value]})
+        t.append(v=(1 << 64) - 1)  # the edges of the one rule are fine
+        t.append(v=-(1 << 63))
+    assert [r["v"] for r in disk_rows(tmp_path / "ws" / "refuse", "t")] == [(1 << 64) - 1, -(1 << 63)]
+
+
+def test_a_row_that_still_fails_in_the_writer_is_quarantined_alone_and_the_session_goes_on(tmp_path, caplog):
+    """The safety net behind the checks at the call: a field name with a lone
+    surrogate goes through append's fast path (names are not looked at there)."""
+    with caplog.at_level(logging.WARNING, logger="dreamlake"):
+        with Session(prefix="ws/poison", root=str(tmp_path)) as s:
+            t = s.track("t")
+            for i in range(100):
+                t.append(i=i)
+                if i == 50:
+                    t.append(**{"bad\udcff": 1.0, "i": -1})
+            s.flush()
+            health = s.health()
+            assert health["lost"] == {"dropped_for_budget": 0, "quarantined": 1}
+            assert health["quarantine_reasons"] == {"UnicodeEncodeError": 1}
+    sdir = tmp_path / "ws" / "poison"
+    assert_exactly_once(sdir, "t", 100)  # every other row, in order, once
+    (kept,) = [strict_loads(line) for line in (sdir / "quarantine.jsonl").read_text().splitlines()]
+    assert kept["stream"] == "t" and kept["reason"].startswith("UnicodeEncodeError") and "bad" in kept["row"]
+    meta = strict_loads((sdir / "session.json").read_text())
+    assert meta["status"] == "completed" and meta["lost"] == {"quarantined": 1}
+    shown = subprocess.run([__import__("sys").executable, "-m", "dreamlake", "show", "ws/poison", "--root", str(tmp_path)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "lost rows: quarantined 1" in shown
+    assert sum("could not be written" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_user_dict_shaped_like_the_non_finite_tag_round_trips_unchanged(tmp_path):
+    shaped = {"$float": "nan"}
+    with Session(prefix="ws/tag", root=str(tmp_path)) as s:
+        s.track("t").append(tag=shaped, x=float("nan"))
+        s.params.set(p=shaped)
+        row = s.track("t").read()["data"][0]["data"]
+        assert row["tag"] == shaped and row["x"] != row["x"]
+        assert s.params.get() == {"p.$float": "nan"}  # params flatten dicts (as designed)
+    reader = __import__("dreamlake").open_session("ws/tag", root=str(tmp_path))
+    assert reader.track("t").read()["data"][0]["data"]["tag"] == shaped

@@ -7,6 +7,7 @@ locks of its own; cross-process safety comes from ``flock`` in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -202,6 +203,7 @@ class LocalSink:
         self._log_sequence_due: int | None = None
         #: failed rewrites of derived files (track metadata.json, logs/.log_sequence)
         self.derived_errors = 0
+        self._lost: dict[str, int] = {}
         self.files = FileStore(self.directory)
 
     # -- lifecycle -----------------------------------------------------------
@@ -247,12 +249,29 @@ class LocalSink:
             write_json_atomic(self._session_json(), meta)
         return meta
 
+    def record_losses(self, lost: dict[str, int]) -> None:
+        """Rows this opening did not write, by reason; added to ``session.json``'s
+        ``lost`` at close (totals over every opening), shown by ``dreamlake show``."""
+        self._lost = {reason: count for reason, count in lost.items() if count}
+
+    def quarantine(self, name: str, is_log: bool, row: Any, reason: str) -> None:
+        """Keep a row that cannot be written aside, with the reason, in
+        ``quarantine.jsonl`` (as text: the row itself could not be encoded)."""
+        entry = {"stream": "logs" if is_log else name, "reason": reason, "at": now_iso(), "row": repr(row)[:65536]}
+        with open(os.path.join(self.directory, "quarantine.jsonl"), "a", encoding="utf-8", errors="backslashreplace") as out:
+            out.write(json.dumps(entry, ensure_ascii=True) + "\n")
+
     def close(self, status: str, error: str | None) -> None:
         self.flush()
         with locked(os.path.join(self.directory, ".session.lock")):
             meta = read_json_to_update(self._session_json(), default={}) or {}
             stamp = now_iso()
             meta.update(status=status, closedAt=stamp, updatedAt=stamp, error=error)
+            if self._lost:
+                totals = dict(meta["lost"]) if isinstance(meta.get("lost"), dict) else {}
+                for reason, count in self._lost.items():
+                    totals[reason] = int(totals.get(reason, 0)) + count
+                meta["lost"] = totals
             write_json_atomic(self._session_json(), meta)
         for files in self._streams.values():
             files.close()

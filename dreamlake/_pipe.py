@@ -102,6 +102,9 @@ class SessionPipe:
         self.rows_written = 0
         self.write_errors = 0
         self.last_error: str | None = None
+        #: rows the sink could not take (a value that cannot be encoded), kept aside by reason
+        self.quarantined = 0
+        self.quarantine_reasons: dict[str, int] = {}
         self.pending_params: dict = {}
         self.retry: dict[StreamRef, tuple[list, list]] = {}
         self.retry_at = 0.0
@@ -227,8 +230,15 @@ class SessionPipe:
         with self.space:
             self.space.notify_all()
 
+    def lost(self) -> dict[str, int]:
+        """Rows not written to the store, by reason (all zero in a healthy session)."""
+        return {"dropped_for_budget": self.dropped, "quarantined": self.quarantined}
+
     def health(self) -> dict:
         return {
+            "lost": self.lost(),
+            "quarantined": self.quarantined,
+            "quarantine_reasons": dict(self.quarantine_reasons),
             "queued": len(self.queue) // 3,
             "max_queued": self.max_events,
             "memory_budget": self.memory_budget,

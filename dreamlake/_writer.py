@@ -25,6 +25,8 @@ import os
 import threading
 import time
 from itertools import groupby
+
+import msgspec
 from operator import itemgetter
 from typing import Any
 
@@ -46,6 +48,9 @@ ROW_MAX_AGE = 0.1
 SLICE_EVENTS = 256
 #: Retry backoff after a failed write (seconds): doubles up to the maximum.
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
+#: What a sink raises for a row it can never write (retrying would stall the session):
+#: unencodable values, never I/O (OSError is retried).
+BAD_ROW_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, msgspec.EncodeError)
 
 
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
@@ -218,6 +223,8 @@ class Writer:
     def _write_rows(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list) -> bool:
         try:
             start = pipe.sink.write_rows(stream.name, stream.is_log, rows, ts)
+        except BAD_ROW_ERRORS:
+            return self._write_rows_one_by_one(pipe, stream, rows, ts)
         except Exception as exc:
             self._record_failure(pipe, exc)
             self._stash(pipe, stream, rows, ts)
@@ -225,6 +232,39 @@ class Writer:
         stream.note_written(start, len(rows))
         pipe.rows_written += len(rows)
         return True
+
+    def _write_rows_one_by_one(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list) -> bool:
+        """A batch the sink refused for a value in it (the safety net behind the
+        checks at the call): write its rows one at a time, so the row that fails
+        is quarantined alone and every other row is written, in order, once (the
+        store recognises lines of the failed batch that did land)."""
+        for i, (row, stamp) in enumerate(zip(rows, ts)):
+            try:
+                start = pipe.sink.write_rows(stream.name, stream.is_log, [row], [stamp])
+            except BAD_ROW_ERRORS as exc:
+                self._quarantine(pipe, stream, row, exc)
+                continue
+            except Exception as exc:
+                self._record_failure(pipe, exc)
+                self._stash(pipe, stream, rows[i:], ts[i:])
+                return False
+            stream.note_written(start, 1)
+            pipe.rows_written += 1
+        return True
+
+    def _quarantine(self, pipe: SessionPipe, stream: StreamRef, row: Any, exc: BaseException) -> None:
+        reason = type(exc).__name__
+        pipe.quarantined += 1
+        pipe.quarantine_reasons[reason] = pipe.quarantine_reasons.get(reason, 0) + 1
+        keep = getattr(pipe.sink, "quarantine", None)
+        if keep is not None:
+            try:
+                keep(stream.name, stream.is_log, row, f"{reason}: {exc}")
+            except Exception as side_exc:  # the count stays; the side file is best effort
+                log.error("dreamlake: could not keep a quarantined row aside: %s", side_exc)
+        if pipe.quarantined == 1:
+            log.warning("dreamlake: a row of %r could not be written (%s: %s); it is kept aside and counted in "
+                        "health()['lost']['quarantined']; the session goes on", stream.name, reason, exc)
 
     def _stash(self, pipe: SessionPipe, stream: StreamRef, rows: list, ts: list) -> None:
         held = pipe.retry.get(stream)
@@ -321,6 +361,9 @@ class Writer:
         unwritten = self._unwritten_error(pipe) if (pipe.retry or pipe.pending_params) else None
         pipe.close_request = (status, error) if unwritten is not None else None
         if unwritten is None:
+            record = getattr(pipe.sink, "record_losses", None)
+            if record is not None:
+                record(pipe.lost())
             pipe.sink.close(status, error)
         with self._lock:
             if unwritten is None and pipe in self._pipes:

@@ -76,6 +76,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key in ("description", "tags", "folder", "createdAt", "closedAt", "error"):
         if meta.get(key):
             print(f"  {key}: {meta[key]}")
+    lost = meta.get("lost") if isinstance(meta.get("lost"), dict) else {}
+    if any(lost.values()):  # rows not written, by reason (see Session.health()["lost"])
+        print("  lost rows: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(lost.items()) if count))
     for earlier in reader.history:  # how earlier openings ended (see LocalSink.open)
         if isinstance(earlier, dict):
             error = f"  ({earlier['error']})" if earlier.get("error") else ""

@@ -15,15 +15,18 @@ checks with one ``len()``; events carrying large values count their size.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from typing import Any
 
-from ._errors import SessionStateError
+from ._errors import SessionStateError, SinkError
 from ._events import BARRIER, PARAMS, ROWS
 
-__all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM"]
+log = logging.getLogger("dreamlake")
+
+__all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM", "SINK_STALL_LIMIT"]
 
 #: Measured cost of one queued small-row event (tuple + dict of 3 floats), bytes.
 EVENT_COST = 512
@@ -33,6 +36,11 @@ MIN_MEMORY_BUDGET = 64 << 10
 LOG_STREAM = "\x00logs"
 #: Most rows the writer holds for one session before it writes them.
 MAX_WRITER_ROWS = 4096
+#: How long the store may fail (disk full, read-only, gone) before callers stop
+#: waiting for it (seconds): past it, ``block`` gives way to dropping what does not
+#: fit (counted as ``sink_failing``) and barriers (flush, close, reads) raise
+#: ``SinkError`` at once. Rows already accepted are kept and retried.
+SINK_STALL_LIMIT = 5.0
 
 
 class StreamRef:
@@ -102,6 +110,9 @@ class SessionPipe:
         self.rows_written = 0
         self.write_errors = 0
         self.last_error: str | None = None
+        #: when the store started failing (monotonic), None while it writes
+        self.failing_since: float | None = None
+        self.dropped_sink_failing = 0
         #: rows the sink could not take (a value that cannot be encoded), kept aside by reason
         self.quarantined = 0
         self.quarantine_reasons: dict[str, int] = {}
@@ -192,10 +203,34 @@ class SessionPipe:
         with self.space:
             self.blocked_waits += 1
             while self.is_full():
+                if self.sink_stalled():
+                    self._drop_for_failing_sink(1)
+                    return False
                 wake_writer()
                 self.space.wait(0.05)
         self.push(event)
         return True
+
+    def sink_stalled(self) -> bool:
+        """Has the store been failing for longer than ``SINK_STALL_LIMIT``?"""
+        since = self.failing_since
+        return since is not None and time.monotonic() - since > SINK_STALL_LIMIT
+
+    def stall_error(self) -> SinkError:
+        held = sum(len(rows) for rows, _ in self.retry.values())
+        failing = time.monotonic() - (self.failing_since or time.monotonic())
+        return SinkError(
+            f"the store has been failing for {failing:.0f} s ({self.last_error}); {held} rows are kept in "
+            f"memory and retried, {len(self.queue) // 3} events wait behind them"
+        )
+
+    def _drop_for_failing_sink(self, rows: int) -> None:
+        """Called holding ``space``."""
+        if self.dropped_sink_failing == 0:
+            log.warning("dreamlake: the store has been failing for over %.0f s (%s); rows that do not fit the "
+                        "memory budget are dropped and counted in health()['lost']['sink_failing']",
+                        SINK_STALL_LIMIT, self.last_error)
+        self.dropped_sink_failing += rows
 
     def push_rows(self, item: tuple, weight: int, wake_writer) -> bool:
         """Queue a ROWS item (see :meth:`push_batch`) worth ``weight`` budget slots.
@@ -212,6 +247,9 @@ class SessionPipe:
                     return False
                 self.blocked_waits += 1
                 while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
+                    if self.sink_stalled():
+                        self._drop_for_failing_sink(len(item[1][2]))
+                        return False
                     wake_writer()
                     self.space.wait(0.05)
             self.max_items -= extra
@@ -232,7 +270,7 @@ class SessionPipe:
 
     def lost(self) -> dict[str, int]:
         """Rows not written to the store, by reason (all zero in a healthy session)."""
-        return {"dropped_for_budget": self.dropped, "quarantined": self.quarantined}
+        return {"dropped_for_budget": self.dropped, "quarantined": self.quarantined, "sink_failing": self.dropped_sink_failing}
 
     def health(self) -> dict:
         return {

@@ -46,6 +46,8 @@ TICK = 0.02
 ROW_MAX_AGE = 0.1
 #: Events taken from a queue before the writer gives the GIL back.
 SLICE_EVENTS = 256
+#: How often a caller waiting for a barrier checks that the store is not failing (seconds).
+STALL_POLL = 0.05
 #: Retry backoff after a failed write (seconds): doubles up to the maximum.
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
 #: What a sink raises for a row it can never write (retrying would stall the session):
@@ -92,12 +94,16 @@ class Writer:
         waiter = Waiter()
         pipe.push_barrier(op, args, waiter)
         self._wake.set()
-        if not waiter.wait(timeout):
-            from ._errors import FlushTimeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not waiter.wait(STALL_POLL):
+            if pipe.sink_stalled():  # a failing store: say so now, not after the timeout
+                raise pipe.stall_error()
+            if deadline is not None and time.monotonic() > deadline:
+                from ._errors import FlushTimeout
 
-            raise FlushTimeout(
-                f"{op} did not complete within {timeout}s; {len(pipe.queue)} events still queued"
-            )
+                raise FlushTimeout(
+                    f"{op} did not complete within {timeout}s; {len(pipe.queue)} events still queued"
+                )
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -286,6 +292,8 @@ class Writer:
         if not pipe.retry:
             pipe.retry_at = 0.0
             self._retry_delay = RETRY_MIN
+            if not pipe.pending_params:
+                pipe.failing_since = None
             pipe.made_room()
 
     def _write_params(self, pipe: SessionPipe) -> None:
@@ -296,8 +304,13 @@ class Writer:
             self._record_failure(pipe, exc)
             params.update(pipe.pending_params)
             pipe.pending_params = params
+        else:
+            if not pipe.retry:
+                pipe.failing_since = None
 
     def _record_failure(self, pipe: SessionPipe, exc: BaseException) -> None:
+        if pipe.failing_since is None:
+            pipe.failing_since = time.monotonic()
         pipe.write_errors += 1
         pipe.last_error = f"{type(exc).__name__}: {exc}"
         pipe.retry_at = time.monotonic() + self._retry_delay

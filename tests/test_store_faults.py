@@ -299,7 +299,7 @@ def test_a_row_that_still_fails_in_the_writer_is_quarantined_alone_and_the_sessi
                     t.append(**{"bad\udcff": 1.0, "i": -1})
             s.flush()
             health = s.health()
-            assert health["lost"] == {"dropped_for_budget": 0, "quarantined": 1}
+            assert health["lost"] == {"dropped_for_budget": 0, "quarantined": 1, "sink_failing": 0}
             assert health["quarantine_reasons"] == {"UnicodeEncodeError": 1}
     sdir = tmp_path / "ws" / "poison"
     assert_exactly_once(sdir, "t", 100)  # every other row, in order, once
@@ -323,3 +323,37 @@ def test_a_user_dict_shaped_like_the_non_finite_tag_round_trips_unchanged(tmp_pa
         assert s.params.get() == {"p.$float": "nan"}  # params flatten dicts (as designed)
     reader = __import__("dreamlake").open_session("ws/tag", root=str(tmp_path))
     assert reader.track("t").read()["data"][0]["data"]["tag"] == shaped
+
+
+@needs_root
+def test_a_full_disk_never_freezes_the_loop_and_flush_says_so_at_once(monkeypatch):
+    """With ``block`` (the default) and a store failing past the stall limit, the
+    loop goes on (rows that do not fit are dropped and counted), flush() raises
+    SinkError instead of waiting out its timeout, and the rows kept in memory are
+    written once, in order, when space comes back."""
+    import dreamlake._pipe as pipe_module
+    from dreamlake import SinkError
+
+    monkeypatch.setattr(pipe_module, "SINK_STALL_LIMIT", 0.5)
+    with small_tmpfs("2m") as fs:
+        root = os.path.join(fs, "store")
+        s = Session(prefix="ws/stall", root=root, memory_budget=64 << 10, timeout=600).open()
+        t = s.track("t")
+        t.append(i=0)
+        s.flush()
+        filler = fill(fs, leave=0)
+        n = 1
+        while s.health()["lost"]["sink_failing"] == 0:  # blocks while the store may still recover, then goes on
+            t.append(i=n, pad="z" * 100)
+            n += 1
+        with pytest.raises(SinkError, match="failing for"):
+            s.flush()  # at once, not after timeout=600
+        assert s.health()["write_errors"] > 0
+        os.unlink(filler)
+        wait_for(lambda: s.health()["pending_retry_rows"] == 0 and s.health()["queued"] == 0, what="the kept rows to be written")
+        s.flush()
+        s.close()
+        kept = [r["i"] for r in disk_rows(Path(root) / "ws" / "stall", "t")]
+        lost = s.health()["lost"]["sink_failing"]
+    assert kept == sorted(set(kept)) and kept[0] == 0, "kept rows are written once, in order"
+    assert len(kept) + lost == n, "every row is either written or counted as lost"

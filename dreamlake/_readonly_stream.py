@@ -24,10 +24,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 
-from ._format import decode_line, line_payload, line_ts
-from ._stream_files import StreamFiles, _load, _Unsorted
+from ._format import decode_line, line_payload
+from ._stream_files import StreamFiles, _load, _Unsorted, index_lines
 
 __all__ = ["ReadOnlyStream"]
 
@@ -95,17 +94,7 @@ class ReadOnlyStream:
             data.seek(indexed_end)
             tail = data.read(data_size - indexed_end)
         complete = tail.rfind(b"\n") + 1
-        starts, stamps = [], []
-        position = indexed_end
-        for line in tail[:complete].split(b"\n")[:-1]:
-            try:
-                ts = line_ts(decode_line(line))
-            except msgspec.DecodeError:
-                ts = None
-            if ts is not None:
-                starts.append(position)
-                stamps.append(ts)
-            position += len(line) + 1
+        starts, stamps = index_lines(tail[:complete], indexed_end)
         in_order = all(b >= a for a, b in zip([last_ts, *stamps], stamps))
         return _Snapshot(rows, indexed_end + complete, starts, stamps, in_order and not os.path.exists(self.unsorted_path))
 

@@ -31,10 +31,28 @@ import msgspec
 
 from ._format import decode_line, encode_log_lines, encode_track_lines, line_payload, line_ts
 
-__all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS", "IndexCorrupt"]
+__all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS", "IndexCorrupt", "index_lines"]
 
 #: Index entries checked against the data when a process first opens a stream.
 SPOT_CHECKS = 16
+
+
+def index_lines(lines: bytes, position: int) -> tuple[list[int], list[float]]:
+    """The index entries of complete lines that start at byte ``position``: each
+    row line's offset and ``_ts``. A garbage line stays in the file but is never
+    indexed."""
+    starts: list[int] = []
+    stamps: list[float] = []
+    for line in lines.split(b"\n")[:-1]:
+        try:
+            ts = line_ts(decode_line(line))
+        except msgspec.DecodeError:
+            ts = None
+        if ts is not None:
+            starts.append(position)
+            stamps.append(ts)
+        position += len(line) + 1
+    return starts, stamps
 
 
 class IndexCorrupt(Exception):
@@ -174,17 +192,7 @@ class StreamFiles:
             if complete < len(tail):  # a torn last line: never acknowledged, cut it
                 os.ftruncate(data_fd, indexed_end + complete)
                 data_size = indexed_end + complete
-            starts, stamps = [], []
-            position = indexed_end
-            for line in tail[:complete].split(b"\n")[:-1]:
-                try:
-                    ts = line_ts(decode_line(line))
-                except msgspec.DecodeError:
-                    ts = None  # a garbage line stays in the file but is never indexed
-                if ts is not None:
-                    starts.append(position)
-                    stamps.append(ts)
-                position += len(line) + 1
+            starts, stamps = index_lines(tail[:complete], indexed_end)
             if starts:
                 if any(b < a for a, b in zip([last_ts, *stamps], stamps)):
                     self._mark_unsorted()

@@ -24,7 +24,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from ._format import decode_line, line_payload
 from ._stream_files import StreamFiles, _load, _Unsorted, index_lines
 

@@ -555,17 +555,17 @@ def _time_robot_arrays(calls: tuple, n: int, cap_ns: int) -> tuple[list[int], li
     return lp, lv, lc
 
 
-def w2_robot_arrays(target: Target, sz: Sizes, workdir: Path) -> dict:
-    """W2: what a robot logs per tick, explicit _ts on each: pose q (list of 7
-    floats), vel v (numpy array of 7 floats), camera meta (a small dict)."""
+def _w2(target: Target, sz: Sizes, workdir: Path, time_ticks, calls_of) -> dict:
+    """A W2 run: ``time_ticks(calls, ticks, cap_ns)`` times ``calls_of(target)``'s
+    three calls per tick, on the floor first and then on the target."""
     floor = FloorTarget()
     floor.open()
-    fp, fv, fc = _time_robot_arrays(floor.robot_array_calls(), sz.w2_ticks, 1 << 62)
+    fp, fv, fc = time_ticks(calls_of(floor), sz.w2_ticks, 1 << 62)
     floor_all = summarize_ns(fp + fv + fc)
     del floor, fp, fv, fc
     gc.collect()
     target.open(workdir, "w2")
-    lp, lv, lc = _time_robot_arrays(target.robot_array_calls(), sz.w2_ticks, int(sz.cap_s * 1e9))
+    lp, lv, lc = time_ticks(calls_of(target), sz.w2_ticks, int(sz.cap_s * 1e9))
     ticks = len(lp)
     out = {
         "ticks": ticks,
@@ -582,6 +582,12 @@ def w2_robot_arrays(target: Target, sz: Sizes, workdir: Path) -> dict:
     out["rows_on_disk"] = _maybe(target.robot_rows)
     out["health"] = target.health()
     return out
+
+
+def w2_robot_arrays(target: Target, sz: Sizes, workdir: Path) -> dict:
+    """W2: what a robot logs per tick, explicit _ts on each: pose q (list of 7
+    floats), vel v (numpy array of 7 floats), camera meta (a small dict)."""
+    return _w2(target, sz, workdir, _time_robot_arrays, lambda t: t.robot_array_calls())
 
 
 #: W2k's row kinds: each the same three fields, in different types.
@@ -627,30 +633,7 @@ def w7_row_kinds(target: Target, sz: Sizes, workdir: Path) -> dict:
 
 def w2_robot(target: Target, sz: Sizes, workdir: Path) -> dict:
     """W2s: per tick pose (7 floats), vel (7 floats, _ts=-1), camera {w,h,id} (_ts=-1)."""
-    floor = FloorTarget()
-    floor.open()
-    fp, fv, fc = _time_robot(floor.robot_calls(), sz.w2_ticks, 1 << 62)
-    floor_all = summarize_ns(fp + fv + fc)
-    del floor, fp, fv, fc
-    gc.collect()
-    target.open(workdir, "w2")
-    lp, lv, lc = _time_robot(target.robot_calls(), sz.w2_ticks, int(sz.cap_s * 1e9))
-    ticks = len(lp)
-    out = {
-        "ticks": ticks,
-        "calls": 3 * ticks,
-        "latency_ns": summarize_ns(lp + lv + lc),
-        "max_at_tick": {"pose": _argmax(lp), "vel": _argmax(lv), "camera": _argmax(lc)},
-        "by_call_ns": {"pose": summarize_ns(lp), "vel": summarize_ns(lv), "camera": summarize_ns(lc)},
-        "floor_ns": floor_all,
-    }
-    del lp, lv, lc
-    out.update(_drain_close(target))
-    out["bytes"] = _bytes(target)
-    out["bytes_per_tick"] = out["bytes"] / ticks if out["bytes"] else None
-    out["rows_on_disk"] = _maybe(target.robot_rows)
-    out["health"] = target.health()
-    return out
+    return _w2(target, sz, workdir, _time_robot, lambda t: t.robot_calls())
 
 
 def _busy(k: int) -> int:

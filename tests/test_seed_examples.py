@@ -25,7 +25,10 @@ import pytest
 from dreamlake import Session
 from disk import disk_logs, disk_params, disk_rows
 
-REMOTE_SKIP = "remote mode needs a DreamLake API server; none is available to the test run"
+REMOTE_SKIP = ("verbatim, the example names a public server this machine cannot reach; "
+               "tests/test_remote_seed_examples.py runs it against a local dreamlake-server")
+WRITE_PROTECT_SKIP = ("verbatim, the example names a public server this machine cannot reach; write "
+                      "protection is tested against a local server in tests/test_server_auth.py")
 
 
 # ----------------------------------------------------------------- helpers
@@ -763,7 +766,7 @@ def test_001_session_operations(tmp_path):
     assert_uploaded(sdir, entry, b"demo-model")
 
 
-@pytest.mark.skip(reason=REMOTE_SKIP)
+@pytest.mark.skip(reason=WRITE_PROTECT_SKIP)
 def test_001_write_protection_remote():
     # Note: Write protection is a server-side feature
     # In local mode, it's not enforced

@@ -37,14 +37,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
         reader = SessionReader(directory, prefix)
         names = reader.tracks.names()
         rows = sum(reader.track(n).count() for n in names)
-        sync = _sync_state(directory)
+        sync = _sync_state(directory, reader.meta)
         print(f"{prefix:<40} {reader.status:<12} {len(names):>6} {rows:>10,}  {sync:<24} {reader.meta.get('updatedAt', '')}")
     return 0
 
 
-def _sync_state(directory: Path) -> str:
+def _sync_state(directory: Path, meta: dict) -> str:
     """``local`` (no server), ``synced``, or what ``dreamlake sync`` would still send."""
     from ._sync import unsynced_summary
+    from .sinks.remote.spool import SLOTS
+
+    if not meta.get("url") and not (directory / SLOTS).exists():
+        return "local"  # decided without reading the session's files
 
     summary = unsynced_summary(str(directory))
     if not summary["url"] and not summary["spooled_batches"]:

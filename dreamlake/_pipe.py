@@ -1,9 +1,22 @@
 """A session's lock-free queue, its memory budget and its counters.
 
-Producers call ``pipe.push((stream_id, ts, fields))`` — a bound
-``deque.extend`` of one three (see :mod:`._events`), atomic in CPython and
-lock-free. Only when the queue is at its budget does a producer take the slow
-path (:meth:`SessionPipe.on_full`), which applies the policy:
+Two ways in, one writer:
+
+* with the C hot path (:mod:`._hotpath`, the default where it is built) and a
+  local store, ``Track.append`` copies each row as a binary record into the
+  session's crash journal ring (:mod:`._journal`); rows the C path does not take
+  (and log entries) go into the same ring as msgpack, from Python
+  (:meth:`SessionPipe.put_row`). The deque then carries only params, barriers
+  and rows too large for the ring, each with the ring position it follows, so
+  the writer keeps them in order with the rows;
+* otherwise (``DREAMLAKE_PURE_PYTHON=1``, no compiler at install, the agent's
+  own pipes, a remote sink) producers call ``pipe.push((stream_id, ts,
+  fields))`` — a bound ``deque.extend`` of one three (see :mod:`._events`),
+  atomic in CPython and lock-free.
+
+Only when the queue (or ring) is at its budget does a producer take the slow
+path (:meth:`SessionPipe.on_full`, :meth:`SessionPipe.wait_ring`), which applies
+the policy:
 
 * ``block`` (default, lossless): wait until the writer has made room;
 * ``drop``: discard the event and count it.
@@ -16,17 +29,31 @@ checks with one ``len()``; events carrying large values count their size.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
 from typing import Any
 
+import msgspec
+
 from ._errors import SessionStateError, SinkError
 from ._events import BARRIER, PARAMS, ROWS
 
+try:
+    if os.environ.get("DREAMLAKE_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on"):
+        raise ImportError("DREAMLAKE_PURE_PYTHON is set")
+    from . import _hotpath
+except ImportError:  # not built (no compiler at install) or switched off: the pure-Python path
+    _hotpath = None  # type: ignore[assignment]
+
 log = logging.getLogger("dreamlake")
 
-__all__ = ["SessionPipe", "StreamRef", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM", "SINK_STALL_LIMIT"]
+__all__ = ["SessionPipe", "StreamRef", "PyClock", "HOTPATH", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM", "SINK_STALL_LIMIT"]
+
+#: Is the C hot path in use (built, and not switched off by ``DREAMLAKE_PURE_PYTHON=1``)?
+HOTPATH = _hotpath is not None
+_encode_pack = msgspec.msgpack.Encoder().encode
 
 #: Measured cost of one queued small-row event (tuple + dict of 3 floats), bytes.
 EVENT_COST = 512
@@ -73,6 +100,50 @@ class StreamRef:
         return f"StreamRef({self.name!r})"
 
 
+class PyClock:
+    """One session's ``_ts`` clock, in Python (the C ``_hotpath.Clock`` has the same
+    interface): ``auto()`` is now, strictly after every auto stamp before it;
+    ``last`` is the calling thread's last stamp (``_ts=-1``), 0.0 before any."""
+
+    def __init__(self) -> None:
+        self.last_auto = 0.0  # last generated _ts (strictly increasing)
+        self.local = threading.local()
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        # taken around the read-compare-store of the last auto _ts, so _ts stays
+        # strictly increasing across threads (bound methods: cheaper than ``with``)
+        lock = threading.Lock()
+        self.acquire, self.release = lock.acquire, lock.release
+
+    def auto(self) -> float:
+        self.acquire()
+        t = time.time()
+        if t <= self.last_auto:
+            t = self.last_auto + 1e-6
+        self.last_auto = self.local.last = t
+        self.release()
+        return t
+
+    def reserve(self, n: int) -> float:
+        """The first of ``n`` consecutive auto stamps, 1 µs apart."""
+        self.acquire()
+        t = time.time()
+        if t <= self.last_auto:
+            t = self.last_auto + 1e-6
+        self.last_auto = self.local.last = t + (n - 1) * 1e-6
+        self.release()
+        return t
+
+    @property
+    def last(self) -> float:
+        return getattr(self.local, "last", 0.0)
+
+    @last.setter
+    def last(self, value: float) -> None:
+        self.local.last = value
+
+
 class SessionPipe:
     """Everything the writer needs to know about one open session."""
 
@@ -99,11 +170,14 @@ class SessionPipe:
         self.space = threading.Condition(threading.Lock())
         self.streams: dict[str, StreamRef] = {}
         self.stream_refs: list[StreamRef] = []  # by stream id
-        #: ``.last``: the last ``_ts`` the current thread used on any track (``_ts=-1``);
-        #: per thread, so a robot thread and a training thread never borrow each other's
-        self.thread_ts = threading.local()
-        self.last_auto_ts = 0.0  # last generated _ts (strictly increasing)
-        self._make_ts_lock()
+        #: the one ``_ts`` clock of the session; ``clock.last`` is per thread, so a
+        #: robot thread and a training thread never borrow each other's ``_ts=-1``
+        self.clock = _hotpath.Clock() if HOTPATH else PyClock()
+        #: the crash journal (None: rows wait in memory only; see :mod:`._journal`)
+        self.journal: Any = None
+        self.ring: Any = None
+        self.recovered_rows = 0
+        self.dropped_ring_full = 0  # of ``dropped``: the journal ring had no room
         # counters, read by health(); written by one side each
         self.dropped = 0
         self.blocked_waits = 0
@@ -130,35 +204,133 @@ class SessionPipe:
         self.held_rows = 0
         self.open_ts: dict[int, float] = {}
         self.open_since: dict[int, float] = {}
+        #: journal keys (see :mod:`._journal`): per stream, the first key not yet in the store
+        self.first_unwritten: dict[int, int] = {}
+        #: per stream, the journal key of the last row kept for retry
+        self.retry_upto: dict[int, int] = {}
+        #: when the writer last had nothing unwritten (monotonic): the backlog's age
+        self.caught_up_at = time.monotonic()
+        if HOTPATH and sink is not None:
+            self._start_journal(sink, memory_budget)
 
-    def _make_ts_lock(self) -> None:
-        # taken around the read-compare-store of the last auto _ts, so _ts stays
-        # strictly increasing across threads (bound methods: cheaper than ``with``)
-        self.ts_lock = threading.Lock()
-        self.ts_acquire = self.ts_lock.acquire
-        self.ts_release = self.ts_lock.release
+    def _start_journal(self, sink: Any, memory_budget: int) -> None:
+        """A local store: recover what killed processes left in journals of this
+        session, and journal this process's rows (not in the agent, whose rows
+        arrive from clients: it keeps them in memory until written)."""
+        from ._local_sink import LocalSink
+
+        if type(sink).__mro__[0] is not LocalSink and LocalSink not in type(sink).__mro__:
+            return
+        from . import _journal
+
+        in_agent = type(self).__module__ != __name__ or os.environ.get("DREAMLAKE_AGENT_PROCESS") == "1"
+        _journal.start(self, sink.directory, memory_budget, attach=not in_agent and _journal_wanted())
 
     def next_auto_ts(self) -> float:
         """Now, strictly after every auto ``_ts`` this session gave before."""
-        self.ts_acquire()
-        t = time.time()
-        if t <= self.last_auto_ts:
-            t = self.last_auto_ts + 1e-6
-        self.last_auto_ts = self.thread_ts.last = t
-        self.ts_release()
-        return t
+        return self.clock.auto()
+
+    # -- the journal ring ----------------------------------------------------------
+    def attach_journal(self, journal: Any) -> None:
+        """From now on rows go into ``journal``'s ring (see the module docstring)."""
+        self.journal = journal
+        self.ring = journal.ring
+        for ref in self.stream_refs:
+            journal.declare(ref.sid, ref.name, ref.is_log)
+        self.push = self._push_with_ring
+
+    def _push_with_ring(self, item: tuple) -> None:
+        """``push`` while journaled: a row (a log entry) goes into the ring, anything
+        else into the deque with the ring position it follows."""
+        if item[0] >= 0:
+            self.put_row(item[0], item[1], item[2])
+        else:
+            self.queue.extend((item[0], item[1], self.ring.head))
+
+    def put_row(self, sid: int, ts: float, fields: dict, wake_writer: Any = None) -> bool:
+        """Journal one row (a dict of plain values holding ``"_ts"``) from Python.
+        Returns False if the policy dropped it."""
+        payload = _encode_pack(fields)
+        try:
+            if self.ring.put(sid, ts, _hotpath.PACK, payload, 1):
+                return True
+        except OverflowError:  # larger than half the ring: kept in memory only
+            return self.push_rows((-ROWS, (sid, [ts], [fields], 1), self.ring.head), 1, wake_writer or _no_wake)
+        return self.wait_ring(lambda: self.ring.put(sid, ts, _hotpath.PACK, payload, 1), 1, wake_writer)
+
+    def put_batch(self, sid: int, ts: list, rows: list, wake_writer: Any) -> bool:
+        """Journal rows of one stream as one record (``append_batch``)."""
+        payload = _encode_pack([ts, rows])
+        try:
+            if self.ring.put(sid, ts[-1], _hotpath.BATCH, payload, len(rows)):
+                return True
+        except OverflowError:
+            if len(rows) > 1:  # halves, each journaled (or, once a single row, kept in memory)
+                half = len(rows) // 2
+                return self.put_batch(sid, ts[:half], rows[:half], wake_writer) & self.put_batch(sid, ts[half:], rows[half:], wake_writer)
+            return self.push_rows((-ROWS, (sid, ts, rows, 1), self.ring.head), 1, wake_writer)
+        return self.wait_ring(lambda: self.ring.put(sid, ts[-1], _hotpath.BATCH, payload, len(rows)), len(rows), wake_writer)
+
+    def wait_ring(self, put: Any, rows: int, wake_writer: Any) -> bool:
+        """The ring is full (the writer has not yet written what it holds): apply
+        the policy. ``put()`` retries the put; returns whether the rows went in."""
+        if self.closed:
+            raise SessionStateError("the session is closed")
+        wake = wake_writer or _no_wake
+        with self.space:
+            if self.on_full_policy == "drop":
+                self.dropped += rows
+                self.dropped_ring_full += rows
+                return False
+            self.blocked_waits += 1
+            while not put():
+                if self.closed:
+                    raise SessionStateError("the session is closed")
+                if self.sink_stalled():
+                    self._drop_for_failing_sink(rows)
+                    return False
+                wake()
+                self.space.wait(0.05)
+        return True
+
+    def backlog(self) -> dict:
+        """Rows appended but not yet in the store, and for how long the writer has
+        not been caught up (seconds)."""
+        ring = self.ring
+        unread = (ring.rows_in - ring.rows_out) if ring is not None else len(self.queue) // 3
+        rows = unread + sum(len(held[0]) for held in list(self.pending.values())) + self.writer_backlog
+        age = time.monotonic() - self.caught_up_at if rows else 0.0
+        return {"rows": rows, "age_s": round(age, 3)}
 
     def mark_closed(self) -> None:
-        """Make every later push raise, at no cost to the open hot path."""
+        """Make every later push raise, at no cost to the open hot path; a journal
+        whose rows are all written is deleted (else kept for the next open)."""
         self.closed = True
         self.max_items = -1
         self.push = _refuse
+        journal = self.journal
+        if journal is not None:
+            ring = journal.ring
+            ring.close()  # C appends now take the Python path, which raises
+            done = ring.rows_in == ring.rows_out and not self.pending and not self.retry
+            try:
+                journal.remove() if done else journal.close()
+            except OSError as exc:
+                log.warning("dreamlake: could not release the journal %s: %s", journal.path, exc)
 
     def after_fork_in_child(self) -> None:
-        """Events queued before fork belong to the parent, which writes them."""
+        """Events queued before fork belong to the parent, which writes them, and so
+        does its journal: the child's rows wait in memory until written."""
         self.queue.clear()
         self.space = threading.Condition(threading.Lock())
-        self._make_ts_lock()
+        if isinstance(self.clock, PyClock):
+            self.clock.after_fork()
+        journal, self.journal, self.ring = self.journal, None, None
+        if journal is not None:
+            journal.forget_in_child()
+            self.push = self.queue.extend
+        self.first_unwritten = {}
+        self.retry_upto = {}
         self.pending_params = {}
         self.retry = {}
         self.writer_backlog = 0
@@ -174,6 +346,8 @@ class SessionPipe:
                 ref = self.streams.get(name)
                 if ref is None:
                     ref = StreamRef(self, len(self.stream_refs), name, is_log)
+                    if self.journal is not None:
+                        self.journal.declare(ref.sid, name, is_log)
                     self.stream_refs.append(ref)
                     self.streams[name] = ref
         return ref
@@ -189,7 +363,10 @@ class SessionPipe:
         self.push((-BARRIER, (op, args, waiter), None))
 
     def push_batch(self, stream: StreamRef, ts: list, rows: list, weight: int, wake_writer) -> bool:
-        """Queue rows of one stream as one item worth ``weight`` budget slots."""
+        """Queue rows of one stream as one item worth ``weight`` budget slots
+        (journaled instead, while there is a journal)."""
+        if self.ring is not None and not self.closed:
+            return self.put_batch(stream.sid, ts, rows, wake_writer)
         return self.push_rows((-ROWS, (stream.sid, ts, rows, weight), None), weight, wake_writer)
 
     def on_full(self, event: tuple, wake_writer) -> bool:
@@ -253,7 +430,7 @@ class SessionPipe:
                     wake_writer()
                     self.space.wait(0.05)
             self.max_items -= extra
-            self.push(item)
+            self.queue.extend(item) if self.ring is not None else self.push(item)
             return True
 
     def rows_taken(self, weight: int) -> None:
@@ -269,8 +446,14 @@ class SessionPipe:
             self.space.notify_all()
 
     def lost(self) -> dict[str, int]:
-        """Rows not written to the store, by reason (all zero in a healthy session)."""
-        return {"dropped_for_budget": self.dropped, "quarantined": self.quarantined, "sink_failing": self.dropped_sink_failing}
+        """Rows not written to the store, by reason (all zero in a healthy session);
+        ``dropped_for_budget`` includes ``journal_full`` (the ring's share of the budget)."""
+        return {
+            "dropped_for_budget": self.dropped,
+            "journal_full": self.dropped_ring_full,
+            "quarantined": self.quarantined,
+            "sink_failing": self.dropped_sink_failing,
+        }
 
     def health(self) -> dict:
         return {
@@ -287,8 +470,20 @@ class SessionPipe:
             "write_errors": self.write_errors,
             "last_error": self.last_error,
             "pending_retry_rows": sum(len(rows) for rows, _ in self.retry.values()),
+            "backlog": self.backlog(),
+            "hot_path": "c" if HOTPATH else "python",
+            "journal": None if self.journal is None else {**self.journal.state(), "recovered_rows": self.recovered_rows},
         }
 
 
 def _refuse(event: tuple) -> None:
     raise SessionStateError("the session is closed")
+
+
+def _no_wake() -> None:
+    pass
+
+
+def _journal_wanted() -> bool:
+    """``DREAMLAKE_JOURNAL=0`` opts out (benchmarks compare with it off)."""
+    return os.environ.get("DREAMLAKE_JOURNAL", "1").lower() not in ("0", "off", "false", "no")

@@ -1,8 +1,15 @@
 """Track and Tracks: the hot path.
 
-``Track.append`` validates cheaply, stamps ``_ts``, captures values and pushes
-one tuple onto the session's queue; it never touches a file, a socket or a
-lock held across I/O.
+``Track.append`` validates cheaply, stamps ``_ts``, captures values and hands
+the row on; it never touches a file, a socket or a lock held across I/O.
+
+With the C hot path (:mod:`._hotpath`), ``append`` is a C method of
+``Track``'s base class: it takes the common rows (numbers, bools, None, ASCII
+strings, flat lists/tuples of numbers, numpy scalars and 1-D arrays) and copies
+them into the session's journal ring in one call. Anything else — and every
+row where there is no journal (agent or remote sinks, after fork) — goes to
+:meth:`Track._append_py`, the same rules in Python, which is ``append`` itself
+when the extension is not built or ``DREAMLAKE_PURE_PYTHON=1``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from operator import methodcaller, setitem
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
-from ._pipe import EVENT_COST
+from ._errors import SessionStateError
+from ._pipe import EVENT_COST, HOTPATH, _hotpath
 from ._values import MAX_INT, MIN_INT, PLAIN_SCALARS, approx_bytes, capture_fields, check_ints
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,10 +66,18 @@ def _positional_row(row: Any, fields: dict) -> dict:
     return {**row, **fields}
 
 
-class Track:
+_Base: Any = _hotpath.TrackBase if HOTPATH else object
+
+
+class Track(_Base):
     """One time series of a session; get it with ``session.track(name)``."""
 
     __slots__ = ("_session", "_pipe", "_stream", "_sid", "name")
+
+    def __new__(cls, session: "Session", name: str) -> "Track":
+        if HOTPATH and cls is Track and session._require_pipe().ring is None:
+            cls = _PyTrack  # no journal: the Python path directly, without a C detour
+        return _Base.__new__(cls)
 
     def __init__(self, session: "Session", name: str) -> None:
         self._session = session
@@ -69,19 +85,21 @@ class Track:
         self._stream = self._pipe.stream(name)
         self._sid = self._stream.sid
         self.name = name
+        if HOTPATH:
+            self._hot_bind(self._pipe.ring, self._pipe.clock, self._sid)
 
     def _stamp(self, _ts: Any) -> float:
-        pipe = self._pipe
+        clock = self._pipe.clock
         if _ts is None:
-            return pipe.next_auto_ts()
+            return clock.auto()
         if _ts == -1 and (type(_ts) is int or type(_ts) is float):
-            last = getattr(pipe.thread_ts, "last", 0.0)
-            return pipe.next_auto_ts() if last == 0.0 else last
+            last = clock.last
+            return clock.auto() if last == 0.0 else last
         t = check_ts(_ts)
-        pipe.thread_ts.last = t
+        clock.last = t
         return t
 
-    def append(self, row: Any = None, /, _ts: Any = None, **fields: Any) -> "Track":
+    def _append_py(self, row: Any = None, /, _ts: Any = None, **fields: Any) -> "Track":
         """Append one row and return the track (so appends chain). ``_ts``: None →
         now, -1 → the last ``_ts`` this thread used in this session, a number →
         used as is. Rows with equal ``_ts`` merge (see DESIGN §4). A dict passed
@@ -95,13 +113,14 @@ class Track:
             if "_ts" in fields:
                 _ts = fields.pop("_ts")
         pipe = self._pipe
-        if _ts is None:  # SessionPipe.next_auto_ts, inlined: a call costs ~60 ns here
-            pipe.ts_acquire()
+        if _ts is None and not HOTPATH:  # PyClock.auto, inlined: a call costs ~60 ns here
+            clock = pipe.clock
+            clock.acquire()
             t = _time()
-            if t <= pipe.last_auto_ts:
-                t = pipe.last_auto_ts + 1e-6
-            pipe.last_auto_ts = pipe.thread_ts.last = t
-            pipe.ts_release()
+            if t <= clock.last_auto:
+                t = clock.last_auto + 1e-6
+            clock.last_auto = clock.local.last = t
+            clock.release()
         else:
             t = self._stamp(_ts)
         if not fields:
@@ -112,18 +131,26 @@ class Track:
                 fields = capture_fields(fields)
                 fields["_ts"] = t
                 size = approx_bytes(fields)
-                if size > EVENT_COST:  # a large row takes budget in proportion
+                if size > EVENT_COST and pipe.ring is None:  # a large row takes budget in proportion
                     pipe.push_batch(self._stream, [t], [fields], size // EVENT_COST, self._session._writer.wake)
                     return self
                 break
         fields["_ts"] = t  # fields is this call's own dict (or our copy)
+        if pipe.ring is not None:  # journaled: a row the C path left to us, or a full ring
+            if pipe.closed:
+                raise SessionStateError("the session is closed")
+            pipe.put_row(self._sid, t, fields, self._session._writer.wake)
+            return self
         if len(pipe.queue) < pipe.max_items:
             pipe.push((self._sid, t, fields))
         else:
             pipe.on_full((self._sid, t, fields), self._session._writer.wake)
         return self
 
-    log = append  # upstream 0.3's spelling
+    if HOTPATH:
+        log = _hotpath.TrackBase.append  # upstream 0.3's spelling
+    else:
+        append = log = _append_py
 
     def append_batch(self, rows: list[dict]) -> dict:
         """Append many rows at once; each may carry its own ``_ts`` (same rules
@@ -142,41 +169,30 @@ class Track:
         stamps: list[float] = []
         weights = []  # running total of budget slots, per row
         weight = 0
-        pipe.ts_acquire()  # one lock for the batch: its auto _ts are consecutive
-        try:
-            last_auto, last = pipe.last_auto_ts, getattr(pipe.thread_ts, "last", 0.0)
-            now = _time()
-            for row in rows:
-                if type(row) is not dict:
-                    raise TypeError(f"append_batch() rows must be dicts, got {type(row).__name__}")
-                fields = dict(row)
-                ts = fields.pop("_ts", None)
-                if ts is None:
-                    ts = now if now > last_auto else last_auto + 1e-6
-                    last_auto = last = ts
-                elif ts == -1 and type(ts) in (int, float):
-                    if last == 0.0:  # no _ts yet in this session: -1 means now
-                        last = last_auto = now if now > last_auto else last_auto + 1e-6
-                    ts = last
-                else:
-                    ts = last = check_ts(ts)
-                if not fields:
-                    raise ValueError("append_batch() rows need at least one field besides _ts")
-                if not _STR_ONLY.issuperset(map(type, fields)):
-                    raise TypeError("field names must be str")
-                if not PLAIN_SCALARS.issuperset(map(type, fields.values())):
-                    fields = capture_fields(fields)
-                    weight += approx_bytes(fields) // EVENT_COST
-                else:
-                    check_ints(fields.values())
-                    weight += 1
-                fields["_ts"] = ts
-                stamps.append(ts)
-                captured.append(fields)
-                weights.append(weight)
-            pipe.last_auto_ts, pipe.thread_ts.last = last_auto, last
-        finally:
-            pipe.ts_release()
+        for row in rows:  # checked and captured first: one bad row raises, nothing is stamped
+            if type(row) is not dict:
+                raise TypeError(f"append_batch() rows must be dicts, got {type(row).__name__}")
+            fields = dict(row)
+            ts = fields.pop("_ts", None)
+            if ts is not None and not (ts == -1 and type(ts) in (int, float)):
+                check_ts(ts)
+            if not fields:
+                raise ValueError("append_batch() rows need at least one field besides _ts")
+            if not _STR_ONLY.issuperset(map(type, fields)):
+                raise TypeError("field names must be str")
+            if not PLAIN_SCALARS.issuperset(map(type, fields.values())):
+                fields = capture_fields(fields)
+                weight += approx_bytes(fields) // EVENT_COST
+            else:
+                check_ints(fields.values())
+                weight += 1
+            fields["_ts"] = ts
+            stamps.append(ts)
+            captured.append(fields)
+            weights.append(weight)
+        stamp = self._stamp  # the one clock: auto stamps strictly increase, -1 borrows the last
+        for i, fields in enumerate(captured):
+            stamps[i] = fields["_ts"] = stamp(stamps[i])
         wake = self._session._writer.wake
         first, taken = 0, 0
         while first < len(captured):  # chunks that each fit the writer's share
@@ -217,16 +233,10 @@ class Track:
         n = len(copies)
         if explicit:
             stamps = list(map(float, given))
-            pipe.thread_ts.last = stamps[-1]
-        else:
-            pipe.ts_acquire()  # the batch's auto _ts: consecutive, 1 µs apart, after any earlier
-            try:
-                now = _time()
-                base = now if now > pipe.last_auto_ts else pipe.last_auto_ts + 1e-6
-                stamps = [base + i * 1e-6 for i in range(n)]
-                pipe.last_auto_ts = pipe.thread_ts.last = stamps[-1]
-            finally:
-                pipe.ts_release()
+            pipe.clock.last = stamps[-1]
+        else:  # the batch's auto _ts: consecutive, 1 µs apart, after any earlier
+            base = pipe.clock.reserve(n)
+            stamps = [base + i * 1e-6 for i in range(n)]
         deque(map(setitem, copies, repeat("_ts", n), stamps), maxlen=0)
         wake = self._session._writer.wake
         step = pipe.batch_rows
@@ -270,6 +280,14 @@ class Track:
 
     def __repr__(self) -> str:
         return f"Track({self.name!r})"
+
+
+class _PyTrack(Track):
+    """A track of a session without a journal (agent or remote sink) while the C
+    hot path is built: its rows take the Python path directly."""
+
+    __slots__ = ()
+    append = log = Track._append_py
 
 
 class Tracks:

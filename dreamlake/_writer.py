@@ -35,6 +35,10 @@ from ._errors import SinkError
 from ._events import PARAMS, ROWS, Waiter
 from ._pipe import SessionPipe, StreamRef
 
+_decode_pack = msgspec.msgpack.Decoder().decode
+#: a journal key's record offset is ``key >> KEY_SHIFT`` (see :mod:`._journal`)
+KEY_SHIFT = 16
+
 __all__ = ["Writer", "get_writer", "TICK", "ROW_MAX_AGE"]
 
 log = logging.getLogger("dreamlake")
@@ -143,6 +147,8 @@ class Writer:
         """Move queued items into per-stream pending lists, a slice at a time.
         A slice of rows of one stream (the common case) moves with two C-level
         slices; mixed slices go run by run."""
+        if pipe.ring is not None:
+            return self._drain_journaled(pipe)
         queue = pipe.queue
         popleft = queue.popleft
         while len(queue) >= 3:
@@ -183,11 +189,93 @@ class Writer:
                 self._write_pipe(pipe, hold_open=True)
             yield_gil()
 
+    def _drain_journaled(self, pipe: SessionPipe) -> None:
+        """:meth:`_drain` for a journaled pipe: rows come from the ring, a slice
+        (``SLICE_EVENTS`` rows) per C call; the deque's items (params, barriers,
+        rows too large for the ring) each wait until the ring is read up to the
+        position they were queued at."""
+        queue = pipe.queue
+        ring = pipe.ring
+        while True:
+            if pipe.retry and pipe.writer_backlog >= pipe.max_events:
+                break  # sink failing and budget used: leave the rest in the ring
+            if len(queue) >= 3:
+                if ring.read_pos < queue[2] and self._take_ring(pipe, queue[2]):
+                    continue
+                kind, payload, mark = queue.popleft(), queue.popleft(), queue.popleft()
+                if kind == -ROWS:
+                    sid, ts, rows, weight = payload
+                    self._hold(pipe, sid, ts, rows, [(mark << KEY_SHIFT) - 1] * len(rows))
+                    pipe.rows_taken(weight)
+                elif kind == -PARAMS:
+                    pipe.pending_params.update(payload)
+                else:
+                    self._barrier(pipe, payload)
+                    self._advance_tail(pipe)
+            elif not self._take_ring(pipe, None):
+                break
+        self._advance_tail(pipe)
+
+    def _take_ring(self, pipe: SessionPipe, upto: int | None) -> int:
+        """Read one slice of rows from the ring into the pending lists."""
+        sids, ts, rows, keys = pipe.ring.read(SLICE_EVENTS, upto, _decode_pack)
+        if not sids:
+            return 0
+        first = sids[0]
+        if min(sids) == first == max(sids):
+            self._hold(pipe, first, ts, rows, keys)
+        else:
+            start = 0
+            for sid, run in groupby(sids):
+                end = start + sum(1 for _ in run)
+                self._hold(pipe, sid, ts[start:end], rows[start:end], keys[start:end])
+                start = end
+        if pipe.blocked_waits:
+            pipe.made_room()
+        if pipe.held_rows >= pipe.batch_rows:
+            self._write_pipe(pipe, hold_open=True)
+            self._advance_tail(pipe)
+        yield_gil()
+        return len(sids)
+
+    def _hold(self, pipe: SessionPipe, sid: int, ts: list, rows: list, keys: list) -> None:
+        held = self._held(pipe, sid)
+        if sid not in pipe.first_unwritten:
+            pipe.first_unwritten[sid] = keys[0]
+        held[0].extend(ts)
+        held[1].extend(rows)
+        held[2].extend(keys)
+        pipe.held_rows += len(rows)
+
+    @staticmethod
+    def _marked(pipe: SessionPipe, sid: int, upto: int) -> None:
+        """Rows of stream ``sid`` up to journal key ``upto`` are in the store."""
+        if upto >= 0:
+            pipe.ring.set_mark(sid, upto + 1)
+        held = pipe.pending.get(sid)
+        if held and held[2]:
+            pipe.first_unwritten[sid] = held[2][0]
+        else:
+            pipe.first_unwritten.pop(sid, None)
+
+    @staticmethod
+    def _advance_tail(pipe: SessionPipe) -> None:
+        """Free the ring's room up to the oldest row not yet in the store."""
+        ring = pipe.ring
+        if ring is None:
+            return
+        oldest = min(pipe.first_unwritten.values(), default=None)
+        ring.set_tail(ring.read_pos if oldest is None else max(0, oldest) >> KEY_SHIFT)
+        if oldest is None and ring.rows_in == ring.rows_out:
+            pipe.caught_up_at = time.monotonic()
+        if pipe.blocked_waits:
+            pipe.made_room()
+
     @staticmethod
     def _held(pipe: SessionPipe, sid: int) -> list:
         held = pipe.pending.get(sid)
         if held is None:
-            held = pipe.pending[sid] = [[], []]
+            held = pipe.pending[sid] = [[], [], []]  # ts, rows, journal keys (journaled pipes)
         return held
 
     def _write_pipe(self, pipe: SessionPipe, hold_open: bool, sids: list | None = None) -> None:
@@ -198,7 +286,7 @@ class Writer:
             held = pending.get(sid)
             if not held or not held[0]:
                 continue
-            ts, rows = held
+            ts, rows, keys = held
             cut = open_group_start(ts) if hold_open else len(ts)
             if hold_open:
                 opened = ts[cut]
@@ -207,7 +295,7 @@ class Writer:
                     pipe.open_since[sid] = time.monotonic()
                 if cut == 0:
                     continue
-                pending[sid] = [ts[cut:], rows[cut:]]
+                pending[sid] = [ts[cut:], rows[cut:], keys[cut:]]
                 ts, rows = ts[:cut], rows[:cut]
             else:
                 del pending[sid]
@@ -219,6 +307,11 @@ class Writer:
                 self._stash(pipe, stream, rows, ts)
             else:
                 self._write_rows(pipe, stream, rows, ts)
+            if keys:  # journaled: mark what is stored, or remember where the stash ends
+                if stream in pipe.retry:
+                    pipe.retry_upto[sid] = keys[cut - 1]
+                else:
+                    self._marked(pipe, sid, keys[cut - 1])
         pipe.held_rows = sum(len(held[0]) for held in pending.values())  # what is left: open rows
 
     def _close_aged(self, pipe: SessionPipe, opened_before: float) -> None:
@@ -289,6 +382,9 @@ class Writer:
                 self._stash(pipe, stream, rows, ts)
             else:
                 self._write_rows(pipe, stream, rows, ts)
+            if stream not in pipe.retry and stream.sid in pipe.retry_upto:
+                self._marked(pipe, stream.sid, pipe.retry_upto.pop(stream.sid))
+        self._advance_tail(pipe)
         if not pipe.retry:
             pipe.retry_at = 0.0
             self._retry_delay = RETRY_MIN

@@ -295,9 +295,9 @@ def _delete(ring_path: str) -> None:
 
 
 def _canonical(row: Any) -> bytes:
-    from ._values import has_nonfinite
+    from ._format import _has_nonfinite
 
-    return repr(row).encode() if has_nonfinite(row) else msgspec.json.encode(row, order="sorted")
+    return repr(row).encode() if _has_nonfinite(row) else msgspec.json.encode(row, order="sorted")
 
 
 def _already_stored(tail: list, wanted: list) -> int:

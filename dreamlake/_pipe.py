@@ -39,6 +39,7 @@ import msgspec
 
 from ._errors import SessionStateError, SinkError
 from ._events import BARRIER, PARAMS, ROWS
+from ._values import approx_bytes
 
 try:
     if os.environ.get("DREAMLAKE_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on"):
@@ -250,12 +251,15 @@ class SessionPipe:
     def put_row(self, sid: int, ts: float, fields: dict, wake_writer: Any = None) -> bool:
         """Journal one row (a dict of plain values holding ``"_ts"``) from Python.
         Returns False if the policy dropped it."""
-        payload = _encode_pack(fields)
         try:
+            payload = _encode_pack(fields)
             if self.ring.put(sid, ts, _hotpath.PACK, payload, 1):
                 return True
-        except OverflowError:  # larger than half the ring: kept in memory only
-            return self.push_rows((-ROWS, (sid, [ts], [fields], 1), self.ring.head), 1, wake_writer or _no_wake)
+        except (OverflowError, UnicodeEncodeError, msgspec.EncodeError):
+            # larger than half the ring, or a field name the checks at the call let
+            # through (the writer quarantines it, as without a journal): in memory only
+            weight = max(1, approx_bytes(fields) // EVENT_COST)
+            return self.push_rows((-ROWS, (sid, [ts], [fields], weight), self.ring.head), weight, wake_writer or _no_wake)
         return self.wait_ring(lambda: self.ring.put(sid, ts, _hotpath.PACK, payload, 1), 1, wake_writer)
 
     def put_batch(self, sid: int, ts: list, rows: list, wake_writer: Any) -> bool:
@@ -268,7 +272,8 @@ class SessionPipe:
             if len(rows) > 1:  # halves, each journaled (or, once a single row, kept in memory)
                 half = len(rows) // 2
                 return self.put_batch(sid, ts[:half], rows[:half], wake_writer) & self.put_batch(sid, ts[half:], rows[half:], wake_writer)
-            return self.push_rows((-ROWS, (sid, ts, rows, 1), self.ring.head), 1, wake_writer)
+            weight = max(1, approx_bytes(rows[0]) // EVENT_COST)
+            return self.push_rows((-ROWS, (sid, ts, rows, weight), self.ring.head), weight, wake_writer)
         return self.wait_ring(lambda: self.ring.put(sid, ts[-1], _hotpath.BATCH, payload, len(rows)), len(rows), wake_writer)
 
     def wait_ring(self, put: Any, rows: int, wake_writer: Any) -> bool:
@@ -447,13 +452,9 @@ class SessionPipe:
 
     def lost(self) -> dict[str, int]:
         """Rows not written to the store, by reason (all zero in a healthy session);
-        ``dropped_for_budget`` includes ``journal_full`` (the ring's share of the budget)."""
-        return {
-            "dropped_for_budget": self.dropped,
-            "journal_full": self.dropped_ring_full,
-            "quarantined": self.quarantined,
-            "sink_failing": self.dropped_sink_failing,
-        }
+        ``dropped_for_budget`` includes what a full journal ring dropped (``health()
+        ["journal"]["dropped_ring_full"]``)."""
+        return {"dropped_for_budget": self.dropped, "quarantined": self.quarantined, "sink_failing": self.dropped_sink_failing}
 
     def health(self) -> dict:
         return {
@@ -472,7 +473,8 @@ class SessionPipe:
             "pending_retry_rows": sum(len(rows) for rows, _ in self.retry.values()),
             "backlog": self.backlog(),
             "hot_path": "c" if HOTPATH else "python",
-            "journal": None if self.journal is None else {**self.journal.state(), "recovered_rows": self.recovered_rows},
+            "journal": None if self.journal is None else {**self.journal.state(), "recovered_rows": self.recovered_rows,
+                                                          "dropped_ring_full": self.dropped_ring_full},
         }
 
 

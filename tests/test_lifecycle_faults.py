@@ -269,8 +269,10 @@ def test_kill9_in_thread_mode_loses_at_most_the_last_tick_and_files_stay_readabl
     with Session(prefix=PREFIX, root=str(tmp_path)) as s:
         t = s.track("stream")
         visible = [p["data"]["i"] for p in read_all(t)]
-        assert len(visible) == k, f"read() after re-open shows {len(visible)} of the {k} complete rows on disk"
-        assert visible == list(range(k))
+        # with the crash journal (C hot path) the re-open also recovers what was not yet on disk
+        assert len(visible) >= k, f"read() after re-open shows {len(visible)} of the {k} complete rows on disk"
+        assert visible == list(range(len(visible)))
+        k = len(visible)
         assert int(t.stats()["totalDataPoints"]) == k
         tail = t.read(start_index=k - 10, limit=100)["data"]
         assert [p["index"] for p in tail] == list(range(k - 10, k))

@@ -498,6 +498,32 @@ cached_key(const char *s, uint16_t n)
     return k;
 }
 
+/* Rows the writer decodes hold only numbers, str, None and flat lists: no cycle
+   is possible, and nothing mutates them but the merge (dict.update, which tracks
+   a dict again if it must). Untracked, they never make the cyclic GC walk the
+   writer's pending rows: a full collection over them, triggered by the writer's
+   own allocations, held the GIL for 10-36 ms (W2 with list and array rows). */
+static void
+untrack_tree(PyObject *obj, int depth)
+{
+    if (depth > 64)
+        return;
+    if (PyDict_CheckExact(obj)) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(obj, &pos, &key, &value))
+            untrack_tree(value, depth + 1);
+    }
+    else if (PyList_CheckExact(obj)) {
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(obj); k++)
+            untrack_tree(PyList_GET_ITEM(obj, k), depth + 1);
+    }
+    else
+        return;
+    if (PyObject_GC_IsTracked(obj))
+        PyObject_GC_UnTrack(obj);
+}
+
 static PyObject *
 dec_scalar(uint8_t tag, const char **p)
 {
@@ -554,6 +580,7 @@ dec_value(const char **p)
             }
             PyList_SET_ITEM(list, k, item);
         }
+        PyObject_GC_UnTrack(list);  /* numbers only: see untrack_tree */
         return list;
     }
     return dec_scalar(tag, p);
@@ -595,6 +622,8 @@ dec_bin(const char *p, const char *end, double ts)
         goto fail;
     }
     Py_DECREF(t);
+    if (PyObject_GC_IsTracked(row))
+        PyObject_GC_UnTrack(row);
     return row;
 bad:
     PyErr_SetString(PyExc_ValueError, "a journal record ends inside its payload");
@@ -696,6 +725,7 @@ Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
             if (!value)
                 goto done;
             int rc = 0;
+            untrack_tree(value, 0);
             if (h->kind == K_PACK) {
                 PyObject *ts = PyFloat_FromDouble(h->ts);
                 rc = ts ? append_row(lists, h->sid, ts, value, off << KEY_SHIFT) : -1;

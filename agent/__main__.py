@@ -91,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s dreamlake-agent[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request the agent forwards
     socket_path = args.socket
     check_socket_dir(os.path.dirname(socket_path))
     lock = _adopt_lock(args.lock_fd) if args.lock_fd is not None else acquire_lock(socket_path)

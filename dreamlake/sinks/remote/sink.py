@@ -58,6 +58,8 @@ class RemoteSink:
 
     # -- lifecycle -----------------------------------------------------------
     def open(self, info: dict) -> dict:
+        if self._delivery is not None:  # another owner of the session (agent mode): one slot serves all
+            return {**info, "status": "running", "remote": self.target.url, "clientId": self._slot.client}
         os.makedirs(self.directory, exist_ok=True)
         self._info = {k: v for k, v in info.items() if k not in ("url", "userName")}
         slot = self._adopt_or_create()

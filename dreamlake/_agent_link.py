@@ -60,7 +60,7 @@ from ._protocol import (
     Welcome,
     parse_address,
 )
-from .sinks import ForkAware, HasHealth, Sink, call_store
+from .sinks import ForkAware, HasHealth, Joins, Sink, call_store
 
 __all__ = ["agent_sink", "AgentSink", "connect", "start_agent", "AgentLost", "UnsendableRows", "AUTO_IDLE_EXIT"]
 
@@ -464,6 +464,8 @@ class AgentSink:
         local = own_sink(self.config)
         if self._owner and self._opened and self._info is not None:
             local.open(self._info)
+        elif not self._owner and isinstance(local, Joins):  # a forked child: send, but own nothing
+            local.join({"name": self.config.name, "workspace": self.config.workspace})
         self._local = local
 
     def _request(self, make: Callable[[int], Any]) -> tuple[bool, Any]:

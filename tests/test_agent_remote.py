@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -84,8 +85,9 @@ WRITER = """
     print("READY", flush=True)
     sys.stdin.readline()
     track = session.track("t")
+    base = "abc".index(tag) * 1e6  # distinct _ts: equal ones from two processes would merge
     for i in range(n):
-        track.append(tag=tag, i=i)
+        track.append(_ts=base + i, tag=tag, i=i)
     session.params.set(**{tag: n})
     window = track.flush()
     health = session.health()
@@ -116,16 +118,18 @@ def test_several_processes_log_remote_sessions_through_one_agent_exactly_once(ag
     for proc in procs:
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    senders = []
+    senders, counts = [], []
     for proc in procs:
         count, mode, delivery, sender = expect_line(proc, "FLUSHED").split()
         assert (mode, delivery) == ("agent", "ok")
-        assert int(count) >= 1  # the window covers every client's rows of the session
         senders.append(sender)
+        counts.append(int(count))
         expect_line(proc, "DONE")
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
     # one client slot per session, in the agent, shared by the session's processes
     assert senders[0] == senders[1] != senders[2]
+    # flush windows are the session's: together the two shared clients' cover every row once
+    assert counts[0] + counts[1] == 2 * n and counts[2] == n
     shared = rest_rows(remote, "shared")
     assert len(shared) == 2 * n
     for tag in "ab":
@@ -253,3 +257,28 @@ def test_kill9_of_the_agent_with_a_spool_then_delivered_exactly_once(agents, rem
         expected = list(range(n))
     wait_for(lambda: len(rest_rows(remote, "crash")) >= len(expected), timeout=30)
     assert [r["i"] for r in rest_rows(remote, "crash")] == expected
+
+
+def test_sessions_sending_to_one_server_share_one_sender_thread(remote, tmp_path, monkeypatch):
+    """What lets the agent send every session of the machine from one thread
+    and one connection pool per server: the sender belongs to the URL."""
+    from dreamlake import Session
+
+    monkeypatch.setenv("DREAMLAKE_ROOT", str(tmp_path / "client"))
+
+    def senders():
+        return {t.ident for t in threading.enumerate() if t.name == "dreamlake-sender"}
+
+    before = senders()
+    sessions = [Session(prefix=f"ws/turn{i}", url=remote.url, api_key=remote.key).open() for i in range(3)]
+    for step in range(2000):
+        for session in sessions:
+            session.track("t").append(i=step)
+    for session in sessions:
+        assert session.track("t").flush()["count"] == 2000
+    assert len({session._pipe.sink._delivery._sender for session in sessions}) == 1
+    assert len(senders() - before) <= 1
+    for session in sessions:
+        session.close()
+    for i in range(3):
+        assert [r["i"] for r in rest_rows(remote, f"turn{i}")] == list(range(2000))

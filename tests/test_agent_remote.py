@@ -282,3 +282,35 @@ def test_sessions_sending_to_one_server_share_one_sender_thread(remote, tmp_path
         session.close()
     for i in range(3):
         assert [r["i"] for r in rest_rows(remote, f"turn{i}")] == list(range(2000))
+
+
+def test_a_bad_remote_map_is_refused_at_open_without_echoing_the_key(agents, tmp_path):
+    from dreamlake._agent_link import connect
+    from dreamlake._protocol import Open
+
+    agents.start()
+    connection, _ = connect(agents.sock)
+    secret = "dlk_secret-value"
+    good = {"url": "http://127.0.0.1:9", "apiKey": secret, "mode": "remote", "workspace": "ws", "name": "r"}
+    bad = [
+        {**good, "token": "x"},  # unknown key
+        {**good, "url": "ftp://host"},
+        {**good, "apiKey": 7},
+        {**good, "mode": "local"},
+        {**good, "url": None},  # remote without a url
+        {**good, "workspace": "../up"},
+        {**good, "localRoot": "yes"},
+    ]
+    for seq, remote in enumerate(bad, 1):
+        with pytest.raises((ValueError, TypeError)) as caught:
+            connection.request(lambda s: Open(s, str(tmp_path / "ws" / "r"), {"name": "r"}, remote))
+        assert secret not in str(caught.value)
+    # the connection stays usable; a session the agent serves locally keeps its destination
+    directory = str(tmp_path / "ws" / "l")
+    connection.request(lambda s: Open(s, directory, {"name": "l"}))
+    other, _ = connect(agents.sock)
+    with pytest.raises(ValueError, match="already open here, locally"):
+        other.request(lambda s: Open(s, directory, {"name": "l"}, good))
+    other.close()
+    connection.close()
+    assert secret not in agents.log_text()

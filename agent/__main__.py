@@ -147,9 +147,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for session in status["sessions"]:
         written = session.get("rows_written", session.get("rowsWritten"))
         errors = session.get("write_errors", session.get("writeErrors"))
+        sink = session.get("sink") or {}
+        remote = ""
+        if sink.get("remote"):
+            remote = (f", to {sink['remote']}: {sink.get('delivery')}, {sink.get('spooled_batches', 0)} batches spooled"
+                      + (f" ({sink['remote_error']})" if sink.get("remote_error") else ""))
         print(
             f"  {session['directory']}: clients {session['clients']}, queued {session.get('queued')}, "
-            f"rows written {written}, write errors {errors}"
+            f"rows written {written}, write errors {errors}{remote}"
         )
     return 0
 

@@ -193,6 +193,7 @@ BAD_KEY = """
         session.track("t").flush()  # refused: kept in the agent's spool
         health = session.health()
         print("HEALTH", health["mode"], health["auth_failed"], health["delivery"], flush=True)
+        sys.stdin.readline()
 """
 
 
@@ -200,6 +201,11 @@ def test_a_bad_api_key_surfaces_in_the_clients_health(agents, remote, tmp_path):
     agents.start()
     proc = client(BAD_KEY, agents.address, remote.url, env={"DREAMLAKE_ROOT": str(tmp_path / "client")})
     assert expect_line(proc, "HEALTH").split() == ["agent", "True", "auth_failed"]
+    status = subprocess.run([sys.executable, "-m", "dreamlake_agent", "status", "--socket", agents.sock],
+                            capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert f"to {remote.url}: auth_failed" in status.stdout, status.stdout + status.stderr
+    proc.stdin.write("done\n")
+    proc.stdin.flush()
     assert proc.wait(timeout=30) == 0, proc.stderr.read()
     assert "dlk_not-a-key" not in agents.log_text()
 
@@ -223,22 +229,23 @@ SPOOLED = """
 """
 
 
-@pytest.mark.parametrize("then", ["fallback", "sync"])
+@pytest.mark.parametrize("then", ["fallback", "sync", "clean stop"])
 def test_kill9_of_the_agent_with_a_spool_then_delivered_exactly_once(agents, remote, tmp_path, then):
     """The agent acknowledged a flush while the server was down (its spool holds
     the rows), then dies by kill -9. Either the client goes on by itself (its
     fallback adopts the agent's client slot and replays the spool first), or
-    the client dies too and ``dreamlake sync`` delivers the spool."""
+    the client dies too and ``dreamlake sync`` delivers the spool. A clean stop
+    (SIGTERM) leaves the same spool behind, and the client goes on the same way."""
     agent = agents.start()
     remote.stop(signal.SIGKILL)
     n = 1500
     client_root = tmp_path / "client"
     proc = client(SPOOLED, agents.address, remote.url, remote.key, n, env={"DREAMLAKE_ROOT": str(client_root)})
     assert int(expect_line(proc, "SPOOLED")) >= 1
-    os.kill(agent.pid, signal.SIGKILL)
-    agent.wait(timeout=10)
+    os.kill(agent.pid, signal.SIGTERM if then == "clean stop" else signal.SIGKILL)
+    agent.wait(timeout=30)
     remote.start()
-    if then == "fallback":
+    if then in ("fallback", "clean stop"):
         proc.stdin.write("go\n")
         proc.stdin.flush()
         assert expect_line(proc, "CLOSED") == "local-fallback"

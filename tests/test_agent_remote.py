@@ -321,3 +321,37 @@ def test_a_bad_remote_map_is_refused_at_open_without_echoing_the_key(agents, tmp
     other.close()
     connection.close()
     assert secret not in agents.log_text()
+
+
+FORKING = """
+    import os, sys
+    from dreamlake import Session
+    address, url, key = sys.argv[1:4]
+    session = Session(prefix="ws/fork", url=url, api_key=key, agent=address).open()
+    session.track("t").append(_ts=0.5, who="parent", i=0)
+    children = []
+    for k in range(2):
+        pid = os.fork()
+        if pid == 0:  # joins the parent's session in the agent; exits normally (atexit flushes)
+            for i in range(500):
+                session.track("t").append(_ts=1000.0 * (k + 1) + i, who=f"child{k}", i=i)
+            raise SystemExit(0)
+        children.append(pid)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+    session.track("t").append(_ts=5000.0, who="parent", i=1)
+    health = session.health()
+    session.close()
+    print("DONE", health["mode"], flush=True)
+"""
+
+
+def test_forked_children_of_a_remote_agent_session_send_through_the_agent(agents, remote, tmp_path):
+    agents.start()
+    proc = client(FORKING, agents.address, remote.url, remote.key, env={"DREAMLAKE_ROOT": str(tmp_path / "client")})
+    assert expect_line(proc, "DONE") == "agent"
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    rows = rest_rows(remote, "fork")
+    for who, count in (("parent", 2), ("child0", 500), ("child1", 500)):
+        assert [r["i"] for r in rows if r["who"] == who] == list(range(count)), who
+    assert len(rows) == 1002

@@ -9,23 +9,21 @@ Modes (``Session(mode=...)`` or ``$DREAMLAKE_MODE``):
 * ``offline`` — the local store, with the URL recorded in ``session.json``;
   ``dreamlake sync`` uploads it later.
 
-Agent mode (``agent=``) serves local and offline sessions; a session with a
-URL sends from its own process until the agent forwards to servers (issue 11
-point 4), with a warning once.
+Agent mode (``agent=``): the session goes to the agent, which builds the
+same sink for it with :func:`own_sink` (so the agent owns the remote slots,
+spools and connections of every process on the machine); if no agent can be
+reached, or it is lost, the process builds that sink itself.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
+from .._config import SessionConfig
 from .._local_sink import LocalSink
 from ._fanout import FanOutSink
+from ._interfaces import Sink
 from .remote import RemoteSink, RemoteTarget
 
-__all__ = ["make_sink", "OfflineSink", "MODES"]
-
-log = logging.getLogger("dreamlake")
+__all__ = ["make_sink", "own_sink", "OfflineSink", "MODES"]
 
 MODES = ("local", "remote", "offline")
 
@@ -41,41 +39,39 @@ class OfflineSink(LocalSink):
         return super().open({**info, "mode": "offline", "url": self.url})
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning("dreamlake: %s", message)
-
-
-def remote_target(config: Any) -> RemoteTarget:
+def remote_target(config: SessionConfig) -> RemoteTarget:
     return RemoteTarget(config.url, config.workspace, config.name, config.api_key, config.user_name)
 
 
-def make_sink(config: Any) -> Any:
-    """The sink for ``config`` (a :class:`dreamlake._config.SessionConfig`)."""
-    mode = getattr(config, "mode", None) or ("remote" if config.url else "local")
-    directory = str(config.directory)
-    if config.agent and mode == "remote":
-        _warn_once(
-            "the agent does not forward to a server yet; this process sends to "
-            f"{config.url} itself (its own spool in {directory})"
-        )
-    elif config.agent:
+def make_sink(config: SessionConfig) -> Sink:
+    """The sink for ``config``: through the agent when it names one and one
+    can be reached (the agent then builds the session's sink with
+    :func:`own_sink`, whatever the mode), else this process's own."""
+    if config.agent:
         from .._agent_link import agent_sink
 
         sink = agent_sink(config)
         if sink is not None:
             return sink
+    return own_sink(config)
+
+
+def own_sink(config: SessionConfig) -> Sink:
+    """The sink a process writes itself (thread mode, the agent's fallback,
+    and every session the agent serves)."""
+    mode = _mode(config)
+    directory = str(config.directory)
     if mode == "offline":
         return OfflineSink(directory, config.url)
     if mode == "remote":
         if not config.url:
             raise ValueError("mode='remote' needs url= (or remote=)")
         remote = RemoteSink(remote_target(config), directory)
-        if getattr(config, "local_root", False):
+        if config.local_root:
             return FanOutSink(LocalSink(directory), remote)
         return remote
     return LocalSink(directory)
+
+
+def _mode(config: SessionConfig) -> str:
+    return config.mode or ("remote" if config.url else "local")

@@ -312,6 +312,7 @@ typedef struct {
     uint64_t head;       /* logical offset of the next record */
     uint64_t tail;       /* records before it are written to the store */
     uint64_t rd;         /* the writer's read position */
+    uint64_t last_start; /* where the last record put starts */
     uint64_t rows_in, rows_out;  /* rows put / rows read */
     int closed;
     int busy;            /* inside read(): a release waits for its end */
@@ -410,6 +411,7 @@ ring_commit(Ring *r, uint64_t gap, uint32_t sid, double ts, uint32_t kind, const
         r->head += gap;
     }
     uint32_t len = (uint32_t)((HDR + plen + 7) & ~(size_t)7);
+    r->last_start = r->head;
     RecHdr h = {r->head, len, sid, ts, kind, 0};
     h.check = rec_check(r->head, len, sid, kind);
     char *at = r->data + r->head % r->cap;
@@ -469,6 +471,51 @@ Ring_put(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     self->rows_in += (uint64_t)rows;
     PyBuffer_Release(&pb);
     Py_RETURN_TRUE;
+}
+
+/* the record at logical offset `off`, or NULL if none is committed there */
+static const RecHdr *
+ring_record_at(Ring *r, uint64_t off)
+{
+    uint64_t pos = off % r->cap;
+    if (r->cap - pos < HDR)
+        return NULL;
+    const RecHdr *h = (const RecHdr *)(r->data + pos);
+    if (h->off != off || h->len < HDR || h->len % 8 || h->len > r->cap - pos ||
+        h->check != rec_check(h->off, h->len, h->sid, h->kind))
+        return NULL;
+    return h;
+}
+
+static PyObject *
+Ring_relocate(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* relocate(sid, ts, payload, rows) -> offset or None: the writer journals rows
+       it already holds (a BATCH record) again at the head, so the room behind them
+       can be reused; only while everything put has been read (the copy must not
+       overtake unread rows of its stream). Counted as put and read. */
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "relocate(sid, ts, payload, rows)");
+        return NULL;
+    }
+    if (!self->data || self->closed || self->release_pending || self->rd != self->head)
+        Py_RETURN_NONE;
+    PyObject *kind = PyLong_FromLong(K_BATCH);
+    if (!kind)
+        return NULL;
+    PyObject *put_args[5] = {args[0], args[1], kind, args[2], args[3]};
+    PyObject *ok = Ring_put(self, put_args, 5);
+    Py_DECREF(kind);
+    if (!ok)
+        return NULL;
+    int done = ok == Py_True;
+    Py_DECREF(ok);
+    if (!done)
+        Py_RETURN_NONE;
+    long rows = PyLong_AsLong(args[3]);
+    self->rows_out += (uint64_t)rows;
+    self->rd = self->head;
+    return PyLong_FromUnsignedLongLong(self->last_start);
 }
 
 /* -- decoding (the writer side) -- */
@@ -642,20 +689,6 @@ append_row(PyObject *lists[4], long sid, PyObject *ts, PyObject *row, uint64_t k
     Py_XDECREF(s);
     Py_XDECREF(k);
     return rc;
-}
-
-/* the record at logical offset `off`, or NULL if none is committed there */
-static const RecHdr *
-ring_record_at(Ring *r, uint64_t off)
-{
-    uint64_t pos = off % r->cap;
-    if (r->cap - pos < HDR)
-        return NULL;
-    const RecHdr *h = (const RecHdr *)(r->data + pos);
-    if (h->off != off || h->len < HDR || h->len % 8 || h->len > r->cap - pos ||
-        h->check != rec_check(h->off, h->len, h->sid, h->kind))
-        return NULL;
-    return h;
 }
 
 static PyObject *
@@ -852,6 +885,7 @@ Ring_get_closed(Ring *self, void *closure)
 static PyMethodDef Ring_methods[] = {
     {"put", (PyCFunction)(void (*)(void))Ring_put, METH_FASTCALL, "put(sid, ts, kind, payload, rows) -> False when full"},
     {"read", (PyCFunction)(void (*)(void))Ring_read, METH_FASTCALL, "read(max_rows, upto, decode) -> (sids, ts, rows, keys)"},
+    {"relocate", (PyCFunction)(void (*)(void))Ring_relocate, METH_FASTCALL, "relocate(sid, ts, payload, rows) -> offset or None"},
     {"set_mark", (PyCFunction)(void (*)(void))Ring_set_mark, METH_FASTCALL, "rows of stream sid with key < key are stored"},
     {"get_mark", (PyCFunction)Ring_get_mark, METH_O, "a stream's mark"},
     {"set_tail", (PyCFunction)Ring_set_tail, METH_O, "records before this offset are stored: their room is free"},

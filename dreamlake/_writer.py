@@ -37,6 +37,7 @@ from ._pipe import SessionPipe, StreamRef
 from .sinks._interfaces import DeliversLater, ForkAware, Quarantines, RecordsLosses, ReportsFlush, call_store
 
 _decode_pack = msgspec.msgpack.Decoder().decode
+_encode_pack = msgspec.msgpack.Encoder().encode
 #: a journal key's record offset is ``key >> KEY_SHIFT`` (see :mod:`._journal`)
 KEY_SHIFT = 16
 
@@ -261,16 +262,43 @@ class Writer:
 
     @staticmethod
     def _advance_tail(pipe: SessionPipe) -> None:
-        """Free the ring's room up to the oldest row not yet in the store."""
+        """Free the ring's room up to the oldest row not yet in the store. When
+        open rows (held for merging) pin more than half the ring, they are
+        journaled again at the head (:meth:`_relocate`), so a rarely appended
+        track never makes producers wait for room."""
         ring = pipe.ring
         if ring is None:
             return
         oldest = min(pipe.first_unwritten.values(), default=None)
+        if oldest is not None and ring.head - (max(0, oldest) >> KEY_SHIFT) > ring.capacity // 2:
+            for _ in range(8):  # the oldest few streams; each relocation is one record
+                sid = min(pipe.first_unwritten, key=pipe.first_unwritten.__getitem__)
+                if not Writer._relocate(pipe, sid):
+                    break
+            oldest = min(pipe.first_unwritten.values(), default=None)
         ring.set_tail(ring.read_pos if oldest is None else max(0, oldest) >> KEY_SHIFT)
         if oldest is None and ring.rows_in == ring.rows_out:
             pipe.caught_up_at = time.monotonic()
         if pipe.blocked_waits:
             pipe.made_room()
+
+    @staticmethod
+    def _relocate(pipe: SessionPipe, sid: int) -> bool:
+        """Journal stream ``sid``'s held rows again at the ring's head (one record)
+        and mark their old copies done: every row of the stream before the new
+        record is then stored or in it."""
+        held = pipe.pending.get(sid)
+        if not held or not held[1] or pipe.stream_refs[sid] in pipe.retry:
+            return False
+        ts, rows = held[0], held[1]
+        offset = pipe.ring.relocate(sid, ts[-1], _encode_pack([ts, rows]), len(rows))
+        if offset is None:
+            return False
+        base = offset << KEY_SHIFT
+        held[2] = [base | k for k in range(len(rows))]
+        pipe.ring.set_mark(sid, base)
+        pipe.first_unwritten[sid] = base
+        return True
 
     @staticmethod
     def _held(pipe: SessionPipe, sid: int) -> list:
@@ -288,8 +316,10 @@ class Writer:
             if not held or not held[0]:
                 continue
             ts, rows, keys = held
-            cut = open_group_start(ts) if hold_open else len(ts)
-            if hold_open:
+            stream = pipe.stream_refs[sid]
+            hold = hold_open and stream.merge  # logs never merge: nothing of theirs stays open
+            cut = open_group_start(ts) if hold else len(ts)
+            if hold:
                 opened = ts[cut]
                 if pipe.open_ts.get(sid) != opened:
                     pipe.open_ts[sid] = opened
@@ -302,7 +332,6 @@ class Writer:
                 del pending[sid]
                 pipe.open_ts.pop(sid, None)
                 pipe.open_since.pop(sid, None)
-            stream = pipe.stream_refs[sid]
             rows, ts = merge_events(ts, rows, stream.merge)
             if pipe.retry:
                 self._stash(pipe, stream, rows, ts)

@@ -306,3 +306,38 @@ def test_a_torn_last_record_ends_recovery_without_losing_earlier_rows(tmp_path):
         f.write(b"\0" * 8)
     assert recover_session(str(sdir)) == 5
     assert [r["i"] for r in disk_rows(sdir, "t")] == [0, 1, 2, 3, 4]
+
+
+def test_an_open_row_of_a_rare_track_is_relocated_not_lost_and_not_doubled(tmp_path):
+    """A track's newest row stays open for merging; with a small ring and a busy
+    track beside it, the writer journals the open row again at the ring's head
+    instead of letting it pin the ring (until it ages out and is written). A kill
+    afterwards loses nothing and doubles nothing."""
+    script = textwrap.dedent("""
+        import sys
+        from dreamlake import Session
+        s = Session(prefix="ws/run", root=sys.argv[1], memory_budget=64 << 10).open()
+        rare, busy = s.track("rare"), s.track("busy")
+        rare.append(a=1.0, _ts=1.0)
+        for i in range(30_000):
+            busy.append(i=i, pad="x" * 20)
+        print("done", flush=True)
+        sys.stdin.read()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "done", proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr, proc.stdin):
+            stream.close()
+    with Session(prefix=PREFIX, root=str(tmp_path)):
+        pass
+    sdir = tmp_path / "ws" / "run"
+    assert disk_rows(sdir, "rare") == [{"a": 1.0, "_ts": 1.0}]
+    assert [r["i"] for r in disk_rows(sdir, "busy")] == list(range(30_000))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -149,7 +148,8 @@ class PyClock:
 class SessionPipe:
     """Everything the writer needs to know about one open session."""
 
-    def __init__(self, sink: Any, memory_budget: int = DEFAULT_MEMORY_BUDGET, on_full: str = "block") -> None:
+    def __init__(self, sink: Any, memory_budget: int = DEFAULT_MEMORY_BUDGET, on_full: str = "block",
+                 journal: bool = False) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
         if not isinstance(memory_budget, int) or isinstance(memory_budget, bool):
@@ -213,20 +213,19 @@ class SessionPipe:
         #: when the writer last had nothing unwritten (monotonic): the backlog's age
         self.caught_up_at = time.monotonic()
         if HOTPATH and sink is not None:
-            self._start_journal(sink, memory_budget)
+            self._start_journal(sink, memory_budget, journal)
 
-    def _start_journal(self, sink: Any, memory_budget: int) -> None:
+    def _start_journal(self, sink: Any, memory_budget: int, journal: bool) -> None:
         """A local store: recover what killed processes left in journals of this
-        session, and journal this process's rows (not in the agent, whose rows
-        arrive from clients: it keeps them in memory until written)."""
+        session; with ``journal`` (a session's own pipe; the agent's pipes keep the
+        rows clients send in memory until written) journal this process's rows."""
         from ._local_sink import LocalSink
 
         if not isinstance(sink, LocalSink):
             return
         from . import _journal
 
-        in_agent = "dreamlake_agent" in sys.modules  # the agent process (or a test serving one)
-        _journal.start(self, sink.directory, memory_budget, attach=not in_agent and _journal_wanted())
+        _journal.start(self, sink.directory, memory_budget, attach=journal and _journal_wanted())
 
     def next_auto_ts(self) -> float:
         """Now, strictly after every auto ``_ts`` this session gave before."""

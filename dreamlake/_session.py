@@ -148,7 +148,7 @@ class Session:
         if self._state == "open":
             return self
         sink = make_sink(self._config)
-        pipe = SessionPipe(sink, self._memory_budget, self._on_full)
+        pipe = SessionPipe(sink, self._memory_budget, self._on_full, journal=True)
         self._pipe = pipe
         self._tracks = {}
         self._owner_pid = os.getpid()

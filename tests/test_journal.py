@@ -149,7 +149,7 @@ def test_a_second_kill_after_recovery_still_loses_nothing(tmp_path):
 def _journaled_pipe(directory, capacity=1 << 20, on_full="block"):
     sink = LocalSink(str(directory))
     sink.open({})
-    pipe = SessionPipe(None, on_full=on_full)  # no writer: rows stay in the ring
+    pipe = SessionPipe(None, on_full=on_full)  # no writer, no sink: rows stay in the ring
     pipe.sink = sink
     pipe.attach_journal(Journal(str(directory), capacity))
     return sink, pipe

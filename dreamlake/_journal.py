@@ -40,7 +40,7 @@ import msgspec
 
 from ._hotpath import BATCH, DATA_AT, KEY_SHIFT, MARKS_AT, MAX_STREAMS, PACK, Ring
 
-__all__ = ["Journal", "recover", "recover_session", "capacity_for", "start", "unwritten_rows", "KEY_SHIFT", "PACK", "BATCH"]
+__all__ = ["Journal", "recover", "recover_session", "capacity_for", "start", "attach", "unwritten_rows", "KEY_SHIFT", "PACK", "BATCH"]
 
 log = logging.getLogger("dreamlake")
 
@@ -381,9 +381,9 @@ def sweep_shared_memory() -> int:
     return handled
 
 
-def start(pipe: Any, session_dir: str, memory_budget: int, attach: bool) -> None:
+def start(pipe: Any, session_dir: str, memory_budget: int, journal: bool) -> None:
     """On opening a session: recover what dead journals of it hold, then (with
-    ``attach``) journal this process's rows. A store where neither works
+    ``journal``) journal this process's rows. A store where neither works
     (read-only, no space) still opens: rows then wait in memory until written,
     as without a journal, and ``health()`` shows ``journal: None``."""
     try:
@@ -396,8 +396,12 @@ def start(pipe: Any, session_dir: str, memory_budget: int, attach: bool) -> None
             log.warning("dreamlake: recovered %d rows a killed process had appended to %s", pipe.recovered_rows, session_dir)
     except Exception as exc:
         log.warning("dreamlake: could not recover the journals of %s (%s: %s); they are kept", session_dir, type(exc).__name__, exc)
-    if not attach:
-        return
+    if journal:
+        attach(pipe, session_dir, memory_budget)
+
+
+def attach(pipe: Any, session_dir: str, memory_budget: int) -> None:
+    """Journal this process's rows of the session (see :func:`start`)."""
     try:
         pipe.attach_journal(Journal(session_dir, capacity_for(memory_budget)))
     except OSError as exc:

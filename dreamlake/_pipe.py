@@ -219,13 +219,22 @@ class SessionPipe:
         """A local store: recover what killed processes left in journals of this
         session; with ``journal`` (a session's own pipe; the agent's pipes keep the
         rows clients send in memory until written) journal this process's rows."""
+        from ._agent_link import AgentSink
         from ._local_sink import LocalSink
 
+        if isinstance(sink, AgentSink) and not sink._remote:
+            # through the agent: rows not yet sent survive a kill of this process;
+            # the agent's own pipe for the session recovers them on its next open
+            if journal and _journal_wanted():
+                from . import _journal
+
+                _journal.attach(self, sink.directory, memory_budget)
+            return
         if not isinstance(sink, LocalSink):
             return
         from . import _journal
 
-        _journal.start(self, sink.directory, memory_budget, attach=journal and _journal_wanted())
+        _journal.start(self, sink.directory, memory_budget, journal and _journal_wanted())
 
     def next_auto_ts(self) -> float:
         """Now, strictly after every auto ``_ts`` this session gave before."""

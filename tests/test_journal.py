@@ -341,3 +341,26 @@ def test_an_open_row_of_a_rare_track_is_relocated_not_lost_and_not_doubled(tmp_p
     sdir = tmp_path / "ws" / "run"
     assert disk_rows(sdir, "rare") == [{"a": 1.0, "_ts": 1.0}]
     assert [r["i"] for r in disk_rows(sdir, "busy")] == list(range(30_000))
+
+
+def test_kill9_in_agent_mode_after_a_burst_keeps_every_returned_append(tmp_path):
+    """Agent mode: the client journals too; rows it had not yet sent to the agent
+    come back when the agent next opens the session, rows the agent had are not
+    written twice."""
+    from test_agent_processes import Agents, meta, wait_until
+
+    sockdir = __import__("tempfile").mkdtemp(dir="/tmp", prefix="dla-")  # short: AF_UNIX paths are limited
+    agents = Agents(sockdir, tmp_path / "root")
+    try:
+        agents.start()
+        address, root = agents.sock, agents.root
+        n = 30_000
+        _run_and_kill(root, n, repr({"agent": address}))
+        sdir = root / "ws" / "run"
+        wait_until(lambda: meta(sdir)["status"] == "interrupted", what="the agent to finish the killed client's session")
+        with Session(prefix=PREFIX, root=str(root), agent=address) as s:
+            assert s.health()["journal"] is not None
+        _check_everything_back(root, n)
+    finally:
+        agents.stop_all()
+        shutil.rmtree(sockdir, ignore_errors=True)

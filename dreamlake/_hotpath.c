@@ -882,9 +882,12 @@ Ring_get_closed(Ring *self, void *closure)
     return PyBool_FromLong(self->closed || !self->data);
 }
 
+static PyObject *Ring_put_rows(Ring *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef Ring_methods[] = {
     {"put", (PyCFunction)(void (*)(void))Ring_put, METH_FASTCALL, "put(sid, ts, kind, payload, rows) -> False when full"},
     {"read", (PyCFunction)(void (*)(void))Ring_read, METH_FASTCALL, "read(max_rows, upto, decode) -> (sids, ts, rows, keys)"},
+    {"put_rows", (PyCFunction)(void (*)(void))Ring_put_rows, METH_FASTCALL, "put_rows(sid, stamps, rows) -> rows put"},
     {"relocate", (PyCFunction)(void (*)(void))Ring_relocate, METH_FASTCALL, "relocate(sid, ts, payload, rows) -> offset or None"},
     {"set_mark", (PyCFunction)(void (*)(void))Ring_set_mark, METH_FASTCALL, "rows of stream sid with key < key are stored"},
     {"get_mark", (PyCFunction)Ring_get_mark, METH_O, "a stream's mark"},
@@ -1110,6 +1113,80 @@ enc_value(Buf *b, PyObject *v)
     if (strncmp(t->tp_name, "numpy.", 6) == 0)
         return enc_numpy(b, v);
     return 0;
+}
+
+/* A row dict of str keys (``"_ts"`` skipped: the record carries it) into a BIN
+   payload in b; 1 done, 0 a key or value C does not take, -1 memory error. */
+static int
+enc_row_dict(Buf *b, PyObject *row)
+{
+    b->len = 0;
+    if (buf_reserve(b, 4) < 0)
+        return -1;
+    b->len = 4;
+    uint32_t nfields = 0;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(row, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_IS_ASCII(key) || PyUnicode_GET_LENGTH(key) > 1024)
+            return 0;
+        Py_ssize_t kl = PyUnicode_GET_LENGTH(key);
+        if (key == str_ts || (kl == 3 && memcmp(PyUnicode_DATA(key), "_ts", 3) == 0))
+            continue;
+        if (buf_reserve(b, 2 + (size_t)kl) < 0)
+            return -1;
+        uint16_t k16 = (uint16_t)kl;
+        PUT(b, &k16, 2);
+        PUT(b, PyUnicode_DATA(key), (size_t)kl);
+        int rc = enc_value(b, value);
+        if (rc <= 0)
+            return rc;
+        nfields++;
+    }
+    memcpy(b->p, &nfields, 4);
+    return nfields ? 1 : 0;
+}
+
+static PyObject *
+Ring_put_rows(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* put_rows(sid, stamps, rows) -> how many of the rows (dicts) went in, in order:
+       fewer when the ring is full or a row holds something C does not take. */
+    if (nargs != 3 || !PyList_Check(args[1]) || !PyList_Check(args[2]) ||
+        PyList_GET_SIZE(args[1]) != PyList_GET_SIZE(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "put_rows(sid, stamps list, rows list)");
+        return NULL;
+    }
+    long sid = PyLong_AsLong(args[0]);
+    if (sid == -1 && PyErr_Occurred())
+        return NULL;
+    if (sid < 0 || sid >= MAX_STREAMS) {
+        PyErr_SetString(PyExc_ValueError, "bad sid");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(args[2]), k = 0;
+    if (!self->data || self->closed || self->release_pending)
+        return PyLong_FromSsize_t(0);
+    for (; k < n; k++) {
+        PyObject *row = PyList_GET_ITEM(args[2], k);
+        double ts = PyFloat_AsDouble(PyList_GET_ITEM(args[1], k));
+        if (ts == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (!PyDict_CheckExact(row))
+            break;
+        int rc = enc_row_dict(&self->scratch, row);
+        if (rc < 0)
+            return PyErr_NoMemory();
+        if (rc == 0)
+            break;
+        uint64_t size = (HDR + self->scratch.len + 7) & ~(uint64_t)7;
+        int64_t gap = size <= self->cap / 2 ? ring_room(self, size) : -1;
+        if (gap < 0)
+            break;
+        ring_commit(self, (uint64_t)gap, (uint32_t)sid, ts, K_BIN, self->scratch.p, self->scratch.len);
+        self->rows_in++;
+    }
+    return PyLong_FromSsize_t(k);
 }
 
 /* ---------------------------------------------------------------- TrackBase */

@@ -272,7 +272,12 @@ class SessionPipe:
         return self.wait_ring(lambda: self.ring.put(sid, ts, _hotpath.PACK, payload, 1), 1, wake_writer)
 
     def put_batch(self, sid: int, ts: list, rows: list, wake_writer: Any) -> bool:
-        """Journal rows of one stream as one record (``append_batch``)."""
+        """Journal rows of one stream (``append_batch``): one binary record per row
+        where C takes them (a C loop), the rest as one msgpack record."""
+        done = self.ring.put_rows(sid, ts, rows)
+        if done == len(rows):
+            return True
+        ts, rows = ts[done:], rows[done:]
         payload = _encode_pack([ts, rows])
         try:
             if self.ring.put(sid, ts[-1], _hotpath.BATCH, payload, len(rows)):

@@ -125,3 +125,11 @@ def test_the_pure_python_path_runs_when_asked(tmp_path):
     assert pure["hot"] is False
     lines = [json.loads(line) for line in pure["t"].splitlines()]
     assert lines[0] == {"index": 0, "data": {"a": 1.0, "b": 2, "c": True, "d": None, "e": "hi", "_ts": 0.0}}
+
+
+def test_the_c_hot_path_is_built_unless_switched_off():
+    """``pip install -e '.[test]'`` builds the extension with the machine's compiler;
+    a CI machine that silently fell back to the pure-Python path would fail here."""
+    if os.environ.get("DREAMLAKE_PURE_PYTHON"):
+        pytest.skip("DREAMLAKE_PURE_PYTHON is set")
+    assert HOTPATH

@@ -364,3 +364,22 @@ def test_kill9_in_agent_mode_after_a_burst_keeps_every_returned_append(tmp_path)
     finally:
         agents.stop_all()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_no_room_for_the_journal_opens_without_one_and_writes_everything(tmp_path, monkeypatch, caplog):
+    """The ring is allocated up front (a store into a sparse mapping on a full disk
+    would be a SIGBUS): where it does not fit, the session opens without it, says
+    so, and rows wait in memory until written, as without the extension."""
+    from test_store_faults import small_tmpfs
+
+    monkeypatch.setenv("DREAMLAKE_JOURNAL_DIR", "session")  # on the session's own (tiny) disk
+    with small_tmpfs("2m") as where:
+        with caplog.at_level("WARNING", logger="dreamlake"):
+            with Session(prefix=PREFIX, root=where) as s:
+                t = s.track("t")
+                for i in range(1000):
+                    t.append(i=i, q=[0.5] * 3)
+                assert s.health()["journal"] is None
+        assert any("no crash journal" in r.getMessage() for r in caplog.records)
+        assert [r["i"] for r in disk_rows(__import__("pathlib").Path(where) / "ws" / "run", "t")] == list(range(1000))

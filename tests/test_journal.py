@@ -10,7 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -50,9 +52,10 @@ sys.stdin.read()  # the parent kills us here, at once
 """
 
 
-def _run_and_kill(root, n, extra="{}"):
+def _run_and_kill(root, n, extra="{}", script=BURST):
+    """Run ``script`` (argv: root, n, extra), wait for its "done", kill -9 it."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(BURST), str(root), str(n), extra],
+        [sys.executable, "-c", textwrap.dedent(script), str(root), str(n), extra],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -319,23 +322,12 @@ def test_an_open_row_of_a_rare_track_is_relocated_not_lost_and_not_doubled(tmp_p
         s = Session(prefix="ws/run", root=sys.argv[1], memory_budget=64 << 10).open()
         rare, busy = s.track("rare"), s.track("busy")
         rare.append(a=1.0, _ts=1.0)
-        for i in range(30_000):
+        for i in range(int(sys.argv[2])):
             busy.append(i=i, pad="x" * 20)
         print("done", flush=True)
         sys.stdin.read()
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "done", proc.stderr.read()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr, proc.stdin):
-            stream.close()
+    _run_and_kill(tmp_path, 30_000, script=script)
     with Session(prefix=PREFIX, root=str(tmp_path)):
         pass
     sdir = tmp_path / "ws" / "run"
@@ -349,7 +341,7 @@ def test_kill9_in_agent_mode_after_a_burst_keeps_every_returned_append(tmp_path)
     written twice."""
     from test_agent_processes import Agents, meta, wait_until
 
-    sockdir = __import__("tempfile").mkdtemp(dir="/tmp", prefix="dla-")  # short: AF_UNIX paths are limited
+    sockdir = tempfile.mkdtemp(dir="/tmp", prefix="dla-")  # short: AF_UNIX paths are limited
     agents = Agents(sockdir, tmp_path / "root")
     try:
         agents.start()
@@ -382,4 +374,4 @@ def test_no_room_for_the_journal_opens_without_one_and_writes_everything(tmp_pat
                     t.append(i=i, q=[0.5] * 3)
                 assert s.health()["journal"] is None
         assert any("no crash journal" in r.getMessage() for r in caplog.records)
-        assert [r["i"] for r in disk_rows(__import__("pathlib").Path(where) / "ws" / "run", "t")] == list(range(1000))
+        assert [r["i"] for r in disk_rows(Path(where) / "ws" / "run", "t")] == list(range(1000))

@@ -318,3 +318,35 @@ def test_a_large_file_uploads_in_bounded_memory(tmp_path):
         assert chunked == 200 << 20
     finally:
         gen.close()
+
+
+def test_chunks_may_land_on_any_replica(tmp_path):
+    """Two PostgreSQL replicas behind "one URL": chunks alternate between them,
+    one replica is killed mid-upload, the other finishes and completes it."""
+    with fresh_schema() as database:
+        root = tmp_path / "root"
+        key = make_key(root, "ada", ("ws",))
+        args = ("--store", database, "--objects", (tmp_path / "objects").as_uri())
+        a, b = ServerProcess(root, *args), ServerProcess(root, *args)
+        try:
+            with a.client(key) as to_a, b.client(key) as to_b:
+                sid = to_a.post("/workspaces/ws/sessions", json={"name": "run"}).json()["session"]["id"]
+                base = f"/sessions/{sid}/uploads"
+                data = os.urandom(10 * 1000)
+                uid = to_b.post(base, json=_spec(data)).json()["uploadId"]
+                for i, offset in enumerate(range(0, 6000, 1000)):
+                    replica = (to_a, to_b)[i % 2]
+                    assert replica.put(f"{base}/{uid}/{offset}", content=data[offset:offset + 1000]).status_code == 200
+                assert to_b.put(f"{base}/{uid}/4000", content=data[4000:6000]).json()["offset"] == 6000  # a repeat
+                a.kill()
+                assert to_b.get(f"{base}/{uid}").json()["offset"] == 6000
+                assert to_b.put(f"{base}/{uid}/6000", content=data[6000:]).json()["offset"] == len(data)
+                done = to_b.post(f"{base}/{uid}/complete")
+                assert done.status_code == 201, done.text
+                assert to_b.get(f"/sessions/{sid}/files/{done.json()['id']}/download").content == data
+                assert len(to_b.get(f"/sessions/{sid}/files").json()["files"]) == 1
+                staged = [p for p in (tmp_path / "objects" / "uploads").rglob("*") if p.is_file()]
+                assert staged == []  # the parts are gone once the file is stored
+        finally:
+            a.stop()
+            b.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,17 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from server_process import ServerProcess, make_key
-
+    from benchmarks._server import LocalServer
     from dreamlake.sinks.remote import uploads
     from dreamlake.sinks.remote.config import RemoteTarget
     from dreamlake.sinks.remote.service import RemoteStore
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "server"
-        key = make_key(root, workspaces=("bench",))
-        server = ServerProcess(root)
+        server = LocalServer(Path(tmp) / "server", pin=False)
+        key = server.key
         try:
             sid = httpx.post(f"{server.url}/workspaces/bench/sessions", json={"name": "files"},
                              headers={"Authorization": f"Bearer {key}"}).json()["session"]["id"]

@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from operator import itemgetter
 from pathlib import Path
@@ -44,7 +43,7 @@ from ._local_uploads import LocalUploads
 from ._prepare import check_session_name, check_workspace
 from ._settings import Settings
 from ._storage import PreparedBatch, SessionRef, StreamRows
-from ._uploads import SWEEP_INTERVAL, UploadSpec
+from ._uploads import Sweeper, UploadSpec
 from .wire import IngestAck, StreamRange
 
 __all__ = ["LocalStorage", "session_id_for"]
@@ -124,8 +123,7 @@ class LocalStorage:
         self._open: OrderedDict[str, _Live] = OrderedDict()  # sessions holding handles, oldest first
         self.uploads = LocalUploads(Path(settings.state_dir) / "uploads", settings.upload_ttl,
                                     settings.fsync == "always")
-        self._swept_at = 0.0
-        self._sweep_uploads()
+        self._sweep_uploads = Sweeper(self.uploads.sweep, settings.upload_ttl)
 
     # -- sessions --------------------------------------------------------------
     def _directory(self, workspace: str, name: str) -> str:
@@ -369,15 +367,6 @@ class LocalStorage:
         return self._writable(ref).sink.files.delete(file_id)
 
     # -- chunked uploads (rules in _uploads.py, staging in _local_uploads.py) ----------
-    def _sweep_uploads(self) -> None:
-        now = time.monotonic()
-        if self._swept_at and now - self._swept_at < SWEEP_INTERVAL:
-            return
-        self._swept_at = now
-        removed = self.uploads.sweep()
-        if removed:
-            log.info("removed %d abandoned upload(s) older than %g s", removed, self.settings.upload_ttl)
-
     def upload_create(self, ref: SessionRef, spec: UploadSpec) -> dict:
         self._writable(ref)
         self._sweep_uploads()

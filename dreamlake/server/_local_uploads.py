@@ -19,7 +19,6 @@ folder + filename), so it still appears once.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import time
@@ -27,14 +26,12 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .._fsutil import locked, now_iso, read_json, write_json_atomic
+from .._fsutil import locked, now_iso, read_json, sha256_file, write_json_atomic
 from ._errors import BadRequest, Conflict, NotFound
 from ._journal import fsync_path
 from ._uploads import UploadSpec, check_upload_id, chunk_skip, status_reply
 
 __all__ = ["LocalUploads"]
-
-_HASH_STEP = 1 << 20
 
 
 class LocalUploads:
@@ -114,7 +111,7 @@ class LocalUploads:
             if received != spec.size:
                 raise Conflict(f"upload has {received} of {spec.size} bytes: send from offset {received}",
                                offset=received)
-            if _sha256(staged) != spec.checksum:
+            if sha256_file(staged)[1] != spec.checksum:
                 shutil.rmtree(path, ignore_errors=True)
                 raise BadRequest("checksum does not match the uploaded bytes (sha256); the upload is discarded")
             record = store(staged, spec)
@@ -159,11 +156,3 @@ def _hold(path: Path) -> Iterator[None]:
         yield
     finally:
         hold.__exit__(None, None, None)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while block := source.read(_HASH_STEP):
-            digest.update(block)
-    return digest.hexdigest()

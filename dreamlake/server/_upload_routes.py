@@ -9,11 +9,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ._body import read_body
-from ._context import context
+from ._context import ServerContext, context
 from ._routes import _json_body, json_response
+from ._storage import SessionRef
 from ._uploads import check_upload_id, parse_spec
 
 __all__ = ["upload_routes"]
+
+
+async def _upload(request: Request) -> tuple[ServerContext, SessionRef, str]:
+    """Authenticate, find the session, authorise; the upload id as given (404 if malformed)."""
+    ctx = context(request)
+    _, ref = await ctx.session(request)
+    return ctx, ref, check_upload_id(request.path_params["upload_id"])
 
 
 async def create_upload(request: Request) -> Response:
@@ -24,16 +32,12 @@ async def create_upload(request: Request) -> Response:
 
 
 async def upload_status(request: Request) -> Response:
-    ctx = context(request)
-    _, ref = await ctx.session(request)
-    upload_id = check_upload_id(request.path_params["upload_id"])
+    ctx, ref, upload_id = await _upload(request)
     return json_response(await ctx.run(ctx.storage.upload_status, ref, upload_id))
 
 
 async def upload_chunk(request: Request) -> Response:
-    ctx = context(request)
-    _, ref = await ctx.session(request)
-    upload_id = check_upload_id(request.path_params["upload_id"])
+    ctx, ref, upload_id = await _upload(request)
     offset: int = request.path_params["offset"]
     body = await read_body(request, ctx.settings.max_body_bytes, ctx.settings.body_timeout)
     ctx.metrics.bytes_in.inc(len(body))
@@ -44,16 +48,12 @@ async def upload_chunk(request: Request) -> Response:
 
 
 async def complete_upload(request: Request) -> Response:
-    ctx = context(request)
-    _, ref = await ctx.session(request)
-    upload_id = check_upload_id(request.path_params["upload_id"])
+    ctx, ref, upload_id = await _upload(request)
     return json_response(await ctx.run(ctx.storage.upload_complete, ref, upload_id), status=201)
 
 
 async def abort_upload(request: Request) -> Response:
-    ctx = context(request)
-    _, ref = await ctx.session(request)
-    upload_id = check_upload_id(request.path_params["upload_id"])
+    ctx, ref, upload_id = await _upload(request)
     return json_response(await ctx.run(ctx.storage.upload_abort, ref, upload_id))
 
 

@@ -23,8 +23,10 @@ starts and then at most every ``SWEEP_INTERVAL`` when uploads are created.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
-from typing import Any
+import time
+from typing import Any, Callable
 
 from .._files_api import MAX_FILE_BYTES
 from .._names import check_file_folder, check_segment
@@ -39,7 +41,10 @@ __all__ = [
     "MAX_CHUNKED_BYTES",
     "SWEEP_INTERVAL",
     "complete_lease",
+    "Sweeper",
 ]
+
+log = logging.getLogger("dreamlake.server")
 
 #: Largest file a chunked upload may declare: the API's own per-file limit.
 MAX_CHUNKED_BYTES = MAX_FILE_BYTES
@@ -143,3 +148,23 @@ def complete_lease(size: int) -> float:
     storing ``size`` bytes at a pessimistic 20 MB/s, plus a minute) before
     another replica may take it over."""
     return 60.0 + size / 20e6
+
+
+class Sweeper:
+    """Runs a backend's sweep for abandoned uploads now, then at most every
+    ``SWEEP_INTERVAL`` when called again (on every upload created)."""
+
+    def __init__(self, sweep: Callable[[], int], ttl: float) -> None:
+        self._sweep = sweep
+        self._ttl = ttl
+        self._at: float | None = None
+        self()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self._at is not None and now - self._at < SWEEP_INTERVAL:
+            return
+        self._at = now
+        removed = self._sweep()
+        if removed:
+            log.info("removed %d abandoned upload(s) untouched for %g s", removed, self._ttl)

@@ -9,7 +9,6 @@ dangling record). Keys: ``sessions/<session id>/files/<file id>/<filename>``.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -18,6 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..._errors import SinkError
+from ..._fsutil import sha256_file
 from ..._values import untag_nonfinite
 from .._errors import NotFound
 from .._objects import ObjectStore
@@ -26,19 +26,8 @@ from ._values import iso, jsonb
 __all__ = ["FileCatalog", "file_record", "new_file_id"]
 
 _COLUMNS = "id, path, filename, size_bytes, checksum, description, tags, metadata, object_key, created_at, updated_at"
-_HASH_CHUNK = 1 << 20
 
 Connect = Callable[[], ContextManager[psycopg.Connection]]
-
-
-def _sha256(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        while block := source.read(_HASH_CHUNK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
 
 
 def new_file_id() -> str:
@@ -88,7 +77,7 @@ class FileCatalog:
                metadata: dict) -> dict:
         file_id = new_file_id()
         key = self.object_key(session_id, file_id, staged.name)
-        size, checksum = _sha256(staged)
+        size, checksum = sha256_file(staged)
         self.objects.put_file(key, staged)
         try:
             with self._write() as conn:

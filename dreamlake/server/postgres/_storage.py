@@ -37,7 +37,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
@@ -54,7 +53,7 @@ from .._objects import ObjectStore
 from .._prepare import check_session_name, check_workspace
 from .._settings import Settings
 from .._storage import PreparedBatch, SessionRef, StreamRows
-from .._uploads import SWEEP_INTERVAL, UploadSpec
+from .._uploads import Sweeper, UploadSpec
 from ..wire import IngestAck, StreamRange
 from . import _streams
 from ._files import FileCatalog
@@ -151,8 +150,7 @@ class PostgresStorage:
         self.files = FileCatalog(objects, self._connection, self._writer)
         self.uploads = PgUploads(objects, self._connection, self._writer, self.files, settings.upload_ttl,
                                  self.scratch_dir)
-        self._swept_at = 0.0
-        self._sweep_uploads()
+        self._sweep_uploads = Sweeper(self.uploads.sweep, settings.upload_ttl)
         self._scratch = Path(settings.state_dir) / "tmp" / f"pg-{os.getpid()}"
         self._refs: dict[str, SessionRef] = {}
         self._ids: dict[tuple[str, str], str] = {}
@@ -478,15 +476,6 @@ class PostgresStorage:
         return self.files.delete(sid, file_id)
 
     # -- chunked uploads (rules in .._uploads, staging in ._uploads) -------------------
-    def _sweep_uploads(self) -> None:
-        now = time.monotonic()
-        if self._swept_at and now - self._swept_at < SWEEP_INTERVAL:
-            return
-        self._swept_at = now
-        removed = self.uploads.sweep()
-        if removed:
-            log.info("removed %d abandoned upload(s) older than %g s", removed, self.settings.upload_ttl)
-
     def upload_create(self, ref: SessionRef, spec: UploadSpec) -> dict:
         self._sweep_uploads()
         with self._writer() as conn:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ..._fsutil import sha256_file
 from ...server.wire import BATCH_CONTENT_TYPE, IngestAck, decode_ack
 from .config import CONNECT_TIMEOUT, REQUEST_TIMEOUT, RETRY_MAX, RETRY_MIN, RemoteTarget
 
@@ -188,9 +189,9 @@ class RemoteStore:
         so the server can check the sha256: in resumable chunks from
         ``CHUNKED_THRESHOLD`` up (``upload_id``/``on_created`` resume one a
         previous process started; see uploads.py), else in one request."""
-        from .uploads import CHUNKED_THRESHOLD, ChunkedUnsupported, ChunkedUpload, file_digest
+        from .uploads import CHUNKED_THRESHOLD, ChunkedUnsupported, ChunkedUpload
 
-        size, checksum = file_digest(src)
+        size, checksum = sha256_file(src)
         if size >= CHUNKED_THRESHOLD:
             upload = ChunkedUpload(self.target, self._url(""), src, folder, description, tags, metadata, size,
                                    checksum, upload_id, on_created)

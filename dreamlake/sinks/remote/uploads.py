@@ -13,7 +13,6 @@ upload a previous process started.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Any, BinaryIO, Callable, Iterator
@@ -23,7 +22,7 @@ import httpx
 from .config import CONNECT_TIMEOUT, REQUEST_TIMEOUT, RemoteTarget
 from .service import Rejected, Retryable, backoff, check, http_client
 
-__all__ = ["ChunkedUpload", "ChunkedUnsupported", "file_digest", "CHUNK_BYTES", "CHUNKED_THRESHOLD",
+__all__ = ["ChunkedUpload", "ChunkedUnsupported", "CHUNK_BYTES", "CHUNKED_THRESHOLD",
            "UPLOAD_ATTEMPTS"]
 
 #: Bytes per chunk request (read from disk as it is sent, 1 MiB at a time).
@@ -44,7 +43,7 @@ UPLOAD_ATTEMPTS = 8
 #: How long completing may take (the server hashes and stores the whole file).
 COMPLETE_TIMEOUT = 600.0
 
-_HASH_STEP = _PIECE = 1 << 20
+_PIECE = 1 << 20
 
 
 class ChunkedUnsupported(Exception):
@@ -58,17 +57,6 @@ class _Gap(Exception):
 
 class _Gone(Exception):
     pass
-
-
-def file_digest(path: str) -> tuple[int, str]:
-    """(size, sha256 hex), reading the file in 1 MiB steps."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        while block := source.read(_HASH_STEP):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
 
 
 def _error(response: httpx.Response) -> dict:

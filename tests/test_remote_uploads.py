@@ -23,7 +23,7 @@ from dreamlake.sinks.remote import uploads
 from dreamlake.sinks.remote.config import RemoteTarget
 from dreamlake.sinks.remote.service import AuthFailed, RemoteStore
 from pg import fresh_schema
-from remote_helpers import free_port, keyed_server, wait_for
+from remote_helpers import FaultProxy, free_port, keyed_server, wait_for
 from server_process import ServerProcess, make_key
 
 CHUNK = 256 << 10
@@ -350,3 +350,36 @@ def test_chunks_may_land_on_any_replica(tmp_path):
         finally:
             a.stop()
             b.stop()
+
+
+def test_lost_replies_and_busy_answers_are_retried_without_storing_twice(tmp_path, small_chunks):
+    """Through a proxy: request 3 (the 2nd chunk) reaches the server but its reply
+    is lost (500), request 5 gets 429 with Retry-After; the upload still arrives
+    once, and the server stored each byte once."""
+    gen = keyed_server(tmp_path)
+    srv = next(gen)
+    faults = {3: (500, {}, True), 5: (429, {"Retry-After": "0"})}
+    try:
+        with FaultProxy(srv.url, lambda n: faults.get(n)) as proxy:
+            sid = httpx.post(f"{srv.url}/workspaces/ws/sessions", json={"name": "run"},
+                             headers={"Authorization": f"Bearer {srv.key}"}).json()["session"]["id"]
+            store = RemoteStore(RemoteTarget(proxy.url, "ws", "run", srv.key), lambda: sid)
+            src, data = _file(tmp_path, 5 * CHUNK + 10)
+            record = store.files_upload(src, "", None, [], {})
+            assert proxy.faults == 2
+        assert record["checksum"] == hashlib.sha256(data).hexdigest()
+        assert _metric(srv.url, "dreamlake_upload_stored_bytes_total") == len(data)
+        with srv.client(srv.key) as client:
+            assert len(client.get(f"/sessions/{sid}/files").json()["files"]) == 1
+    finally:
+        gen.close()
+
+
+def test_a_server_without_the_chunk_api_gets_one_request(server, tmp_path, small_chunks, monkeypatch):
+    store, sid = server.session()
+    real = RemoteStore._url
+    # where the client looks for the upload API, nothing answers (404), as on upstream's server
+    monkeypatch.setattr(RemoteStore, "_url", lambda self, path: real(self, path) if path else real(self, "/nowhere"))
+    src, data = _file(tmp_path, 3 << 20)
+    record = store.files_upload(src, "", None, [], {})
+    assert record["sizeBytes"] == len(data) and server.metric("dreamlake_upload_chunk_bytes_total") == 0

@@ -94,19 +94,15 @@ class ChunkedUpload:
             raise Retryable(f"{type(exc).__name__}: {exc or 'network error'}", unreachable=True) from exc
         if response.status_code == 409 and isinstance(_error(response).get("offset"), int):
             raise _Gap(_error(response)["offset"])
-        if response.status_code == 404 and _error(response).get("kind") == "not_found":
-            raise _Gone(_error(response).get("message"))
+        if response.status_code in (404, 405):  # no such upload (expired, discarded), or no such API
+            raise _Gone(_error(response).get("message") or f"HTTP {response.status_code}")
         return check(response).json()
 
     def _create(self) -> int:
         try:
             status = self._call("POST", self.base, json=self.spec)
-        except _Gone:
-            raise ChunkedUnsupported("the server has no chunked-upload API") from None
-        except Rejected as exc:
-            if "405" in str(exc) or "404" in str(exc):
-                raise ChunkedUnsupported(str(exc)) from None
-            raise
+        except _Gone as gone:  # upstream's server; or no such session, which one request will say too
+            raise ChunkedUnsupported(f"no chunked-upload API here: {gone}") from None
         self.upload_id = status["uploadId"]
         if self.on_created is not None:
             self.on_created(self.upload_id)

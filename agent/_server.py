@@ -2,7 +2,8 @@
 the writer thread runs in a training process.
 
 For each session directory there is one :class:`~dreamlake._pipe.SessionPipe`
-with a :class:`~dreamlake._local_sink.LocalSink`, registered with this
+with the sink :func:`dreamlake.sinks.make_sink` builds (as a session writing
+itself would), registered with this
 process's own writer (:func:`dreamlake._writer.get_writer`). A connection
 handler only decodes frames and pushes the same items a ``Session`` pushes
 (through ``SessionPipe.push_batch``, ``push_params``, ``push_barrier``); for a
@@ -45,6 +46,7 @@ import stat
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import anyio
@@ -52,8 +54,8 @@ import anyio.to_thread
 from anyio.abc import SocketAttribute, SocketStream
 
 from dreamlake._agent_socket import peer_credentials
+from dreamlake._config import SessionConfig
 from dreamlake._events import Waiter
-from dreamlake._local_sink import LocalSink
 from dreamlake._files_api import MAX_FILE_BYTES
 from dreamlake._pipe import DEFAULT_MEMORY_BUDGET, SessionPipe
 from dreamlake._protocol import (
@@ -77,6 +79,7 @@ from dreamlake._protocol import (
     Welcome,
 )
 from dreamlake._writer import ROW_MAX_AGE, get_writer
+from dreamlake.sinks import Sink, Store, call_store, make_sink
 
 from ._checks import (
     FILE_OPS,
@@ -127,10 +130,10 @@ class _Client:
 class _Session:
     """One session directory the agent writes, and who is attached to it."""
 
-    def __init__(self, directory: str, pipe: SessionPipe, sink: LocalSink) -> None:
+    def __init__(self, directory: str, pipe: SessionPipe, sink: Sink) -> None:
         self.directory = directory
         self.pipe = pipe
-        self.sink = sink  # file operations use it directly, off the writer thread
+        self.sink = sink  # file operations use its store directly, off the writer thread
         self.clients: set[_Client] = set()
         self.status = "completed"
         self.error: str | None = None
@@ -393,7 +396,7 @@ class AgentServer:
             await entry.closing.wait()
             entry = self.sessions.get(directory)
         if entry is None:
-            sink = LocalSink(directory)
+            sink = make_sink(session_config(directory))
             pipe = SessionPipe(sink, self.memory_budget, "block")
             pipe.row_max_age = self.merge_window
             entry = self.sessions[directory] = _Session(directory, pipe, sink)
@@ -509,7 +512,7 @@ class AgentServer:
                 raise ValueError(f"unknown operation {message.op!r}")
             args = check_call(message.op, list(message.args))
             if message.op in FILE_OPS:  # not a barrier: off the writer that serves every session
-                result = await anyio.to_thread.run_sync(_file_op, entry.sink, message.op, args)
+                result = await anyio.to_thread.run_sync(_file_op, entry.sink.store, message.op, args)
             else:
                 result = await self._barrier(entry, message.op, args)
         except Exception as exc:
@@ -565,14 +568,22 @@ def _pipe_losses(health: dict) -> dict[str, int]:
     return found
 
 
-def _file_op(sink: LocalSink, op: str, args: tuple) -> Any:
+def session_config(directory: str) -> SessionConfig:
+    """The configuration of a session the agent writes into ``directory``
+    (``<root>/<workspace>/<name>``, checked by ``check_session_dir``)."""
+    path = Path(directory)
+    return SessionConfig(workspace=path.parent.name, name=path.name, root=path.parent.parent, directory=path,
+                         url=None, user_name=None)
+
+
+def _file_op(store: Store, op: str, args: tuple) -> Any:
     """Run a files operation in a worker thread (checked arguments)."""
     if op == "files_upload":
         with _regular_file(args[0]) as source:
-            return sink.files_upload(source, *args[1:])
+            return store.files_upload(source, *args[1:])
     if op == "files_download":
         _check_download_target(args[1])
-    return getattr(sink, op)(*args)
+    return call_store(store, op, args)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ the process's writer thread, never on the caller's: the writer batches and
 merges as usual and the sink sends each batch as one ``rows`` frame without
 waiting. Only barrier-type calls (open, flush, read, stats, files, close) wait
 for the agent's reply. If the agent goes away, the sink switches the session
-to a :class:`~dreamlake._local_sink.LocalSink` on the same directory, warns
+to the sink this process would write itself (:func:`dreamlake.sinks.own_sink`), warns
 once, and carries on: nothing hangs and nothing raises into the training loop.
 What the agent had received but not yet written when it was killed (-9) is
 lost; a clean agent shutdown (SIGTERM) writes everything it received, and a
@@ -37,6 +37,7 @@ import warnings
 from typing import Any, Callable
 
 from ._agent_socket import check_socket_dir, open_lock, peer_credentials, try_lock
+from ._config import SessionConfig
 from ._errors import FlushTimeout, SessionStateError, SinkError
 from ._protocol import (
     MAX_ROWS_PER_FRAME,
@@ -57,6 +58,7 @@ from ._protocol import (
     Welcome,
     parse_address,
 )
+from .sinks import ForkAware, Sink, call_store
 
 __all__ = ["agent_sink", "AgentSink", "connect", "start_agent", "AgentLost", "UnsendableRows", "AUTO_IDLE_EXIT"]
 
@@ -317,7 +319,7 @@ def agent_sink(config: Any) -> "AgentSink | None":
         )
         return None
     # canonical: every client of a session names it alike, and the agent refuses '..'
-    return AgentSink(path, connection, os.path.realpath(config.directory))
+    return AgentSink(path, connection, config)
 
 
 def _encode_rows(encoder: FrameEncoder, name: str, is_log: bool, rows: list) -> list[tuple[Any, int]]:
@@ -338,16 +340,18 @@ def _encode_rows(encoder: FrameEncoder, name: str, is_log: bool, rows: list) -> 
 class AgentSink:
     """Forwards one session to the agent; falls back to a local sink if it is lost."""
 
-    def __init__(self, path: str, connection: _Connection | None, directory: str) -> None:
+    def __init__(self, path: str, connection: _Connection | None, config: SessionConfig) -> None:
         self.path = path
-        self.directory = directory
+        self.config = config  # the fallback is built from it, by the same factory as thread mode
+        self.directory = os.path.realpath(config.directory)
+        self.store = self  # reads and files go over the same connection, on the writer thread
         self._conn = connection
         self._owner = True  # False in a forked child: it joins, never opens or closes
         self._rejoin = False  # set after fork: connect again (as a joiner) on first use
         self._closed = False
         self._info: dict | None = None
         self._opened = False
-        self._local: Any = None
+        self._local: Sink | None = None
         self._windows: dict[str, list] = {}  # flush windows once written locally
         self._unconfirmed = 0  # rows sent since the agent last confirmed a barrier
         self._lost_with_agent = 0
@@ -405,7 +409,7 @@ class AgentSink:
             self._conn = None
         if self._local is not None:
             return
-        from ._local_sink import LocalSink
+        from .sinks import own_sink
 
         self._fallback_reason = str(why) + (" (the agent stopped cleanly)" if stopped_cleanly else "")
         if not stopped_cleanly:
@@ -416,7 +420,7 @@ class AgentSink:
             f"dreamlake: lost the dreamlake-agent at {self.path} ({why}); this process now writes "
             f"{self.directory} itself"
         )
-        local = LocalSink(self.directory)
+        local = own_sink(self.config)
         if self._owner and self._opened and self._info is not None:
             local.open(self._info)
         self._local = local
@@ -438,7 +442,7 @@ class AgentSink:
         done, result = self._request(lambda seq: Call(seq, op, list(args)))
         if done:
             return result
-        return getattr(self._local, op)(*args)
+        return call_store(self._local.store, op, args)
 
     # -- lifecycle ----------------------------------------------------------
     def open(self, info: dict) -> dict:
@@ -471,7 +475,7 @@ class AgentSink:
         self._rejoin = True
         self._windows = {}
         self._unconfirmed = 0  # the parent's rows
-        if self._local is not None:
+        if isinstance(self._local, ForkAware):
             self._local.after_fork_in_child()
 
     # -- writing ------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The local store sink: one session directory of human-readable files.
+"""The local store: one session directory of human-readable files.
 
-The sink runs only on the writer thread (or in the agent), so it needs no
-locks of its own; cross-process safety comes from ``flock`` in
-:mod:`._stream_files` and :mod:`._fsutil`.
+:class:`LocalSink` writes it, :class:`LocalStore` reads it and keeps its
+files. Both run only on the writer thread (or in the agent), so they need no
+locks of their own; cross-process safety comes from ``flock`` in
+:mod:`._stream_files` and :mod:`._fsutil`. A sink's store shares the sink's
+open streams, so a read sees (and reconciles) exactly what the sink wrote.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ._writer import yield_gil
 
 __all__ = [
     "LocalSink",
+    "LocalStore",
     "track_dir",
     "list_track_names",
     "read_page",
@@ -193,7 +196,7 @@ def track_stats(session_dir: str, name: str, files: Any = None) -> dict:
 
 
 class LocalSink:
-    """Writes one session into ``directory``."""
+    """Writes one session into ``directory``; ``store`` reads it."""
 
     def __init__(self, directory: str) -> None:
         self.directory = os.path.abspath(directory)
@@ -204,7 +207,8 @@ class LocalSink:
         #: failed rewrites of derived files (track metadata.json, logs/.log_sequence)
         self.derived_errors = 0
         self._lost: dict[str, int] = {}
-        self.files = FileStore(self.directory)
+        self.store = LocalStore(self.directory, self._files)
+        self.files = self.store.files
 
     # -- lifecycle -----------------------------------------------------------
     def _session_json(self) -> str:
@@ -340,10 +344,28 @@ class LocalSink:
             else:
                 self._log_sequence_due = None
 
-    # -- reading (barriers: everything queued before is already written) ----
+
+
+class LocalStore:
+    """Reads and files of one session directory. ``streams`` gives the open
+    stream of a (name, is_log): the sink's, so reads and writes share one
+    view of each stream; by default the store keeps its own."""
+
+    def __init__(self, directory: str, streams: Callable[[str, bool], StreamFiles] | None = None) -> None:
+        self.directory = os.path.abspath(directory)
+        self.files = FileStore(self.directory)
+        self._own: dict[tuple[str, bool], StreamFiles] = {}
+        self._streams = streams or self._own_stream
+
+    def _own_stream(self, name: str, is_log: bool) -> StreamFiles:
+        files = self._own.get((name, is_log))
+        if files is None:
+            files = self._own[(name, is_log)] = stream_files(self.directory, name, is_log)
+        return files
+
     def _reconciled(self, name: str, is_log: bool) -> StreamFiles:
         """Reads first index any complete rows another (crashed) writer left unindexed."""
-        files = self._files(name, is_log)
+        files = self._streams(name, is_log)
         files.reconcile()
         return files
 
@@ -381,3 +403,7 @@ class LocalSink:
     def files_update(self, file_id: str, changes: dict) -> dict:
         return self.files.update(file_id, changes)
 
+    def close(self) -> None:
+        for files in self._own.values():
+            files.close()
+        self._own.clear()

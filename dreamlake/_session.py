@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _lifecycle
-from ._config import SessionConfig, resolve
+from ._config import resolve
 from ._errors import SessionStateError
 from ._files_api import FileBuilder, Files
 from ._names import LOG_LEVELS, check_log_level, check_track_name
@@ -21,6 +21,7 @@ from ._pipe import DEFAULT_MEMORY_BUDGET, LOG_STREAM, SessionPipe
 from ._tracks import Track, Tracks
 from ._values import capture
 from ._writer import Writer, get_writer
+from .sinks import FILE_OPS, STORE_OPS, DeliversLater, HasHealth, call_store, make_sink
 
 __all__ = ["Session", "dreamlake_session", "LOG_LEVELS"]
 
@@ -28,13 +29,6 @@ log = logging.getLogger("dreamlake")
 
 _END_STATUSES = ("completed", "failed", "interrupted")
 _time = time.time
-
-
-def _make_sink(config: SessionConfig) -> Any:
-    """Pick the sink for a session: local store, agent, remote, fan-out or offline."""
-    from .sinks import make_sink
-
-    return make_sink(config)
 
 
 class Session:
@@ -153,7 +147,7 @@ class Session:
     def open(self) -> "Session":
         if self._state == "open":
             return self
-        sink = _make_sink(self._config)
+        sink = make_sink(self._config)
         pipe = SessionPipe(sink, self._memory_budget, self._on_full)
         self._pipe = pipe
         self._tracks = {}
@@ -258,17 +252,20 @@ class Session:
         return self._pipe
 
     def _call(self, op: str, *args: Any) -> Any:
+        """A barrier (flush, a read, a file call): after everything queued before
+        it. A sink that delivers later (remote) only marks on the writer thread;
+        the wait and the network call run here, not on the writer."""
         pipe = self._require_pipe()
-        store = getattr(pipe.sink, "store", None)
-        if store is not None:  # remote: reads and files on this thread, not the writer's
-            from .sinks import STORE_OPS
-
+        sink = pipe.sink
+        if isinstance(sink, DeliversLater):
             if op in STORE_OPS:
-                return _remote_store_call(self._writer, pipe, op, args, self._timeout)
-            if op == "flush":  # wait for the server's acks here, not on the writer thread
-                mark = self._writer.call(pipe, "delivery_mark", (), self._timeout)
+                if op not in FILE_OPS:  # a read sees everything logged before it
+                    sink.wait_delivered(self._writer.call(pipe, "mark", (), self._timeout), self._timeout)
+                return call_store(sink.store, op, args)
+            if op == "flush":
+                mark = self._writer.call(pipe, "mark", (), self._timeout)
                 names = args[0] if args[0] is not None else [s.name for s in list(pipe.streams.values()) if not s.is_log]
-                return pipe.sink.wait_and_report(mark, names, self._timeout)
+                return sink.wait_and_report(mark, names, self._timeout)
         return self._writer.call(pipe, op, args, self._timeout)
 
     # -- the API -----------------------------------------------------------------
@@ -342,19 +339,9 @@ class Session:
         process writes instead); remote sessions add their delivery state."""
         if self._pipe is None:
             return {"state": self._state}
-        sink_health = getattr(self._pipe.sink, "health", None)
-        extra = sink_health() if sink_health is not None else {}
+        sink = self._pipe.sink
+        extra = sink.health() if isinstance(sink, HasHealth) else {}
         return {"state": self._state, "status": self._status, "mode": "thread", **self._pipe.health(), **extra}
-
-
-def _remote_store_call(writer: Writer, pipe: SessionPipe, op: str, args: tuple, timeout: float) -> Any:
-    """A read waits until the server acknowledged everything queued before it;
-    files need no wait. The network call runs on the caller's thread."""
-    sink = pipe.sink
-    if not op.startswith("files_"):
-        mark = writer.call(pipe, "delivery_mark", (), timeout)
-        sink.wait_delivered(mark, timeout)
-    return sink.call_store(op, *args)
 
 
 def dreamlake_session(*session_args: Any, **session_kwargs: Any) -> Callable:

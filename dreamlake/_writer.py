@@ -34,6 +34,7 @@ from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import PARAMS, ROWS, Waiter
 from ._pipe import SessionPipe, StreamRef
+from .sinks._interfaces import DeliversLater, ForkAware, Quarantines, RecordsLosses, ReportsFlush, call_store
 
 __all__ = ["Writer", "get_writer", "TICK", "ROW_MAX_AGE"]
 
@@ -262,10 +263,9 @@ class Writer:
         reason = type(exc).__name__
         pipe.quarantined += 1
         pipe.quarantine_reasons[reason] = pipe.quarantine_reasons.get(reason, 0) + 1
-        keep = getattr(pipe.sink, "quarantine", None)
-        if keep is not None:
+        if isinstance(pipe.sink, Quarantines):
             try:
-                keep(stream.name, stream.is_log, row, f"{reason}: {exc}")
+                pipe.sink.quarantine(stream.name, stream.is_log, row, f"{reason}: {exc}")
             except Exception as side_exc:  # the count stays; the side file is best effort
                 log.error("dreamlake: could not keep a quarantined row aside: %s", side_exc)
         if pipe.quarantined == 1:
@@ -336,8 +336,14 @@ class Writer:
                 waiter.succeed(self._flush(pipe, *args))
             elif op == "close":
                 waiter.succeed(self._close(pipe, *args))
-            else:
-                waiter.succeed(getattr(pipe.sink, op)(*args))
+            elif op == "open":
+                waiter.succeed(pipe.sink.open(*args))
+            elif op == "mark":  # a sink that delivers later: the caller waits for the mark
+                if not isinstance(pipe.sink, DeliversLater):
+                    raise TypeError(f"{type(pipe.sink).__name__} delivers at once; nothing to mark")
+                waiter.succeed(pipe.sink.delivery_mark())
+            else:  # a read or file call: everything queued before is written now
+                waiter.succeed(call_store(pipe.sink.store, op, args))
         except BaseException as exc:
             waiter.fail(exc)
 
@@ -348,9 +354,8 @@ class Writer:
     def _flush(self, pipe: SessionPipe, names: list[str] | None) -> list[dict]:
         if pipe.retry or pipe.pending_params:
             raise self._unwritten_error(pipe)
-        report = getattr(pipe.sink, "flush_report", None)
-        if report is not None:  # agent mode: the agent assigns indices, so it keeps the windows
-            return report([s.name for s in pipe.streams.values() if not s.is_log] if names is None else names)
+        if isinstance(pipe.sink, ReportsFlush):  # agent mode: the agent assigns indices, so it keeps the windows
+            return pipe.sink.flush_report([s.name for s in pipe.streams.values() if not s.is_log] if names is None else names)
         pipe.sink.flush()
         streams = list(pipe.streams.values()) if names is None else [pipe.stream(n) for n in names]
         results = []
@@ -374,9 +379,8 @@ class Writer:
         unwritten = self._unwritten_error(pipe) if (pipe.retry or pipe.pending_params) else None
         pipe.close_request = (status, error) if unwritten is not None else None
         if unwritten is None:
-            record = getattr(pipe.sink, "record_losses", None)
-            if record is not None:
-                record(pipe.lost())
+            if isinstance(pipe.sink, RecordsLosses):
+                pipe.sink.record_losses(pipe.lost())
             pipe.sink.close(status, error)
         with self._lock:
             if unwritten is None and pipe in self._pipes:
@@ -392,9 +396,8 @@ class Writer:
         self._pid = os.getpid()
         for pipe in self._pipes:
             pipe.after_fork_in_child()
-            after_fork = getattr(pipe.sink, "after_fork_in_child", None)
-            if after_fork is not None:
-                after_fork()
+            if isinstance(pipe.sink, ForkAware):
+                pipe.sink.after_fork_in_child()
         if self._pipes:
             self._ensure_thread()
 

@@ -24,6 +24,7 @@ import pytest
 import dreamlake._agent_link as link
 from dreamlake import Session
 from dreamlake._agent_link import AgentSink, UnsendableRows, connect
+from dreamlake._config import resolve
 from dreamlake._agent_socket import running_pid
 from dreamlake._protocol import Call, Close, Err, Join, Open, Params, Rows
 from test_agent_processes import PY, REPO, agents, client, expect_line, read_all, wait_until  # noqa: F401 (agents: fixture)
@@ -196,7 +197,9 @@ def test_open_and_call_fields_are_allow_listed(agents, tmp_path):
 def test_a_batch_that_cannot_be_encoded_is_refused_whole_before_any_frame_is_sent(agents):
     agents.start()
     connection, _ = connect(agents.sock)
-    sink = AgentSink(agents.sock, connection, str(agents.root / "ws" / "enc"))
+    sink = AgentSink(agents.sock, connection, resolve(prefix="ws/enc", name=None, workspace=None, root=str(agents.root),
+                                                      local_path=None, url=None, remote=None, user_name=None,
+                                                      api_key=None, session_dir=None, agent=None))
     sink.open({"name": "enc"})
     rows = [{"_ts": float(i), "v": i} for i in range(5000)]  # two frames
     rows[4500]["v"] = 2**70

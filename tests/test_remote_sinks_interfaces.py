@@ -10,8 +10,10 @@ import pytest
 
 from dreamlake import Session
 from dreamlake._config import resolve
-from dreamlake._local_sink import LocalSink
-from dreamlake.sinks import FanOutSink, MemorySink, OfflineSink, RemoteSink, Sink, Store, make_sink
+from dreamlake._local_sink import LocalSink, LocalStore
+from dreamlake.sinks import (
+    DeliversLater, FanOutSink, MemorySink, OfflineSink, RemoteSink, Sink, Store, call_store, make_sink,
+)
 from dreamlake.sinks.remote.spool import Spool, SpoolFull
 from remote_helpers import free_port, server_rows, start_server
 from server_process import make_key
@@ -25,9 +27,28 @@ def _config(**kw):
 
 
 def test_every_sink_satisfies_the_small_interface(tmp_path):
-    for sink in (MemorySink(), LocalSink(str(tmp_path)), FanOutSink(MemorySink(), MemorySink())):
+    remote = make_sink(_config(url="http://127.0.0.1:9"))
+    for sink in (MemorySink(), LocalSink(str(tmp_path)), FanOutSink(MemorySink(), MemorySink()), remote):
         assert isinstance(sink, Sink)
-    assert isinstance(LocalSink(str(tmp_path)), Store)
+        assert isinstance(sink.store, Store)
+    # writes and reads are apart: the local sink writes, its store reads
+    assert not isinstance(LocalSink(str(tmp_path)), Store)
+    assert isinstance(remote, DeliversLater) and not isinstance(LocalSink(str(tmp_path)), DeliversLater)
+
+
+def test_the_local_store_reads_what_its_sink_wrote_through_one_view(tmp_path):
+    sink = LocalSink(str(tmp_path))
+    sink.open({"name": "s"})
+    sink.write_rows("t", False, [{"_ts": 1.0, "a": 1}, {"_ts": 2.0, "a": 2}], [1.0, 2.0])
+    sink.write_params({"lr": 0.1})
+    assert [e["data"]["a"] for e in sink.store.read("t", False, 0, 10)["data"]] == [1, 2]
+    assert call_store(sink.store, "stats", ("t",))["totalDataPoints"] == 2
+    assert sink.store.params_get() == {"lr": 0.1}
+    sink.close("completed", None)
+    alone = LocalStore(str(tmp_path))  # a store of its own reads the same directory
+    assert alone.read("t", False, 0, 10)["total"] == 2
+    with pytest.raises(ValueError, match="unknown store operation"):
+        call_store(alone, "write_rows", ())
 
 
 def test_factory_picks_the_sink_by_mode(tmp_path):
@@ -50,7 +71,7 @@ def test_memory_sink_keeps_rows_in_order_and_can_fail():
     with pytest.raises(OSError):
         sink.write_rows("t", False, [{"_ts": 2.0, "a": 2}], [2.0])
     assert sink.write_rows("t", False, [{"_ts": 2.0, "a": 2}], [2.0]) == 1
-    assert [e["data"]["a"] for e in sink.read("t", False, 0, 10)["data"]] == [1, 2]
+    assert [e["data"]["a"] for e in sink.store.read("t", False, 0, 10)["data"]] == [1, 2]
 
 
 def test_fanout_url_plus_root_writes_both(tmp_path):

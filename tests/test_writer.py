@@ -8,47 +8,7 @@ import pytest
 from dreamlake._errors import SessionStateError, SinkError
 from dreamlake._pipe import SessionPipe
 from dreamlake._writer import Writer
-
-
-class MemorySink:
-    """Keeps rows per stream; can be told to fail the next N writes, or to
-    hold every write until released."""
-
-    def __init__(self):
-        self.rows: dict[str, list] = {}
-        self.params: dict = {}
-        self.fail_next = 0
-        self.gate = threading.Event()
-        self.gate.set()
-        self.closed_with = None
-
-    def open(self, info):
-        return info
-
-    def write_rows(self, name, is_log, rows, ts):
-        self.gate.wait(10)
-        if self.fail_next:
-            self.fail_next -= 1
-            raise OSError(28, "No space left on device")
-        stream = self.rows.setdefault(name, [])
-        start = len(stream)
-        stream.extend(rows)
-        return start
-
-    def write_params(self, flat):
-        if self.fail_next:
-            self.fail_next -= 1
-            raise OSError(28, "No space left on device")
-        self.params.update(flat)
-
-    def flush(self):
-        pass
-
-    def close(self, status, error):
-        self.closed_with = (status, error)
-
-    def count(self, name):
-        return len(self.rows.get(name, []))
+from dreamlake.sinks import MemorySink, MemoryStore
 
 
 @pytest.fixture
@@ -72,7 +32,7 @@ def test_flush_barrier_returns_window_after_all_earlier_rows(writer):
     _push_rows(pipe, "t", 1000)
     (result,) = writer.call(pipe, "flush", (["t"],))
     assert result == {"trackId": "t", "startIndex": 0, "endIndex": 999, "count": 1000}
-    assert [r["i"] for r in sink.rows["t"]] == list(range(1000))
+    assert [r["i"] for r in sink.rows("t")] == list(range(1000))
     _push_rows(pipe, "t", 5, start=1000)
     (result,) = writer.call(pipe, "flush", (["t"],))
     assert (result["startIndex"], result["endIndex"], result["count"]) == (1000, 1004, 5)
@@ -96,7 +56,7 @@ def test_failed_writes_are_counted_kept_in_order_and_retried(writer):
             break
         except SinkError:
             continue
-    assert [r["i"] for r in sink.rows["t"]] == list(range(100))  # once each, in order
+    assert [r["i"] for r in sink.rows("t")] == list(range(100))  # once each, in order
     assert pipe.health()["pending_retry_rows"] == 0
 
 
@@ -130,7 +90,7 @@ def test_block_policy_loses_nothing_and_bounds_the_queue(writer):
     producer.join(20)
     assert not producer.is_alive()
     writer.call(pipe, "flush", (None,))
-    assert [r["i"] for r in sink.rows["t"]] == list(range(n))
+    assert [r["i"] for r in sink.rows("t")] == list(range(n))
     assert pipe.dropped == 0 and pipe.blocked_waits > 0
     assert max(peak) <= pipe.max_items  # queue items, three per row
 
@@ -143,7 +103,7 @@ def test_params_merge_and_close_marks_status(writer):
     pipe.push_params({"b": 3})
     writer.call(pipe, "close", ("completed", None))
     assert sink.params == {"a": 1, "b": 3}
-    assert sink.closed_with == ("completed", None)
+    assert sink.status == ("completed", None)
     assert pipe not in writer.pipes()
     pipe.mark_closed()
     with pytest.raises(SessionStateError):
@@ -151,11 +111,13 @@ def test_params_merge_and_close_marks_status(writer):
 
 
 def test_barrier_errors_reach_the_caller_not_the_writer(writer):
-    class Broken(MemorySink):
+    class Broken(MemoryStore):
         def stats(self, name):
             raise KeyError(name)
 
-    pipe = SessionPipe(Broken())
+    sink = MemorySink()
+    sink.store = Broken(sink)
+    pipe = SessionPipe(sink)
     writer.register(pipe)
     with pytest.raises(KeyError):
         writer.call(pipe, "stats", ("nope",))
@@ -183,7 +145,7 @@ def test_many_producer_threads_one_stream(writer):
     for t in threads:
         t.join()
     writer.call(pipe, "flush", (None,))
-    rows = sink.rows["t"]
+    rows = sink.rows("t")
     assert len(rows) == 16000
     for k in range(8):
         assert [r["i"] for r in rows if r["k"] == k] == list(range(2000))
@@ -216,14 +178,14 @@ def test_close_while_the_sink_fails_finishes_once_the_retry_succeeds(writer):
     sink.fail_next = 1
     with pytest.raises(SinkError):
         writer.call(pipe, "close", ("completed", None))
-    assert sink.closed_with is None
+    assert sink.status is None
     pipe.mark_closed()
     deadline = __import__("time").monotonic() + 10
-    while sink.closed_with is None and __import__("time").monotonic() < deadline:
+    while sink.status is None and __import__("time").monotonic() < deadline:
         writer.wake()
         threading.Event().wait(0.01)  # bounded poll for the background retry
-    assert sink.closed_with == ("completed", None)
-    assert [r["i"] for r in sink.rows["t"]] == list(range(10))
+    assert sink.status == ("completed", None)
+    assert [r["i"] for r in sink.rows("t")] == list(range(10))
     assert pipe not in writer.pipes()
 
 

@@ -310,7 +310,7 @@ class LocalStorage:
         ``{"version", "data"}`` envelope when the store writes one (else None)."""
         raw = read_json(os.path.join(live.directory, "parameters.json"), default={})
         version = raw.get("version") if isinstance(raw, dict) and isinstance(raw.get("data"), dict) else None
-        return {"data": live.sink.params_get(), "version": version}
+        return {"data": live.sink.store.params_get(), "version": version}
 
     def get_params(self, ref: SessionRef) -> dict:
         return self._params(self._readable(ref))

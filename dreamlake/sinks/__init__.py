@@ -1,14 +1,46 @@
 """Sinks: where a session's data goes. Small typed interfaces (:class:`Sink`,
-:class:`Store`), the factory, the fan-out, an in-memory sink for tests and the
-remote sink."""
+:class:`Store` and the optional protocols), the factory, the fan-out, an
+in-memory sink for tests and the remote sink.
 
-from ._factory import MODES, OfflineSink, make_sink
-from ._fanout import FanOutSink
-from ._interfaces import STORE_OPS, Sink, Store
-from ._memory import MemorySink
-from .remote import RemoteSink, RemoteStore, RemoteTarget
+The interfaces load at once (the writer needs them, and they import nothing
+of the package); the sinks load on first use, so importing the interfaces
+does not import the local store or httpx."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from ._interfaces import (
+    FILE_OPS,
+    STORE_OPS,
+    DeliversLater,
+    ForkAware,
+    HasHealth,
+    Quarantines,
+    RecordsLosses,
+    ReportsFlush,
+    Sink,
+    Store,
+    call_store,
+)
+from ._memory import MemorySink, MemoryStore
+
+_LAZY = {
+    "make_sink": "._factory", "own_sink": "._factory", "MODES": "._factory", "OfflineSink": "._factory",
+    "FanOutSink": "._fanout", "FanOutStore": "._fanout",
+    "RemoteSink": ".remote", "RemoteStore": ".remote", "RemoteTarget": ".remote",
+}
 
 __all__ = [
-    "Sink", "Store", "STORE_OPS", "make_sink", "MODES", "FanOutSink", "MemorySink",
-    "OfflineSink", "RemoteSink", "RemoteStore", "RemoteTarget",
+    "Sink", "Store", "STORE_OPS", "FILE_OPS", "call_store",
+    "DeliversLater", "ReportsFlush", "RecordsLosses", "Quarantines", "ForkAware", "HasHealth",
+    "MemorySink", "MemoryStore", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module, __name__), name)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .._config import SessionConfig
 from .._local_sink import LocalSink
 from ._fanout import FanOutSink
+from ._interfaces import Sink
 from .remote import RemoteSink, RemoteTarget
 
-__all__ = ["make_sink", "OfflineSink", "MODES"]
+__all__ = ["make_sink", "own_sink", "OfflineSink", "MODES"]
 
 log = logging.getLogger("dreamlake")
 
@@ -54,28 +56,39 @@ def remote_target(config: Any) -> RemoteTarget:
     return RemoteTarget(config.url, config.workspace, config.name, config.api_key, config.user_name)
 
 
-def make_sink(config: Any) -> Any:
-    """The sink for ``config`` (a :class:`dreamlake._config.SessionConfig`)."""
-    mode = getattr(config, "mode", None) or ("remote" if config.url else "local")
-    directory = str(config.directory)
-    if config.agent and mode == "remote":
-        _warn_once(
-            "the agent does not forward to a server yet; this process sends to "
-            f"{config.url} itself (its own spool in {directory})"
-        )
-    elif config.agent:
+def make_sink(config: SessionConfig) -> Sink:
+    """The sink for ``config``: through the agent when it names one and one
+    can be reached, else this process's own (:func:`own_sink`)."""
+    if config.agent and _mode(config) != "remote":
         from .._agent_link import agent_sink
 
         sink = agent_sink(config)
         if sink is not None:
             return sink
+    elif config.agent:
+        _warn_once(
+            "the agent does not forward to a server yet; this process sends to "
+            f"{config.url} itself (its own spool in {config.directory})"
+        )
+    return own_sink(config)
+
+
+def own_sink(config: SessionConfig) -> Sink:
+    """The sink a process writes itself (thread mode, the agent's fallback,
+    and every session the agent serves)."""
+    mode = _mode(config)
+    directory = str(config.directory)
     if mode == "offline":
         return OfflineSink(directory, config.url)
     if mode == "remote":
         if not config.url:
             raise ValueError("mode='remote' needs url= (or remote=)")
         remote = RemoteSink(remote_target(config), directory)
-        if getattr(config, "local_root", False):
+        if config.local_root:
             return FanOutSink(LocalSink(directory), remote)
         return remote
     return LocalSink(directory)
+
+
+def _mode(config: SessionConfig) -> str:
+    return config.mode or ("remote" if config.url else "local")

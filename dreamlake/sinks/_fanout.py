@@ -11,73 +11,124 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["FanOutSink"]
+from .._local_sink import LocalStore
+from ._interfaces import DeliversLater, ForkAware, HasHealth, Quarantines, RecordsLosses, Sink, Store
+
+__all__ = ["FanOutSink", "FanOutStore"]
 
 log = logging.getLogger("dreamlake")
 
 
 class FanOutSink:
-    def __init__(self, primary: Any, *secondaries: Any) -> None:
+    def __init__(self, primary: Sink, *secondaries: Sink) -> None:
         self.primary = primary
         self.secondaries = list(secondaries)
         self.secondary_errors = 0
         self.last_secondary_error: str | None = None
+        self.store = FanOutStore(self)
 
-    def _each(self, op: str, *args: Any) -> None:
+    def _each(self, op: str, call: Callable[[Sink], Any]) -> None:
         for sink in self.secondaries:
-            self._call_one(sink, op, *args)
+            self._call_one(sink, op, call)
 
-    def _call_one(self, sink: Any, op: str, *args: Any) -> None:
+    def _call_one(self, sink: Sink, op: str, call: Callable[[Sink], Any]) -> None:
         try:
-            getattr(sink, op)(*args)
+            call(sink)
         except Exception as exc:
-            self.secondary_errors += 1
-            if self.last_secondary_error is None:
-                log.warning("dreamlake: %s on %s failed: %s", op, type(sink).__name__, exc)
-            self.last_secondary_error = f"{op}: {type(exc).__name__}: {exc}"
+            self._secondary_failed(sink, op, exc)
+
+    def _secondary_failed(self, sink: Any, op: str, exc: BaseException) -> None:
+        self.secondary_errors += 1
+        if self.last_secondary_error is None:
+            log.warning("dreamlake: %s on %s failed: %s", op, type(sink).__name__, exc)
+        self.last_secondary_error = f"{op}: {type(exc).__name__}: {exc}"
 
     def open(self, info: dict) -> dict:
         meta = self.primary.open(info)
-        self._each("open", info)
+        self._each("open", lambda sink: sink.open(info))
         return meta
 
     def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:
         first = self.primary.write_rows(name, is_log, rows, ts)
-        self._each("write_rows", name, is_log, rows, ts)
+        self._each("write_rows", lambda sink: sink.write_rows(name, is_log, rows, ts))
         return first
 
     def write_params(self, flat: dict) -> None:
         self.primary.write_params(flat)
-        self._each("write_params", flat)
+        self._each("write_params", lambda sink: sink.write_params(flat))
 
     def flush(self) -> None:
-        """Durable means durable in the primary. A secondary that can send
-        without waiting (``delivery_mark``: the remote sink seals its open
-        batch) is not waited for, so a slow server never holds the writer."""
+        """Durable means durable in the primary. A secondary that delivers
+        later (the remote sink) only seals its open batch, so a slow server
+        never holds the writer."""
         self.primary.flush()
         for sink in self.secondaries:
-            self._call_one(sink, "delivery_mark" if hasattr(sink, "delivery_mark") else "flush")
+            if isinstance(sink, DeliversLater):
+                self._call_one(sink, "flush", lambda s: s.delivery_mark())
+            else:
+                self._call_one(sink, "flush", lambda s: s.flush())
 
     def close(self, status: str, error: str | None) -> None:
         self.primary.close(status, error)
-        self._each("close", status, error)
+        self._each("close", lambda sink: sink.close(status, error))
+
+    def record_losses(self, lost: dict[str, int]) -> None:
+        if isinstance(self.primary, RecordsLosses):
+            self.primary.record_losses(lost)
+
+    def quarantine(self, name: str, is_log: bool, row: Any, reason: str) -> None:
+        if isinstance(self.primary, Quarantines):
+            self.primary.quarantine(name, is_log, row, reason)
 
     def after_fork_in_child(self) -> None:
         for sink in [self.primary, *self.secondaries]:
-            hook = getattr(sink, "after_fork_in_child", None)
-            if hook is not None:
-                hook()
+            if isinstance(sink, ForkAware):
+                sink.after_fork_in_child()
+
+    def health(self) -> dict:
+        out: dict = {"secondary_errors": self.secondary_errors, "last_secondary_error": self.last_secondary_error}
+        for sink in self.secondaries:
+            if isinstance(sink, HasHealth):
+                out.update(sink.health())
+        return out
+
+
+class FanOutStore:
+    """The primary's store answers; an upload also goes to every secondary,
+    from the primary's copy, on its own thread, so a large upload never holds
+    up the rows (the caller's ``src`` may be gone by then)."""
+
+    def __init__(self, fanout: FanOutSink) -> None:
+        self._fanout = fanout
+
+    @property
+    def _primary(self) -> Store:
+        return self._fanout.primary.store
+
+    def read(self, name: str, is_log: bool, start_index: int, limit: int) -> dict:
+        return self._primary.read(name, is_log, start_index, limit)
+
+    def read_range(self, name: str, is_log: bool, start_ts: Any, end_ts: Any, limit: int) -> dict:
+        return self._primary.read_range(name, is_log, start_ts, end_ts, limit)
+
+    def stats(self, name: str) -> dict:
+        return self._primary.stats(name)
+
+    def list_tracks(self) -> list[dict]:
+        return self._primary.list_tracks()
+
+    def params_get(self) -> dict:
+        return self._primary.params_get()
 
     def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict) -> dict:
-        """The primary stores the file now; secondaries get it from the
-        primary's copy on their own thread, so a large upload never holds up
-        the rows (the caller's ``src`` may be gone by then)."""
-        entry = self.primary.files_upload(src, folder, description, tags, metadata)
-        files = getattr(self.primary, "files", None)
-        copy = os.path.join(files.root, *entry["storagePath"].split("/")) if files and entry.get("storagePath") else src
-        for sink in self.secondaries:
+        entry = self._primary.files_upload(src, folder, description, tags, metadata)
+        primary = self._primary
+        copy = src
+        if isinstance(primary, LocalStore) and entry.get("storagePath"):  # upload the stored copy
+            copy = os.path.join(primary.files.root, *entry["storagePath"].split("/"))
+        for sink in self._fanout.secondaries:
             thread = threading.Thread(
                 target=self._upload_one,
                 args=(sink, copy, folder, description, tags, metadata),
@@ -87,25 +138,20 @@ class FanOutSink:
             thread.start()
         return entry
 
-    def _upload_one(self, sink: Any, *args: Any) -> None:
-        store = getattr(sink, "store", sink)
+    def _upload_one(self, sink: Sink, src: str, folder: str, description: Any, tags: list, metadata: dict) -> None:
         try:
-            store.files_upload(*args)
+            sink.store.files_upload(src, folder, description, tags, metadata)
         except Exception as exc:
-            self.secondary_errors += 1
-            self.last_secondary_error = f"files_upload: {type(exc).__name__}: {exc}"
-            log.warning("dreamlake: uploading %s to %s failed: %s", args[0], type(sink).__name__, exc)
+            self._fanout._secondary_failed(sink, "files_upload", exc)
 
-    def health(self) -> dict:
-        out: dict = {"secondary_errors": self.secondary_errors, "last_secondary_error": self.last_secondary_error}
-        for sink in self.secondaries:
-            health = getattr(sink, "health", None)
-            if health is not None:
-                out.update(health())
-        return out
+    def files_list(self, folder: str | None, tags: list | None) -> list[dict]:
+        return self._primary.files_list(folder, tags)
 
-    def __getattr__(self, op: str) -> Any:
-        """Reads and the other file calls go to the primary."""
-        if op.startswith("_"):
-            raise AttributeError(op)
-        return getattr(self.primary, op)
+    def files_download(self, file_id: str, dest: str) -> str:
+        return self._primary.files_download(file_id, dest)
+
+    def files_delete(self, file_id: str) -> dict:
+        return self._primary.files_delete(file_id)
+
+    def files_update(self, file_id: str, changes: dict) -> dict:
+        return self._primary.files_update(file_id, changes)

@@ -19,7 +19,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from .._file_store import FileStore
 from .._fsutil import read_json
-from .._local_sink import LocalSink, list_track_names, read_page, stream_files, track_stats
+from .._local_sink import list_track_names, read_page, read_params, stream_files, track_stats
 from .._status import session_status
 from ._sample_read import read_rows_at as read_scattered
 
@@ -125,7 +125,7 @@ class LocalStoreSource:
         return self._summary(Path(self._dir(prefix)))
 
     def params(self, prefix: str) -> dict:
-        return LocalSink(self._dir(prefix)).params_get()
+        return read_params(self._dir(prefix))
 
     # -- tracks ----------------------------------------------------------------
     def track_names(self, prefix: str) -> list[str]:

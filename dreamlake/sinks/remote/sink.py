@@ -4,7 +4,7 @@ The writer thread only hands rows over (``write_rows`` never touches the
 network or the disk); the sender thread (:mod:`.delivery`) encodes, sends,
 retries and spools. Index ranges are assigned by the server and come back in
 its acknowledgements: ``write_rows`` returns a provisional local index and
-``flush_report`` returns the server's ranges.
+``wait_and_report`` returns the server's ranges.
 
 What ``flush()`` waits for: every batch sealed before it acknowledged by the
 server, or — while the server is unreachable or refuses the key — safely in
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from ..._errors import SinkError
 from ...server.wire import IngestAck
@@ -33,7 +33,7 @@ from .encoder import estimate_row_bytes
 from .service import DeliveryError, IngestService, RemoteStore
 from .spool import ClientSlot, acquire_new_slot, free_slots
 
-__all__ = ["RemoteSink", "Backpressure"]
+__all__ = ["RemoteSink", "RemoteStoreCalls", "Backpressure"]
 
 log = logging.getLogger("dreamlake")
 
@@ -47,7 +47,7 @@ class RemoteSink:
         self.target = target
         self.directory = os.path.abspath(session_dir)
         self.service = IngestService(target)
-        self.store = RemoteStore(target, self._session_id)
+        self.store = RemoteStoreCalls(RemoteStore(target, self._session_id), target.url)
         self._info: dict = {}
         self._row_bytes: dict[tuple[str, bool], int] = {}
         self._counts: dict[tuple[str, bool], int] = {}
@@ -177,10 +177,6 @@ class RemoteSink:
     def flush(self) -> None:
         self.wait_delivered(self.delivery_mark(), delivered_only=False)
 
-    def flush_report(self, names: list[str] | None) -> list[dict]:
-        """Today's writer calls this on its thread (it then waits on the server)."""
-        return self.wait_and_report(self.delivery_mark(), names)
-
     def wait_and_report(self, mark: int, names: list[str] | None, timeout: float | None = None) -> list[dict]:
         """Wait (any thread) until ``mark`` is settled, then hand out the index
         windows the server acknowledged per track since the previous report."""
@@ -219,45 +215,49 @@ class RemoteSink:
                 raise SinkError(f"cannot reach the session at {self.target.url}: {exc}") from exc
         return delivery.session_id
 
-    # -- reads and files (today's barrier ops; see Store) --------------------------
-    def _store_call(self, op: str, *args: Any) -> Any:
-        if not op.startswith("files_"):
-            self.wait_delivered(self.delivery_mark())
-        return self.call_store(op, *args)
 
-    def call_store(self, op: str, *args: Any) -> Any:
-        """One Store call, any thread, httpx errors mapped to ``SinkError``."""
+
+class RemoteStoreCalls:
+    """The session's :class:`~dreamlake.sinks.Store` in remote mode: the
+    server's REST API (any thread), httpx errors mapped to ``SinkError``. The
+    caller waits for delivery first (:class:`~dreamlake.sinks.DeliversLater`)."""
+
+    def __init__(self, store: RemoteStore, url: str) -> None:
+        self._store = store
+        self._url = url
+
+    def _mapped(self, op: str, call: Callable[[], Any]) -> Any:
         try:
-            return getattr(self.store, op)(*args)
+            return call()
         except DeliveryError as exc:
-            raise SinkError(f"{op} at {self.target.url} failed: {exc}") from exc
+            raise SinkError(f"{op} at {self._url} failed: {exc}") from exc
 
     def read(self, name: str, is_log: bool, start_index: int, limit: int) -> dict:
-        return self._store_call("read", name, is_log, start_index, limit)
+        return self._mapped("read", lambda: self._store.read(name, is_log, start_index, limit))
 
     def read_range(self, name: str, is_log: bool, start_ts: Any, end_ts: Any, limit: int) -> dict:
-        return self._store_call("read_range", name, is_log, start_ts, end_ts, limit)
+        return self._mapped("read_range", lambda: self._store.read_range(name, is_log, start_ts, end_ts, limit))
 
     def stats(self, name: str) -> dict:
-        return self._store_call("stats", name)
+        return self._mapped("stats", lambda: self._store.stats(name))
 
     def list_tracks(self) -> list[dict]:
-        return self._store_call("list_tracks")
+        return self._mapped("list_tracks", self._store.list_tracks)
 
     def params_get(self) -> dict:
-        return self._store_call("params_get")
+        return self._mapped("params_get", self._store.params_get)
 
     def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict) -> dict:
-        return self._store_call("files_upload", src, folder, description, tags, metadata)
+        return self._mapped("files_upload", lambda: self._store.files_upload(src, folder, description, tags, metadata))
 
     def files_list(self, folder: str | None, tags: list | None) -> list[dict]:
-        return self._store_call("files_list", folder, tags)
+        return self._mapped("files_list", lambda: self._store.files_list(folder, tags))
 
     def files_download(self, file_id: str, dest: str) -> str:
-        return self._store_call("files_download", file_id, dest)
+        return self._mapped("files_download", lambda: self._store.files_download(file_id, dest))
 
     def files_delete(self, file_id: str) -> dict:
-        return self._store_call("files_delete", file_id)
+        return self._mapped("files_delete", lambda: self._store.files_delete(file_id))
 
     def files_update(self, file_id: str, changes: dict) -> dict:
-        return self._store_call("files_update", file_id, changes)
+        return self._mapped("files_update", lambda: self._store.files_update(file_id, changes))

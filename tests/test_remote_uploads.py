@@ -383,3 +383,50 @@ def test_a_server_without_the_chunk_api_gets_one_request(server, tmp_path, small
     src, data = _file(tmp_path, 3 << 20)
     record = store.files_upload(src, "", None, [], {})
     assert record["sizeBytes"] == len(data) and server.metric("dreamlake_upload_chunk_bytes_total") == 0
+
+
+def test_sync_killed_mid_upload_resumes_in_the_next_run(tmp_path, small_chunks):
+    """``dreamlake sync`` in a process ``kill -9``-ed after the server holds three
+    chunks: the next run sends only the rest, and the file appears once."""
+    gen = keyed_server(tmp_path)
+    srv = next(gen)
+    try:
+        src, data = _file(tmp_path, 6 * CHUNK + 7, "ckpt.bin")
+        local = tmp_path / "local"
+        with Session(prefix="ws/off", root=str(local), url=srv.url, mode="offline") as session:
+            session.files.upload(src, "/ckpt")
+        script = textwrap.dedent(
+            f"""
+            import sys, threading
+            from dreamlake.sinks.remote import uploads
+            from dreamlake.cli import main
+            uploads.CHUNK_BYTES, uploads.CHUNKED_THRESHOLD = {CHUNK}, 1 << 20
+            def progress(self, offset):
+                if offset >= 3 * {CHUNK}:
+                    print("HELD", offset, flush=True)
+                    threading.Event().wait()  # hold here until killed
+            uploads.ChunkedUpload.progress = progress
+            sys.exit(main(["sync", {str(local)!r}, "--api-key", {srv.key!r}]))
+            """
+        )
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("HELD"), proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait(10)
+            proc.stdout.close()
+            proc.stderr.close()
+        before = _metric(srv.url, "dreamlake_upload_chunk_bytes_total")
+        assert before == 3 * CHUNK
+        report = sync_session(str(local / "ws" / "off"), api_key=srv.key)
+        assert report.files == 1
+        assert _metric(srv.url, "dreamlake_upload_chunk_bytes_total") - before == len(data) - 3 * CHUNK
+        with srv.client(srv.key) as client:
+            sid = client.post("/workspaces/ws/sessions", json={"name": "off"}).json()["session"]["id"]
+            listed = client.get(f"/sessions/{sid}/files").json()["files"]
+        assert [f["checksum"] for f in listed] == [hashlib.sha256(data).hexdigest()]
+    finally:
+        gen.close()

@@ -167,6 +167,10 @@ class ChunkedUpload:
                     timeout = max(COMPLETE_TIMEOUT, self.size / 20e6)
                     return self._call("POST", f"{self.base}/{self.upload_id}/complete", timeout=timeout)
                 except _Gap as gap:  # the server holds less (or more) than we thought
+                    if gap.offset == offset:  # no way forward from here (never seen): do not spin
+                        self.failures += 1
+                        if self.failures >= UPLOAD_ATTEMPTS:
+                            raise Rejected(f"upload {self.upload_id}: the server keeps asking for offset {offset}")
                     offset = gap.offset
                 except _Gone as gone:  # expired or swept while we were away: start over, once
                     if recreated:

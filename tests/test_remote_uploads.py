@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -68,6 +69,16 @@ def server(request, tmp_path):
         srv = Server(tmp_path, "local", None)
         yield srv
         srv.proc.stop()
+
+
+def _offline_with_file(tmp_path, url: str) -> tuple[Path, bytes]:
+    """An offline session holding a six-chunk file; → (its store root, the file's bytes)."""
+    src, data = _file(tmp_path, 6 * CHUNK + 7, "ckpt.bin")
+    local = tmp_path / "local"
+    with Session(prefix="ws/off", root=str(local), url=url, mode="offline") as session:
+        session.track("t").append(x=1)
+        session.files.upload(src, "/ckpt")
+    return local, data
 
 
 @pytest.fixture
@@ -140,11 +151,7 @@ def test_an_interrupted_sync_resumes_the_upload_where_it_stopped(tmp_path, small
     gen = keyed_server(tmp_path)
     srv = next(gen)
     try:
-        src, data = _file(tmp_path, 6 * CHUNK + 7, "ckpt.bin")
-        local = tmp_path / "local"
-        with Session(prefix="ws/off", root=str(local), url=srv.url, mode="offline") as session:
-            session.track("t").append(x=1)
-            session.files.upload(src, "/ckpt")
+        local, data = _offline_with_file(tmp_path, srv.url)
         sdir = str(local / "ws" / "off")
 
         def stop_after_three(self, offset: int) -> None:
@@ -391,10 +398,7 @@ def test_sync_killed_mid_upload_resumes_in_the_next_run(tmp_path, small_chunks):
     gen = keyed_server(tmp_path)
     srv = next(gen)
     try:
-        src, data = _file(tmp_path, 6 * CHUNK + 7, "ckpt.bin")
-        local = tmp_path / "local"
-        with Session(prefix="ws/off", root=str(local), url=srv.url, mode="offline") as session:
-            session.files.upload(src, "/ckpt")
+        local, data = _offline_with_file(tmp_path, srv.url)
         script = textwrap.dedent(
             f"""
             import sys, threading

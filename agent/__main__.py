@@ -91,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s dreamlake-agent[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request the agent forwards
     socket_path = args.socket
     check_socket_dir(os.path.dirname(socket_path))
     lock = _adopt_lock(args.lock_fd) if args.lock_fd is not None else acquire_lock(socket_path)
@@ -146,9 +147,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for session in status["sessions"]:
         written = session.get("rows_written", session.get("rowsWritten"))
         errors = session.get("write_errors", session.get("writeErrors"))
+        sink = session.get("sink") or {}
+        remote = ""
+        if sink.get("remote"):
+            remote = (f", to {sink['remote']}: {sink.get('delivery')}, {sink.get('spooled_batches', 0)} batches spooled"
+                      + (f" ({sink['remote_error']})" if sink.get("remote_error") else ""))
         print(
             f"  {session['directory']}: clients {session['clients']}, queued {session.get('queued')}, "
-            f"rows written {written}, write errors {errors}"
+            f"rows written {written}, write errors {errors}{remote}"
         )
     return 0
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from dreamlake._files_api import check_metadata, check_tags
 from dreamlake._names import check_file_folder, check_file_id, check_log_level, check_segment, check_track_name
 from dreamlake._params import flatten
-from dreamlake._protocol import ProtocolError
+from dreamlake._protocol import REMOTE_KEYS, ProtocolError
 from dreamlake._tracks import check_ts
 from dreamlake._values import PLAIN_SCALARS, capture, capture_fields
 
@@ -33,6 +33,7 @@ __all__ = [
     "check_call",
     "check_session_dir",
     "check_open_info",
+    "check_remote",
     "FILE_OPS",
 ]
 
@@ -165,6 +166,35 @@ def check_open_info(info: dict) -> dict:
     if unknown:
         raise ValueError(f"open info may not set {sorted(unknown)}")
     return {key: capture(value) for key, value in info.items()}
+
+
+def check_remote(remote: dict) -> dict:
+    """The ``remote`` map of ``open``/``join``: known keys, a http(s) URL, a
+    mode the factory knows; ``{}`` for a local session. The values are never
+    echoed in an error (the key is a secret)."""
+    unknown = set(remote) - REMOTE_KEYS
+    if unknown:
+        raise ValueError(f"remote may not set {sorted(unknown)}")
+    if not remote:
+        return {}
+    url = remote.get("url")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        raise ValueError("remote url must be an http:// or https:// URL")
+    for key in ("apiKey", "userName"):
+        if remote.get(key) is not None and not isinstance(remote[key], str):
+            raise TypeError(f"remote {key} must be a str")
+    mode = remote.get("mode")
+    if mode not in (None, "remote", "offline"):
+        raise ValueError("remote mode must be 'remote' or 'offline'")
+    if (mode or "remote") == "remote" and not url:
+        raise ValueError("a remote session needs a url")
+    if not isinstance(remote.get("localRoot", False), bool):
+        raise TypeError("remote localRoot must be a bool")
+    checked = {key: remote.get(key) for key in ("url", "apiKey", "userName", "mode")}
+    checked["workspace"] = check_segment(remote.get("workspace"), "workspace")
+    checked["name"] = check_segment(remote.get("name"), "session name")
+    checked["localRoot"] = bool(remote.get("localRoot", False))
+    return checked
 
 
 # -- calls ------------------------------------------------------------------------

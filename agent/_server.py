@@ -79,7 +79,8 @@ from dreamlake._protocol import (
     Welcome,
 )
 from dreamlake._writer import ROW_MAX_AGE, get_writer
-from dreamlake.sinks import Sink, Store, call_store, make_sink
+from dreamlake.sinks import DeliversLater, HasHealth, Sink, Store, call_store, make_sink
+from dreamlake.sinks.remote.config import CLOSE_WAIT
 
 from ._checks import (
     FILE_OPS,
@@ -87,6 +88,7 @@ from ._checks import (
     check_call,
     check_open_info,
     check_params,
+    check_remote,
     check_rows,
     check_session_dir,
     check_stream_name,
@@ -130,8 +132,9 @@ class _Client:
 class _Session:
     """One session directory the agent writes, and who is attached to it."""
 
-    def __init__(self, directory: str, pipe: SessionPipe, sink: Sink) -> None:
+    def __init__(self, directory: str, pipe: SessionPipe, sink: Sink, destination: tuple) -> None:
         self.directory = directory
+        self.destination = destination  # (mode, url): every opener must agree
         self.pipe = pipe
         self.sink = sink  # file operations use its store directly, off the writer thread
         self.clients: set[_Client] = set()
@@ -283,7 +286,10 @@ class AgentServer:
         for entry in list(self.sessions.values()):
             try:
                 with anyio.fail_after(self.grace):
-                    await self._barrier(entry, "flush", ([],))
+                    if isinstance(entry.sink, DeliversLater):  # delivered, or safe in the spool
+                        await self._delivered(entry, "flush", ([],))
+                    else:
+                        await self._barrier(entry, "flush", ([],))
             except Exception as exc:
                 log.error("could not flush %s on shutdown: %r", entry.directory, exc)
             self.writer.unregister(entry.pipe)
@@ -388,6 +394,7 @@ class AgentServer:
         try:
             directory = check_session_dir(message.directory, self.root)
             info = check_open_info(message.info) if owner else None
+            remote = check_remote(message.remote)
         except (ValueError, TypeError) as exc:
             await self._send(client, _error_reply(message.seq, exc))
             return
@@ -395,19 +402,34 @@ class AgentServer:
         while entry is not None and entry.closing is not None:
             await entry.closing.wait()
             entry = self.sessions.get(directory)
+        destination = (remote.get("mode") or "remote", remote["url"]) if remote else ("local", None)
+        created = entry is None
         if entry is None:
-            sink = make_sink(session_config(directory))
+            try:
+                sink = make_sink(session_config(directory, remote))
+            except (ValueError, TypeError) as exc:
+                await self._send(client, _error_reply(message.seq, exc))
+                return
             pipe = SessionPipe(sink, self.memory_budget, "block")
             pipe.row_max_age = self.merge_window
-            entry = self.sessions[directory] = _Session(directory, pipe, sink)
+            entry = self.sessions[directory] = _Session(directory, pipe, sink, destination)
             self.writer.register(pipe)
+        elif owner and destination != entry.destination:
+            what = "locally" if entry.destination[0] == "local" else f"{entry.destination[0]} to {entry.destination[1]}"
+            await self._send(client, Err(message.seq, "ValueError", f"{directory} is already open here, {what}"))
+            return
         entry.clients.add(client)
         client.entry = entry
         client.owner = owner
-        if not owner:
+        if owner:
+            self.opens += 1
+        elif created and isinstance(entry.sink, DeliversLater):
+            # a joiner of a remote session this agent did not serve yet (it restarted):
+            # the sending side needs opening; the session's status stays its owner's
+            info = {"name": remote["name"], "workspace": remote["workspace"]}
+        else:
             await self._send(client, Ok(message.seq, None))
             return
-        self.opens += 1
         try:
             result = await self._barrier(entry, "open", (info,))
         except Exception as exc:  # could not open (permissions, ...): detach, close nothing
@@ -420,7 +442,7 @@ class AgentServer:
                 self._count_pipe_losses(entry)
             await self._send(client, _error_reply(message.seq, exc))
             return
-        await self._send(client, Ok(message.seq, result))
+        await self._send(client, Ok(message.seq, result if owner else None))
 
     async def _close(self, client: _Client, message: Close) -> None:
         self._attached(client, "close")
@@ -451,6 +473,7 @@ class AgentServer:
             return
         entry.closing = anyio.Event()
         try:
+            await self._settle_delivery(entry, CLOSE_WAIT)
             await self._barrier(entry, "close", (entry.status, entry.error))
         finally:
             entry.pipe.mark_closed()
@@ -469,6 +492,32 @@ class AgentServer:
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    async def _delivered(self, entry: _Session, op: str, args: tuple) -> Any:
+        """A flush or read of a session that delivers later (remote): the writer
+        only takes a mark; waiting for the server and asking it run in a worker
+        thread, never on the writer that serves every session."""
+        sink = entry.sink
+        assert isinstance(sink, DeliversLater)
+        mark = await self._barrier(entry, "mark", ())
+        if op == "flush":  # durable: delivered, or safe in the spool
+            return await anyio.to_thread.run_sync(sink.wait_and_report, mark, args[0] if args else None, None,
+                                                  abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(sink.wait_delivered, mark, None, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(call_store, sink.store, op, args, abandon_on_cancel=True)
+
+    async def _settle_delivery(self, entry: _Session, timeout: float) -> None:
+        """Before closing a remote session: wait (in a worker thread) until the
+        server has what was sent, so the close on the writer thread is quick.
+        Best effort: close itself keeps what is not delivered in the spool."""
+        sink = entry.sink
+        if not isinstance(sink, DeliversLater):
+            return
+        try:
+            mark = await self._barrier(entry, "mark", ())
+            await anyio.to_thread.run_sync(sink.wait_delivered, mark, timeout, abandon_on_cancel=True)
+        except Exception as exc:
+            log.info("closing %s before the server has everything: %s", entry.directory, exc)
 
     def _stream(self, client: _Client, entry: _Session, name: str, is_log: bool, count: int) -> Any:
         """The pipe's stream for a frame; its name is checked once per connection."""
@@ -513,6 +562,8 @@ class AgentServer:
             args = check_call(message.op, list(message.args))
             if message.op in FILE_OPS:  # not a barrier: off the writer that serves every session
                 result = await anyio.to_thread.run_sync(_file_op, entry.sink.store, message.op, args)
+            elif isinstance(entry.sink, DeliversLater):
+                result = await self._delivered(entry, message.op, args)
             else:
                 result = await self._barrier(entry, message.op, args)
         except Exception as exc:
@@ -548,6 +599,7 @@ class AgentServer:
                     "directory": entry.directory,
                     "clients": sorted(c.pid for c in entry.clients if c.pid is not None),
                     **entry.pipe.health(),
+                    "sink": _sink_health(entry.sink),
                 }
                 for entry in self.sessions.values()
             ],
@@ -568,12 +620,32 @@ def _pipe_losses(health: dict) -> dict[str, int]:
     return found
 
 
-def session_config(directory: str) -> SessionConfig:
-    """The configuration of a session the agent writes into ``directory``
-    (``<root>/<workspace>/<name>``, checked by ``check_session_dir``)."""
+def session_config(directory: str, remote: dict) -> SessionConfig:
+    """The configuration of a session the agent serves in ``directory``
+    (checked by ``check_session_dir``), forwarded as ``remote`` (checked by
+    ``check_remote``) says: the same the client's own factory would get."""
     path = Path(directory)
-    return SessionConfig(workspace=path.parent.name, name=path.name, root=path.parent.parent, directory=path,
-                         url=None, user_name=None)
+    if not remote:
+        return SessionConfig(workspace=path.parent.name, name=path.name, root=path.parent.parent, directory=path,
+                             url=None, user_name=None)
+    return SessionConfig(
+        workspace=remote["workspace"],
+        name=remote["name"],
+        root=path.parent.parent,
+        directory=path,
+        url=remote["url"],
+        user_name=remote["userName"],
+        api_key=remote["apiKey"],
+        mode=remote["mode"],
+        local_root=remote["localRoot"],
+    )
+
+
+def _sink_health(sink: Sink) -> dict:
+    try:
+        return sink.health() if isinstance(sink, HasHealth) else {}
+    except Exception as exc:  # a sink not open yet, or closing
+        return {"sink_error": f"{type(exc).__name__}: {exc}"}
 
 
 def _file_op(store: Store, op: str, args: tuple) -> Any:

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from ._agent_socket import check_socket_dir, open_lock, peer_credentials, try_lock
 from ._config import SessionConfig
+from .sinks.remote.config import ENV_API_KEY
 from ._errors import FlushTimeout, SessionStateError, SinkError
 from ._protocol import (
     MAX_ROWS_PER_FRAME,
@@ -55,10 +56,11 @@ from ._protocol import (
     Params,
     Rows,
     STOPPING,
+    Status,
     Welcome,
     parse_address,
 )
-from .sinks import ForkAware, Sink, call_store
+from .sinks import ForkAware, HasHealth, Joins, Sink, call_store
 
 __all__ = ["agent_sink", "AgentSink", "connect", "start_agent", "AgentLost", "UnsendableRows", "AUTO_IDLE_EXIT"]
 
@@ -322,6 +324,20 @@ def agent_sink(config: Any) -> "AgentSink | None":
     return AgentSink(path, connection, config)
 
 
+def remote_map(config: SessionConfig) -> dict:
+    """What ``open``/``join`` tell the agent about the session's server (empty
+    for a local session). The API key goes to the agent only, over the
+    private socket; neither side writes it to ``session.json`` or a log."""
+    mode = config.mode or ("remote" if config.url else "local")
+    if mode == "local":
+        return {}
+    return {
+        "url": config.url, "apiKey": config.api_key or os.environ.get(ENV_API_KEY), "userName": config.user_name,
+        "mode": mode,
+        "workspace": config.workspace, "name": config.name, "localRoot": config.local_root,
+    }
+
+
 def _encode_rows(encoder: FrameEncoder, name: str, is_log: bool, rows: list) -> list[tuple[Any, int]]:
     """Every frame of a batch, encoded before any is sent: a value MessagePack
     cannot carry fails the whole batch here (``UnsendableRows``), never half-sent."""
@@ -345,6 +361,7 @@ class AgentSink:
         self.config = config  # the fallback is built from it, by the same factory as thread mode
         self.directory = os.path.realpath(config.directory)
         self.store = self  # reads and files go over the same connection, on the writer thread
+        self._remote = remote_map(config)
         self._conn = connection
         self._owner = True  # False in a forked child: it joins, never opens or closes
         self._rejoin = False  # set after fork: connect again (as a joiner) on first use
@@ -369,13 +386,37 @@ class AgentSink:
         written are gone; a clean stop says so and writes them all, counting 0);
         ``unconfirmed_rows``: sent and not yet confirmed by a barrier;
         ``fallback_reason``: why the session writes itself, or None."""
-        return {
+        out = {
             "mode": "agent" if self._local is None else "local-fallback",
             "socket": self.path,
             "lost_with_agent": self._lost_with_agent,
             "unconfirmed_rows": self._unconfirmed if self._local is None else 0,
             "fallback_reason": self._fallback_reason,
         }
+        local = self._local
+        if isinstance(local, HasHealth):
+            out.update(local.health())
+        elif local is None and self._remote:
+            out.update(self._agent_sink_health())
+        return out
+
+    def _agent_sink_health(self) -> dict:
+        """The delivery state of the agent's sink for this session (remote:
+        ``delivery``, ``auth_failed``, ``spooled_batches`` ...), asked on a
+        connection of its own: the session's is the writer thread's."""
+        connection = None
+        try:
+            connection, _ = connect(self.path)
+            status = connection.request(lambda seq: Status(seq))
+        except (OSError, AgentLost, SinkError) as exc:
+            return {"remote_error": f"the agent's delivery state is unavailable: {exc}"}
+        finally:
+            if connection is not None:
+                connection.close()
+        for entry in status.get("sessions", []):
+            if entry.get("directory") == self.directory:
+                return dict(entry.get("sink") or {})
+        return {}
 
     # -- plumbing -----------------------------------------------------------
     def _connection(self) -> _Connection | None:
@@ -389,7 +430,7 @@ class AgentSink:
             connection = None
             try:
                 connection, _ = connect(self.path)
-                connection.request(lambda seq: Join(seq, self.directory))
+                connection.request(lambda seq: Join(seq, self.directory, self._remote))
             except Exception as exc:  # unreachable, or it refused us
                 if connection is not None:
                     connection.close()
@@ -423,6 +464,8 @@ class AgentSink:
         local = own_sink(self.config)
         if self._owner and self._opened and self._info is not None:
             local.open(self._info)
+        elif not self._owner and isinstance(local, Joins):  # a forked child: send, but own nothing
+            local.join({"name": self.config.name, "workspace": self.config.workspace})
         self._local = local
 
     def _request(self, make: Callable[[int], Any]) -> tuple[bool, Any]:
@@ -447,7 +490,7 @@ class AgentSink:
     # -- lifecycle ----------------------------------------------------------
     def open(self, info: dict) -> dict:
         self._info = dict(info)
-        done, result = self._request(lambda seq: Open(seq, self.directory, self._info))
+        done, result = self._request(lambda seq: Open(seq, self.directory, self._info, self._remote))
         self._opened = True
         if done:
             return result

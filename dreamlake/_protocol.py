@@ -43,6 +43,7 @@ __all__ = [
     "ClientMessage",
     "AgentMessage",
     "CALL_OPS",
+    "REMOTE_KEYS",
     "STOPPING",
     "ProtocolError",
     "FrameEncoder",
@@ -58,6 +59,10 @@ MAX_FRAME = 256 << 20
 #: Rows per ``rows`` frame the Python client sends at most (it splits larger writes).
 MAX_ROWS_PER_FRAME = 4096
 HEADER = struct.Struct(">I")
+#: Keys of the ``remote`` map of ``open``/``join``: the session's server
+#: (``url``, ``apiKey``, ``userName``), ``mode`` (remote | offline), its
+#: ``workspace`` and ``name`` there, and ``localRoot`` (also keep a local copy).
+REMOTE_KEYS = frozenset(("url", "apiKey", "userName", "mode", "workspace", "name", "localRoot"))
 #: Overrides the default socket path for ``agent="auto"`` and the ``dreamlake-agent`` CLI.
 ENV_SOCKET = "DREAMLAKE_AGENT_SOCKET"
 
@@ -75,18 +80,23 @@ class Hello(msgspec.Struct, tag="hello", array_like=True):
 
 
 class Open(msgspec.Struct, tag="open", array_like=True):
-    """Attach to a session as an owner and mark it running (a barrier)."""
+    """Attach to a session as an owner and mark it running (a barrier).
+    ``remote``: where the agent forwards the session (:data:`REMOTE_KEYS`);
+    empty for a local session. Never written to ``session.json``."""
 
     seq: int
     directory: str
     info: dict[str, Any] = {}
+    remote: dict[str, Any] = {}
 
 
 class Join(msgspec.Struct, tag="join", array_like=True):
-    """Attach to a session without opening it (a forked child of an owner)."""
+    """Attach to a session without opening it (a forked child of an owner);
+    ``remote`` as for :class:`Open`, used if the agent does not serve the session yet."""
 
     seq: int
     directory: str
+    remote: dict[str, Any] = {}
 
 
 class Rows(msgspec.Struct, tag="rows", array_like=True):

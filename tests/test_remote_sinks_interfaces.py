@@ -59,8 +59,9 @@ def test_factory_picks_the_sink_by_mode(tmp_path):
     assert type(make_sink(_config(url="http://127.0.0.1:9", mode="offline"))) is OfflineSink
     with pytest.raises(ValueError):
         make_sink(_config(mode="remote"))
-    # the agent does not forward to servers yet: a URL session sends itself
-    assert type(make_sink(_config(url="http://127.0.0.1:9", agent="auto"))) is RemoteSink
+    # no agent at the named socket: the session sends itself
+    missing = f"unix://{tmp_path}/no-agent.sock"
+    assert type(make_sink(_config(url="http://127.0.0.1:9", agent=missing))) is RemoteSink
 
 
 def test_memory_sink_keeps_rows_in_order_and_can_fail():

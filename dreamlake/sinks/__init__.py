@@ -17,6 +17,7 @@ from ._interfaces import (
     DeliversLater,
     ForkAware,
     HasHealth,
+    Joins,
     Quarantines,
     RecordsLosses,
     ReportsFlush,
@@ -34,7 +35,7 @@ _LAZY = {
 
 __all__ = [
     "Sink", "Store", "STORE_OPS", "FILE_OPS", "call_store",
-    "DeliversLater", "ReportsFlush", "RecordsLosses", "Quarantines", "ForkAware", "HasHealth",
+    "DeliversLater", "ReportsFlush", "RecordsLosses", "Quarantines", "Joins", "ForkAware", "HasHealth",
     "MemorySink", "MemoryStore", *_LAZY,
 ]
 

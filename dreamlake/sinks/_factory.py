@@ -9,15 +9,13 @@ Modes (``Session(mode=...)`` or ``$DREAMLAKE_MODE``):
 * ``offline`` — the local store, with the URL recorded in ``session.json``;
   ``dreamlake sync`` uploads it later.
 
-Agent mode (``agent=``) serves local and offline sessions; a session with a
-URL sends from its own process until the agent forwards to servers (issue 11
-point 4), with a warning once.
+Agent mode (``agent=``): the session goes to the agent, which builds the
+same sink for it with :func:`own_sink` (so the agent owns the remote slots,
+spools and connections of every process on the machine); if no agent can be
+reached, or it is lost, the process builds that sink itself.
 """
 
 from __future__ import annotations
-
-import logging
-from typing import Any
 
 from .._config import SessionConfig
 from .._local_sink import LocalSink
@@ -26,8 +24,6 @@ from ._interfaces import Sink
 from .remote import RemoteSink, RemoteTarget
 
 __all__ = ["make_sink", "own_sink", "OfflineSink", "MODES"]
-
-log = logging.getLogger("dreamlake")
 
 MODES = ("local", "remote", "offline")
 
@@ -43,33 +39,20 @@ class OfflineSink(LocalSink):
         return super().open({**info, "mode": "offline", "url": self.url})
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning("dreamlake: %s", message)
-
-
-def remote_target(config: Any) -> RemoteTarget:
+def remote_target(config: SessionConfig) -> RemoteTarget:
     return RemoteTarget(config.url, config.workspace, config.name, config.api_key, config.user_name)
 
 
 def make_sink(config: SessionConfig) -> Sink:
     """The sink for ``config``: through the agent when it names one and one
-    can be reached, else this process's own (:func:`own_sink`)."""
-    if config.agent and _mode(config) != "remote":
+    can be reached (the agent then builds the session's sink with
+    :func:`own_sink`, whatever the mode), else this process's own."""
+    if config.agent:
         from .._agent_link import agent_sink
 
         sink = agent_sink(config)
         if sink is not None:
             return sink
-    elif config.agent:
-        _warn_once(
-            "the agent does not forward to a server yet; this process sends to "
-            f"{config.url} itself (its own spool in {config.directory})"
-        )
     return own_sink(config)
 
 

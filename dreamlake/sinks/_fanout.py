@@ -14,7 +14,7 @@ import threading
 from typing import Any, Callable
 
 from .._local_sink import LocalStore
-from ._interfaces import DeliversLater, ForkAware, HasHealth, Quarantines, RecordsLosses, Sink, Store
+from ._interfaces import DeliversLater, ForkAware, HasHealth, Joins, Quarantines, RecordsLosses, Sink, Store
 
 __all__ = ["FanOutSink", "FanOutStore"]
 
@@ -73,6 +73,11 @@ class FanOutSink:
     def close(self, status: str, error: str | None) -> None:
         self.primary.close(status, error)
         self._each("close", lambda sink: sink.close(status, error))
+
+    def join(self, info: dict) -> None:
+        for sink in [self.primary, *self.secondaries]:
+            if isinstance(sink, Joins):
+                sink.join(info)
 
     def record_losses(self, lost: dict[str, int]) -> None:
         if isinstance(self.primary, RecordsLosses):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 __all__ = [
     "Sink", "Store", "STORE_OPS", "FILE_OPS", "call_store",
-    "DeliversLater", "ReportsFlush", "RecordsLosses", "Quarantines", "ForkAware", "HasHealth",
+    "DeliversLater", "ReportsFlush", "RecordsLosses", "Quarantines", "Joins", "ForkAware", "HasHealth",
 ]
 
 
@@ -103,6 +103,13 @@ class RecordsLosses(Protocol):
 class Quarantines(Protocol):
     def quarantine(self, name: str, is_log: bool, row: Any, reason: str) -> None:
         """Keep a row that can never be written aside, with the reason."""
+
+
+@runtime_checkable
+class Joins(Protocol):
+    def join(self, info: dict) -> None:
+        """Start taking writes without opening (owning) the session: a forked
+        child that writes by itself. Sinks that need no opening lack it."""
 
 
 @runtime_checkable

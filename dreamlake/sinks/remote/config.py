@@ -25,6 +25,7 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "SEQ_BLOCK",
     "ENV_SPOOL_BUDGET",
+    "ENV_API_KEY",
     "spool_budget",
 ]
 
@@ -49,6 +50,9 @@ MEMORY_MAX_BYTES = 64 << 20
 #: Disk budget of one client's spool (bytes); ``$DREAMLAKE_SPOOL_BUDGET`` overrides.
 SPOOL_BUDGET = 1 << 30
 ENV_SPOOL_BUDGET = "DREAMLAKE_SPOOL_BUDGET"
+#: The API key when none is passed (read by the process that builds the request,
+#: or by the agent client, which hands it to the agent).
+ENV_API_KEY = "DREAMLAKE_API_KEY"
 #: Backoff between delivery attempts: exponential with full jitter, seconds.
 RETRY_MIN, RETRY_MAX = 0.1, 10.0
 #: ``flush()`` waits at most this long for the server's acknowledgements.
@@ -100,7 +104,7 @@ class RemoteTarget:
         object.__setattr__(self, "url", self.url.rstrip("/"))
 
     def headers(self) -> dict[str, str]:
-        key = self.api_key or os.environ.get("DREAMLAKE_API_KEY")
+        key = self.api_key or os.environ.get(ENV_API_KEY)
         if key:
             return {"Authorization": f"Bearer {key}"}
         if self.user_name:

@@ -1,4 +1,7 @@
-"""The sender thread of one client slot: memory queue -> (spool) -> server.
+"""Delivery of one client slot: memory queue -> (spool) -> server, run by
+the :class:`Sender` of its server URL: one thread per URL in a process, so
+the agent sends every session of the machine to a server from one thread
+over one connection pool, taking the sessions in turn.
 
 Order is kept by one rule: the spool holds the *oldest* unacknowledged
 batches, memory the newer ones. So once anything is spooled, every later
@@ -12,6 +15,7 @@ spool only after the server acknowledged it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -24,7 +28,7 @@ from .encoder import encode
 from .service import AuthFailed, IngestService, Rejected, Retryable, backoff
 from .spool import ClientSlot, SpoolFull
 
-__all__ = ["Delivery", "OK", "OUTAGE", "AUTH_FAILED"]
+__all__ = ["Delivery", "Sender", "sender_for", "OK", "OUTAGE", "AUTH_FAILED"]
 
 log = logging.getLogger("dreamlake")
 
@@ -34,6 +38,73 @@ ACK_SAVE_INTERVAL = 0.2
 #: How long ``stop`` waits for a request in flight (then its batches stay
 #: wherever they are: acknowledged, spooled, or lost with the process).
 STOP_JOIN = REQUEST_TIMEOUT + 5.0
+#: Batches one delivery sends before the sender turns to the next session.
+TURN_BATCHES = 4
+#: A sender with no deliveries ends its thread after this long (seconds).
+SENDER_IDLE_EXIT = 5.0
+
+
+class Sender:
+    """The thread that runs every delivery to one server URL, in turn."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._deliveries: list["Delivery"] = []
+        self._thread: threading.Thread | None = None
+
+    def add(self, delivery: "Delivery") -> None:
+        with self._lock:
+            self._deliveries.append(delivery)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="dreamlake-sender", daemon=True)
+                self._thread.start()
+        self.wake.set()
+
+    def alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _run(self) -> None:
+        idle_since = None
+        while True:
+            with self._lock:
+                deliveries = list(self._deliveries)
+                if deliveries:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= SENDER_IDLE_EXIT:
+                    self._thread = None  # the next add() starts a new one
+                    return
+            self.wake.wait(min([1.0, *(d.next_wait() for d in deliveries)]))
+            self.wake.clear()
+            for delivery in deliveries:
+                if not delivery.turn():
+                    with self._lock:
+                        self._deliveries.remove(delivery)
+
+
+_senders: dict[str, Sender] = {}
+_senders_lock = threading.Lock()
+
+
+def sender_for(url: str) -> Sender:
+    with _senders_lock:
+        sender = _senders.get(url)
+        if sender is None:
+            sender = _senders[url] = Sender(url)
+        return sender
+
+
+def _after_fork_in_child() -> None:
+    global _senders_lock
+    _senders.clear()  # the parent's threads are not ours
+    _senders_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Delivery:
@@ -52,7 +123,9 @@ class Delivery:
         self._upsert_info = upsert_info
         self._lock = threading.Lock()
         self._progress = threading.Condition(self._lock)
-        self._wake = threading.Event()
+        self._sender = sender_for(service.target.url)
+        self._wake = self._sender.wake
+        self._finished = False
         self._ready: deque[SealedBatch] = deque()
         self._bodies: dict[int, bytes] = {}
         self.ready_bytes = 0
@@ -74,11 +147,13 @@ class Delivery:
             0,
         )
         self.last_error: str | None = None
-        self._thread = threading.Thread(target=self._run, name=f"dreamlake-remote-{slot.client}", daemon=True)
 
     # -- producer side (writer thread) ------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        self._sender.add(self)
+
+    def _running(self) -> bool:
+        return not self._finished and self._sender.alive()
 
     def memory_full(self) -> bool:
         return self.ready_bytes >= MEMORY_MAX_BYTES
@@ -115,41 +190,51 @@ class Delivery:
                 if self.settled(target) and (self.state == AUTH_FAILED or (one_try and self.failures > failures)):
                     return False  # refused or unreachable, and safe in the spool
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
+                if left <= 0 or not self._running():
                     return self.settled(target, delivered_only)
                 self._progress.wait(min(left, 0.5))
         return True
 
     def stop(self) -> None:
-        """Spool what is still in memory and end the thread."""
+        """Spool what is still in memory and leave the sender (waits for a
+        request in flight, at most ``STOP_JOIN`` seconds)."""
         self._stopping = True
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(STOP_JOIN)
+        deadline = time.monotonic() + STOP_JOIN
+        with self._progress:
+            while not self._finished and self._sender.alive() and time.monotonic() < deadline:
+                self._progress.wait(0.5)
 
     def pending(self) -> dict:
         return {"memory_batches": len(self._ready), "spooled_batches": self.slot.spool.frames, "spool_bytes": self.slot.spool.size}
 
-    # -- the thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self._next_wait())
-            self._wake.clear()
-            try:
-                self._cycle()
-            except Exception as exc:  # never die silently: count, log once, go on
-                self._note(f"{type(exc).__name__}: {exc}", "internal")
-                self._retry_at = time.monotonic() + backoff(self._attempt)
-                self._attempt += 1
-            if self._stopping:
-                self._spool_ready()
-                with self._progress:
-                    self._progress.notify_all()
-                return
-            if self.builder is None and not self._ready and self.slot.spool.frames == 0:
-                with self._progress:
-                    self._progress.notify_all()
-                return  # a drain-only delivery is done
+    # -- the sender's thread ---------------------------------------------------------
+    def turn(self) -> bool:
+        """One turn on the sender's thread; False once this delivery is done
+        (stopped, or a drain-only delivery with nothing left)."""
+        if self._finished:
+            return False
+        try:
+            self._cycle()
+        except Exception as exc:  # never die silently: count, log once, go on
+            self._note(f"{type(exc).__name__}: {exc}", "internal")
+            self._retry_at = time.monotonic() + backoff(self._attempt)
+            self._attempt += 1
+        if self._stopping:
+            self._spool_ready()
+            return self._finish()
+        if self.builder is None and not self._ready and self.slot.spool.frames == 0:
+            return self._finish()  # a drain-only delivery is done
+        return True
+
+    def _finish(self) -> bool:
+        with self._progress:
+            self._finished = True
+            self._progress.notify_all()
+        return False
+
+    def next_wait(self) -> float:
+        return 0.0 if self._stopping else self._next_wait()
 
     def _next_wait(self) -> float:
         waits = [1.0]
@@ -159,8 +244,8 @@ class Delivery:
                 waits.append(due)
         if self._retry_at:
             waits.append(max(0.0, self._retry_at - time.monotonic()))
-        elif self._ready or self.slot.spool.frames:
-            waits.append(0.0)
+        elif self.state != AUTH_FAILED and (self._ready or self.slot.spool.frames):
+            waits.append(0.0)  # refused credentials: nothing to send until a retry is asked
         return min(waits)
 
     def _seal_aged(self) -> None:
@@ -174,8 +259,8 @@ class Delivery:
         if self.state == AUTH_FAILED or self._stopping or time.monotonic() < self._retry_at:
             return
         self._retry_at = 0.0
-        while not self._stopping:
-            if not self._send_next():
+        for _ in range(TURN_BATCHES):  # then the sender turns to the next session
+            if self._stopping or not self._send_next():
                 return
             self._seal_aged()
             if self.slot.spool.frames:

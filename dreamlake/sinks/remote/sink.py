@@ -58,6 +58,8 @@ class RemoteSink:
 
     # -- lifecycle -----------------------------------------------------------
     def open(self, info: dict) -> dict:
+        if self._delivery is not None:  # another owner of the session (agent mode): one slot serves all
+            return {**info, "status": "running", "remote": self.target.url, "clientId": self._slot.client}
         os.makedirs(self.directory, exist_ok=True)
         self._info = {k: v for k, v in info.items() if k not in ("url", "userName")}
         slot = self._adopt_or_create()
@@ -65,6 +67,18 @@ class RemoteSink:
         slot.save()
         self._start(slot, owner=True)
         return {**info, "status": "running", "remote": self.target.url, "clientId": slot.client}
+
+    def join(self, info: dict) -> None:
+        """Send from a slot of its own without owning the session (a forked
+        child of an agent client, writing by itself after losing the agent)."""
+        if self._delivery is not None:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        self._info = {k: v for k, v in info.items() if k not in ("url", "userName")}
+        slot = acquire_new_slot(self.directory, self._info, owner=False)
+        slot.state["url"] = self.target.url
+        slot.save()
+        self._start(slot, owner=False)
 
     def _adopt_or_create(self) -> ClientSlot:
         """Continue a dead owner's slot (its spool goes first, same client id);
@@ -121,10 +135,8 @@ class RemoteSink:
         self._drains = []
         self._windows = {}
         self._windows_lock = threading.Lock()
-        slot = acquire_new_slot(self.directory, self._info, owner=False)
-        slot.state["url"] = self.target.url
-        slot.save()
-        self._start(slot, owner=False)
+        self._delivery = None
+        self.join(self._info)
 
     # -- writing (writer thread: no network, no disk) ---------------------------
     def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:

@@ -8,6 +8,11 @@ stderr) and writes the JSON (default ``benchmarks/results/latest.json``).
     python -m benchmarks                     # everything, ~10 min on 2 cores
     python -m benchmarks --quick --no-peers  # CI smoke, < 20 s
     python -m benchmarks --only W1,W4 --rows-read 10000000
+    python -m benchmarks --modes thread,remote --only W1,W2,W3   # remote: a local dreamlake-server
+
+For the ``remote`` mode this process starts a ``dreamlake-server`` on loopback
+(``benchmarks/_server.py``: local store, no fsync, pinned to the last CPU) and
+stops it at the end.
 
 Exit status: 0, or 1 when a DreamLake column could not run or a DreamLake
 workload errored (a peer's failure only shows in the table).
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 from benchmarks._report import render
+from benchmarks._server import ENV_URL, LocalServer
 from benchmarks.peers import PEERS
 from benchmarks.workloads import MODES, RESULT_MARKER, WORKLOADS
 
@@ -141,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     load_start = _load()
     t_start = time.perf_counter()
+    server = None
     try:
+        if "remote" in args.modes:
+            server = LocalServer(scratch / "server")
+            env.update({ENV_URL: server.url, "DREAMLAKE_API_KEY": server.key})
+            _progress(f"remote mode: dreamlake-server at {server.url}")
         for col, module, extra, probe in systems:
             if importlib.util.find_spec(probe) is None:
                 results[col] = {"status": "skipped", "reason": f"`{probe}` is not installed (pip install .[bench])"}
@@ -167,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                           + (f" — {wres.get('reason')}" if wres.get("status") != "ok" else ""))
     finally:
         _stop_agent(scratch / "agent.sock", env)
+        if server is not None:
+            server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
     load_end = _load()

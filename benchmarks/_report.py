@@ -234,6 +234,11 @@ def _notes(results: dict[str, dict], dl_columns: list[str], ref: str | None) -> 
         notes.append("- W3 floor column: the same loop unlogged, in blocks alternating with the logged ones. Slowdown = "
                      "extra mean step time ÷ 1 ms period (a step runs from its scheduled start, so late wake-ups "
                      "waiting for the GIL count); CPU-bound = the same steps back to back, no sleep.")
+        if any("remote" in c for c in dl_columns):
+            notes.append("- dreamlake[remote]: Session(url=...) into a dreamlake-server the runner started on loopback "
+                         "(local store, --no-fsync, pinned to the last CPU, so it shares a core with the benchmark); "
+                         "×floor uses the same floor as the other DreamLake columns; its peak RSS is the client's "
+                         "only; rows are read back from the server.")
         if any("agent" in c for c in dl_columns):
             notes.append("- dreamlake[agent]: peak RSS is the client process's plus the agent process's "
                          "(started by agent=\"auto\" on a private socket; its peak so far, VmHWM).")

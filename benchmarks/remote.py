@@ -20,47 +20,22 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import msgspec
 import zstandard
 
+from benchmarks._server import LocalServer
 from dreamlake import Session
-from dreamlake.server._auth import create_key
-from dreamlake.server._settings import Settings
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, root: Path, port: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dreamlake.server", "--root", str(root), "--port", str(port), "--log-level", "warning", "--no-fsync"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        self.url = self.proc.stdout.readline().strip()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
-        self.proc.stdout.close()
 
 
 def w1_rows(n: int, t0: float = 1.7e9) -> list[dict]:
@@ -118,14 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dreamlake-bench-remote-"))
     os.chdir(work)
     root = work / "server"
-    root.mkdir()
-    key = create_key(Settings(root=root).state_dir, "bench", ["bench"])
     port = _free_port()
-    server = Server(root, port)
+    server = LocalServer(root, port)  # pinned to the last CPU: it stands for another machine
+    key = server.key
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:  # the server stands for another machine: give it its own CPU
+    if len(cpus) >= 2:  # and this process keeps off that CPU
         os.sched_setaffinity(0, set(cpus[:-1]))
-        os.sched_setaffinity(server.proc.pid, {cpus[-1]})
     try:
         print("zstd level (W1 rows, one 20k-row batch):")
         for row in zstd_levels(w1_rows(20_000)):
@@ -152,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             track.append(loss=1.0 / (i + 1), acc=0.5, step=i)
         session.flush()  # everything safe in the spool
         spooled = session.health()["spooled_batches"]
-        server = Server(root, port)
-        if len(cpus) >= 2:
-            os.sched_setaffinity(server.proc.pid, {cpus[-1]})
+        server = LocalServer(root, port, key=key)
         back = time.perf_counter()
         deadline = back + 300
         while not session.health()["batches_replayed"] and time.perf_counter() < deadline:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,15 @@ __all__ = ["MODES", "WORKLOADS", "Sizes", "FULL", "QUICK", "Target", "DreamLakeT
 MODES: dict[str, dict[str, Any]] = {
     "thread": {},
     "agent": {"agent": "auto"},  # the parent points $DREAMLAKE_AGENT_SOCKET at its scratch dir
+    # a local dreamlake-server the parent starts: url from $DREAMLAKE_BENCH_URL, key from
+    # $DREAMLAKE_API_KEY (benchmarks/_server.py); the spool lives under the workload's directory
+    "remote": {"url": None},
+}
+
+#: Workloads a mode does not run, and why (their cells show n/a).
+MODE_SKIPS: dict[str, dict[str, str]] = {
+    "remote": {w: "remote mode measures the hot path (W1-W3); end to end, wire bytes and spool "
+                  "replay: python -m benchmarks.remote" for w in ("W4", "W5", "W6")},
 }
 
 WORKLOADS = ("W1", "W2", "W2s", "W2k", "W3", "W4", "W5", "W6")
@@ -206,6 +216,10 @@ class Target:
     def health(self) -> dict | None:
         return None
 
+    def skip(self, workload: str) -> str | None:
+        """Why this system does not run ``workload`` at all (None: it does)."""
+        return None
+
 
 class _Floor:
     """The floor: a bare method taking ``**kwargs`` that appends to a deque."""
@@ -257,7 +271,13 @@ class DreamLakeTarget(Target):
         if mode not in MODES:
             raise SystemExit(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
         self.mode = mode
-        self.extra = MODES[mode]
+        self.extra = dict(MODES[mode])
+        if "url" in self.extra:
+            from benchmarks._server import ENV_URL
+
+            self.extra["url"] = os.environ.get(ENV_URL)
+            if not self.extra["url"]:
+                raise ImportError(f"remote mode needs a server in ${ENV_URL} (python -m benchmarks starts one)")
         self.name = f"dreamlake[{mode}]"
         self.session: Any = None
         try:
@@ -270,9 +290,16 @@ class DreamLakeTarget(Target):
     def _session(self, workdir: Path, label: str, **kw: Any) -> Any:
         from dreamlake import Session
 
-        s = Session(prefix=f"bench/{label}", root=str(workdir), **self.extra, **kw)
+        if self.extra.get("url"):  # remote only: no root (that would also write locally); the spool goes here
+            os.environ["DREAMLAKE_ROOT"] = str(workdir)
+            s = Session(prefix=f"bench/{label}-{os.getpid()}", **self.extra, **kw)
+        else:
+            s = Session(prefix=f"bench/{label}", root=str(workdir), **self.extra, **kw)
         s.open()
         return s
+
+    def skip(self, workload: str) -> str | None:
+        return MODE_SKIPS.get(self.mode, {}).get(workload)
 
     def open(self, workdir: Path, label: str) -> None:
         self.workdir, self.label = workdir, label
@@ -290,6 +317,8 @@ class DreamLakeTarget(Target):
             self.session.close()
 
     def output_dir(self) -> Path | None:
+        if self.extra.get("url"):
+            return None  # the rows are in the server (the directory holds an empty spool)
         return Path(self.session.directory)
 
     def health(self) -> dict | None:
@@ -915,6 +944,9 @@ def run_workload(target: Target, workload: str, sz: Sizes, workdir: Path) -> dic
     wd = Path(tempfile.mkdtemp(prefix=f"{workload.lower()}-", dir=workdir))
     t0 = time.perf_counter()
     try:
+        skipped = target.skip(workload)
+        if skipped:
+            raise NotApplicable(skipped)
         res = RUNNERS[workload](target, sz, wd)
         res = {"status": "ok", **res}
     except NotApplicable as e:

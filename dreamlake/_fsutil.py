@@ -70,6 +70,19 @@ def locked(lock_path: str) -> Iterator[None]:
         os.close(fd)
 
 
+def sha256_file(path: str | os.PathLike) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in 1 MiB steps (never whole in memory)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as source:
+        while block := source.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
 def now_iso(ts: float | None = None) -> str:
     import datetime as _dt
 

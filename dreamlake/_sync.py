@@ -14,7 +14,9 @@ Two things are delivered per session directory:
    seq (the server acknowledges it as a duplicate if it had applied it), so
    rows are never doubled; a finished run leaves nothing to send, and a
    second run is a no-op. Files are matched by path, name and sha256 before
-   uploading, so a file is uploaded once too.
+   uploading, so a file is uploaded once too; a large one goes in resumable
+   chunks whose upload id is kept in ``.sync.json`` as soon as the server
+   gives it, so an interrupted run continues from the bytes the server holds.
 """
 
 from __future__ import annotations
@@ -292,13 +294,22 @@ class _LocalUpload:
                  and str(r.get("path", "")).strip("/") == folder),
                 None,
             )
+            uploads = self.state.setdefault("uploads", {})  # local file id -> chunked upload in progress
             if match is None:
                 src = os.path.join(local.root, *entry["storagePath"].split("/"))
+
+                def created(upload_id: str, local_id: str = entry["id"]) -> None:
+                    uploads[local_id] = upload_id
+                    self.save()
+
                 match = _retrying(
-                    lambda: store.files_upload(src, folder, entry.get("description"), entry.get("tags") or [], entry.get("metadata") or {}),
+                    lambda: store.files_upload(src, folder, entry.get("description"), entry.get("tags") or [],
+                                               entry.get("metadata") or {}, upload_id=uploads.get(entry["id"]),
+                                               on_created=created),
                     f"uploading {entry['filename']}",
                 )
                 self.report.files += 1
+            uploads.pop(entry["id"], None)
             self.state["files"][entry["id"]] = match["id"]
             self.save()
 

@@ -10,7 +10,8 @@ import pytest
 from dreamlake.server.postgres import MIGRATIONS, migrate, schema_version
 from pg import fresh_schema
 
-TABLES = {"schema_migrations", "workspaces", "sessions", "streams", "chunks", "ingest_batches", "files"}
+TABLES = {"schema_migrations", "workspaces", "sessions", "streams", "chunks", "ingest_batches", "files", "uploads",
+          "upload_parts"}
 
 
 @pytest.fixture()

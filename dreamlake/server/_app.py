@@ -28,6 +28,7 @@ from ._metrics import CONTENT_TYPE_LATEST, Metrics
 from ._routes import json_response, rest_routes
 from ._settings import Settings
 from ._storage import Storage
+from ._upload_routes import upload_routes
 
 __all__ = ["create_app", "DEV_MODE_WARNING"]
 
@@ -57,7 +58,7 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     ctx.metrics.errors.labels(kind).inc()
     if status >= 500:
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(status, kind, message)
+    return error_response(status, kind, message, getattr(exc, "details", None))
 
 
 class _InFlight:
@@ -99,6 +100,7 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *ingest_routes,
+        *upload_routes,
         *rest_routes,
         *(Mount(path, app=sub) for path, sub in (mounts or {}).items()),
     ]

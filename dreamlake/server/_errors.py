@@ -6,14 +6,16 @@
     ├── BadRequest (400)        malformed body, bad name, bad _ts, unknown level
     ├── Unauthorized (401)      no key, unknown key
     ├── Forbidden (403)         key not scoped to the workspace; write-protected session
-    ├── NotFound (404)          no such session, track or file
+    ├── NotFound (404)          no such session, track, file or upload
     ├── RequestTimeout (408)    body did not arrive in time
-    └── TooLarge (413)          body, batch or upload over its limit
+    ├── Conflict (409)          a chunk that would leave a gap (``details`` names the offset to send)
+    ├── TooLarge (413)          body, batch or upload over its limit
+    └── Busy (503)              another request is completing this upload: retry soon
 
 ``ValueError``/``TypeError`` raised by the shared validators (names, values,
 ``_ts``) are bad requests too. The JSON body is always
-``{"error": {"kind": ..., "message": ...}}``; ``kind`` is also the label of the
-``errors`` counter in /metrics.
+``{"error": {"kind": ..., "message": ...}}`` (plus the error's ``details``, if
+any); ``kind`` is also the label of the ``errors`` counter in /metrics.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "RequestTimeout",
+    "Conflict",
     "TooLarge",
+    "Busy",
     "classify",
     "error_response",
 ]
@@ -37,6 +41,8 @@ __all__ = [
 class ServerError(Exception):
     status = 500
     kind = "internal"
+    #: extra fields for the JSON error (e.g. the offset a resumed upload must send next)
+    details: dict | None = None
 
 
 class BadRequest(ServerError):
@@ -64,9 +70,23 @@ class RequestTimeout(ServerError):
     kind = "timeout"
 
 
+class Conflict(ServerError):
+    status = 409
+    kind = "conflict"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class TooLarge(ServerError):
     status = 413
     kind = "too_large"
+
+
+class Busy(ServerError):
+    status = 503
+    kind = "busy"
 
 
 def classify(exc: BaseException) -> tuple[int, str, str]:
@@ -83,6 +103,7 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
     return 500, "internal", "internal server error"
 
 
-def error_response(status: int, kind: str, message: str) -> JSONResponse:
+def error_response(status: int, kind: str, message: str, details: dict | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"kind": kind, "message": message}}, status_code=status, headers=headers)
+    error = {**(details or {}), "kind": kind, "message": message}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)

@@ -39,9 +39,11 @@ from .._pipe import LOG_STREAM
 from .._stream_files import StreamFiles
 from ._errors import Forbidden, NotFound
 from ._journal import IngestJournal, JournalRecord, fsync_path, ranges_of
+from ._local_uploads import LocalUploads
 from ._prepare import check_session_name, check_workspace
 from ._settings import Settings
 from ._storage import PreparedBatch, SessionRef, StreamRows
+from ._uploads import Sweeper, UploadSpec
 from .wire import IngestAck, StreamRange
 
 __all__ = ["LocalStorage", "session_id_for"]
@@ -119,6 +121,9 @@ class LocalStorage:
         self._live: dict[str, _Live] = {}
         self._live_lock = threading.Lock()
         self._open: OrderedDict[str, _Live] = OrderedDict()  # sessions holding handles, oldest first
+        self.uploads = LocalUploads(Path(settings.state_dir) / "uploads", settings.upload_ttl,
+                                    settings.fsync == "always")
+        self._sweep_uploads = Sweeper(self.uploads.sweep, settings.upload_ttl)
 
     # -- sessions --------------------------------------------------------------
     def _directory(self, workspace: str, name: str) -> str:
@@ -360,6 +365,28 @@ class LocalStorage:
     def delete_file(self, ref: SessionRef, file_id: str) -> dict:
         self.get_file(ref, file_id)
         return self._writable(ref).sink.files.delete(file_id)
+
+    # -- chunked uploads (rules in _uploads.py, staging in _local_uploads.py) ----------
+    def upload_create(self, ref: SessionRef, spec: UploadSpec) -> dict:
+        self._writable(ref)
+        self._sweep_uploads()
+        return self.uploads.create(ref.id, spec)
+
+    def upload_status(self, ref: SessionRef, upload_id: str) -> dict:
+        return self.uploads.status(ref.id, upload_id)
+
+    def upload_chunk(self, ref: SessionRef, upload_id: str, offset: int, data: bytes) -> tuple[dict, int]:
+        self._writable(ref)
+        return self.uploads.chunk(ref.id, upload_id, offset, data)
+
+    def upload_complete(self, ref: SessionRef, upload_id: str) -> dict:
+        def store(staged: Path, spec: UploadSpec) -> dict:
+            return self.upload_file(ref, staged, spec.folder, spec.description, spec.tags, spec.metadata)
+
+        return self.uploads.complete(ref.id, upload_id, store)
+
+    def upload_abort(self, ref: SessionRef, upload_id: str) -> dict:
+        return self.uploads.abort(ref.id, upload_id)
 
     # -- lifecycle -------------------------------------------------------------
     def scratch_dir(self) -> Path:

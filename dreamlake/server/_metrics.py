@@ -19,6 +19,12 @@ class Metrics:
             "dreamlake_ingest_duplicates", "Ingest batches acknowledged as duplicates (not applied again)",
             registry=self.registry,
         )
+        self.upload_bytes = Counter(
+            "dreamlake_upload_chunk_bytes", "Bytes of upload chunks received (repeats included)", registry=self.registry
+        )
+        self.upload_stored = Counter(
+            "dreamlake_upload_stored_bytes", "Bytes of upload chunks staged (repeats excluded)", registry=self.registry
+        )
         self.errors = Counter("dreamlake_errors", "Requests refused or failed, by kind", ["kind"], registry=self.registry)
         self.in_flight = Gauge("dreamlake_requests_in_flight", "Requests being handled now", registry=self.registry)
 

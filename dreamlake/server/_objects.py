@@ -1,7 +1,7 @@
 """Object storage for the scale-out backend: uploaded files, by key.
 
-One tiny interface (:class:`ObjectStore`: put a local file, copy an object to
-a local file, delete) over `obstore <https://developmentseed.org/obstore>`_,
+One tiny interface (:class:`ObjectStore`: put a local file or bytes; copy an
+object to a local file or stream it; delete) over `obstore <https://developmentseed.org/obstore>`_,
 so the same code writes a local directory (``file:///srv/dreamlake/objects``,
 the default) or a bucket (``s3://bucket/prefix``, ``gs://…``, ``az://…``) with
 the usual credentials from the environment (``AWS_ACCESS_KEY_ID``,
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import obstore
 from obstore.store import from_url
@@ -31,6 +31,11 @@ class ObjectStore(Protocol):
 
     def put_file(self, key: str, source: Path) -> None:
         """Store ``source`` under ``key`` (replaces an object already there)."""
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in pieces of about 1 MiB. FileNotFoundError when missing."""
 
     def get_file(self, key: str, dest: Path) -> tuple[int, str]:
         """Copy the object into ``dest``; → (size, sha256 hex). FileNotFoundError when missing."""
@@ -49,13 +54,18 @@ class ObstoreObjects:
     def put_file(self, key: str, source: Path) -> None:
         obstore.put(self._store, key, Path(source))
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        obstore.put(self._store, key, data)
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        for chunk in obstore.get(self._store, key).stream(min_chunk_size=_CHUNK):
+            yield bytes(chunk)
+
     def get_file(self, key: str, dest: Path) -> tuple[int, str]:
-        result = obstore.get(self._store, key)
         digest = hashlib.sha256()
         size = 0
         with open(dest, "wb") as out:
-            for chunk in result.stream(min_chunk_size=_CHUNK):
-                data = bytes(chunk)
+            for data in self.iter_chunks(key):
                 digest.update(data)
                 out.write(data)
                 size += len(data)

@@ -35,6 +35,8 @@ class Settings:
     max_batch_bytes: int = 128 * MiB
     #: largest file upload → 413
     max_upload_bytes: int = 1024 * MiB
+    #: a chunked upload untouched this many seconds is removed with its staged bytes
+    upload_ttl: float = 24 * 3600.0
     #: rows per page a read may ask for
     max_read_limit: int = 10_000
     #: a request body must arrive within this many seconds → 408

@@ -28,6 +28,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._uploads import UploadSpec
 from .wire import IngestAck
 
 __all__ = ["SessionRef", "StreamRows", "PreparedBatch", "Storage"]
@@ -121,6 +122,26 @@ class Storage(Protocol):
     def update_file(self, ref: SessionRef, file_id: str, changes: dict[str, Any]) -> dict: ...
 
     def delete_file(self, ref: SessionRef, file_id: str) -> dict: ...
+
+    # -- chunked uploads (the rules: _uploads.py) ------------------------------------
+    # Staged bytes live where every replica sees them. Replies are the status of
+    # _uploads.status_reply; complete returns the file record upload_file would.
+    def upload_create(self, ref: SessionRef, spec: UploadSpec) -> dict:
+        """Forbidden for a write-protected session."""
+
+    def upload_status(self, ref: SessionRef, upload_id: str) -> dict:
+        """NotFound for an upload of another session, expired or never made."""
+
+    def upload_chunk(self, ref: SessionRef, upload_id: str, offset: int, data: bytes) -> tuple[dict, int]:
+        """Stage the bytes past ``received``; → (status, bytes newly stored).
+        Conflict (with the offset) for a gap; BadRequest past the size."""
+
+    def upload_complete(self, ref: SessionRef, upload_id: str) -> dict:
+        """Size and sha256 checked, then stored once (a repeat → the same record).
+        Conflict while bytes are missing; BadRequest (upload discarded) on a mismatch."""
+
+    def upload_abort(self, ref: SessionRef, upload_id: str) -> dict:
+        """Drop the upload and its staged bytes; → its last status."""
 
     # -- lifecycle -------------------------------------------------------------
     def close(self) -> None:

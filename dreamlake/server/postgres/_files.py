@@ -9,7 +9,6 @@ dangling record). Keys: ``sessions/<session id>/files/<file id>/<filename>``.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -18,27 +17,21 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..._errors import SinkError
+from ..._fsutil import sha256_file
 from ..._values import untag_nonfinite
 from .._errors import NotFound
 from .._objects import ObjectStore
 from ._values import iso, jsonb
 
-__all__ = ["FileCatalog"]
+__all__ = ["FileCatalog", "file_record", "new_file_id"]
 
 _COLUMNS = "id, path, filename, size_bytes, checksum, description, tags, metadata, object_key, created_at, updated_at"
-_HASH_CHUNK = 1 << 20
 
 Connect = Callable[[], ContextManager[psycopg.Connection]]
 
 
-def _sha256(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as source:
-        while block := source.read(_HASH_CHUNK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+def new_file_id() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 def _record(row: tuple) -> dict:
@@ -61,6 +54,9 @@ def _record(row: tuple) -> dict:
     }
 
 
+file_record = _record
+
+
 def _found(row: tuple | None, file_id: str) -> tuple:
     if row is None:
         raise NotFound(f"no file with id {file_id!r} in this session")
@@ -79,29 +75,45 @@ class FileCatalog:
 
     def upload(self, session_id: int, staged: Path, folder: str, description: str | None, tags: list,
                metadata: dict) -> dict:
-        file_id = uuid.uuid4().hex[:16]
-        key = f"sessions/{session_id}/files/{file_id}/{staged.name}"
-        size, checksum = _sha256(staged)
+        file_id = new_file_id()
+        key = self.object_key(session_id, file_id, staged.name)
+        size, checksum = sha256_file(staged)
         self.objects.put_file(key, staged)
         try:
             with self._write() as conn:
-                replaced = conn.execute(
-                    "DELETE FROM files WHERE session_id = %s AND path = %s AND filename = %s RETURNING object_key",
-                    (session_id, _folder(folder), staged.name),
-                ).fetchall()
-                row = conn.execute(
-                    f"""INSERT INTO files (id, session_id, path, filename, size_bytes, checksum, description, tags,
-                                           metadata, object_key)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
-                    (file_id, session_id, _folder(folder), staged.name, size, checksum, description,
-                     jsonb(list(tags)), jsonb(metadata or {}), key),
-                ).fetchone()
+                row, replaced = self.insert(conn, session_id, file_id, key, folder, staged.name, size, checksum,
+                                            description, tags, metadata)
         except BaseException:
             self.objects.delete(key)
             raise
-        for (old_key,) in replaced:
-            self.objects.delete(old_key)
+        self.remove_objects(replaced)
         return _record(row)
+
+    @staticmethod
+    def object_key(session_id: int, file_id: str, filename: str) -> str:
+        return f"sessions/{session_id}/files/{file_id}/{filename}"
+
+    def insert(self, conn: psycopg.Connection, session_id: int, file_id: str, key: str, folder: str, filename: str,
+               size: int, checksum: str, description: str | None, tags: list, metadata: dict) -> tuple[tuple, list]:
+        """The record of an object already stored under ``key``, in the caller's
+        transaction, replacing any entry with the same folder and filename;
+        → (its row, the replaced entries' object keys: remove them after the commit)."""
+        replaced = conn.execute(
+            "DELETE FROM files WHERE session_id = %s AND path = %s AND filename = %s RETURNING object_key",
+            (session_id, _folder(folder), filename),
+        ).fetchall()
+        row = conn.execute(
+            f"""INSERT INTO files (id, session_id, path, filename, size_bytes, checksum, description, tags,
+                                   metadata, object_key)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
+            (file_id, session_id, _folder(folder), filename, size, checksum, description,
+             jsonb(list(tags)), jsonb(metadata or {}), key),
+        ).fetchone()
+        return row, [old for (old,) in replaced]
+
+    def remove_objects(self, keys: list[str]) -> None:
+        for key in keys:
+            self.objects.delete(key)
 
     def list(self, session_id: int, folder: str | None, tags: list | None) -> list[dict]:
         query = f"SELECT {_COLUMNS} FROM files WHERE session_id = %s"

@@ -19,6 +19,9 @@ Tables (all per database; one database per deployment):
 ``ingest_batches``  exactly-once: one row per applied (session, client, seq), with the
                     ranges the batch was given, written in the batch's transaction
 ``files``           file records; the bytes live in object storage under ``object_key``
+``uploads``         resumable chunked uploads: the spec, ``received`` (bytes staged), the
+                    completing replica's lease, the file id once completed
+``upload_parts``    staged byte ranges of an upload, one object each (``uploads/<id>/<first byte>``)
 """
 
 from __future__ import annotations
@@ -109,6 +112,35 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             created_at  timestamptz NOT NULL DEFAULT now(),
             updated_at  timestamptz NOT NULL DEFAULT now(),
             UNIQUE (session_id, path, filename)
+        );
+        """,
+    ),
+    (
+        2,
+        "resumable chunked uploads",
+        """
+        CREATE TABLE uploads (
+            id               text PRIMARY KEY,
+            session_id       bigint NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+            path             text NOT NULL,
+            filename         text NOT NULL,
+            size_bytes       bigint NOT NULL,
+            checksum         text NOT NULL,
+            description      text,
+            tags             jsonb NOT NULL DEFAULT '[]',
+            metadata         jsonb NOT NULL DEFAULT '{}',
+            received         bigint NOT NULL DEFAULT 0,
+            completing_until timestamptz,
+            file_id          text,
+            created_at       timestamptz NOT NULL DEFAULT now(),
+            updated_at       timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX uploads_by_activity ON uploads (updated_at);
+        CREATE TABLE upload_parts (
+            upload_id   text NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+            first_byte  bigint NOT NULL,
+            size_bytes  bigint NOT NULL CHECK (size_bytes > 0),
+            PRIMARY KEY (upload_id, first_byte)
         );
         """,
     ),

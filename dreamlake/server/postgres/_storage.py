@@ -53,10 +53,12 @@ from .._objects import ObjectStore
 from .._prepare import check_session_name, check_workspace
 from .._settings import Settings
 from .._storage import PreparedBatch, SessionRef, StreamRows
+from .._uploads import Sweeper, UploadSpec
 from ..wire import IngestAck, StreamRange
 from . import _streams
 from ._files import FileCatalog
 from ._schema import migrate
+from ._uploads import PgUploads
 from ._values import iso, jsonb
 
 __all__ = ["PostgresStorage", "StorageUnavailable", "POOL_TIMEOUT"]
@@ -146,6 +148,9 @@ class PostgresStorage:
             check=ConnectionPool.check_connection,  # a connection PostgreSQL dropped is replaced, not used
         )
         self.files = FileCatalog(objects, self._connection, self._writer)
+        self.uploads = PgUploads(objects, self._connection, self._writer, self.files, settings.upload_ttl,
+                                 self.scratch_dir)
+        self._sweep_uploads = Sweeper(self.uploads.sweep, settings.upload_ttl)
         self._scratch = Path(settings.state_dir) / "tmp" / f"pg-{os.getpid()}"
         self._refs: dict[str, SessionRef] = {}
         self._ids: dict[tuple[str, str], str] = {}
@@ -469,6 +474,26 @@ class PostgresStorage:
         with self._connection() as conn:
             sid = self._writable(conn, ref)
         return self.files.delete(sid, file_id)
+
+    # -- chunked uploads (rules in .._uploads, staging in ._uploads) -------------------
+    def upload_create(self, ref: SessionRef, spec: UploadSpec) -> dict:
+        self._sweep_uploads()
+        with self._writer() as conn:
+            return self.uploads.create(conn, self._writable(conn, ref), spec)
+
+    def upload_status(self, ref: SessionRef, upload_id: str) -> dict:
+        return self.uploads.status(int(ref.id), upload_id)
+
+    def upload_chunk(self, ref: SessionRef, upload_id: str, offset: int, data: bytes) -> tuple[dict, int]:
+        return self.uploads.chunk(int(ref.id), upload_id, offset, data)
+
+    def upload_complete(self, ref: SessionRef, upload_id: str) -> dict:
+        with self._connection() as conn:
+            sid = self._writable(conn, ref)
+        return self.uploads.complete(sid, upload_id)
+
+    def upload_abort(self, ref: SessionRef, upload_id: str) -> dict:
+        return self.uploads.abort(int(ref.id), upload_id)
 
     # -- lifecycle -------------------------------------------------------------
     def scratch_dir(self) -> Path:

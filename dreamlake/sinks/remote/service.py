@@ -10,7 +10,6 @@ codes are mapped here, at the boundary, to three outcomes::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ..._fsutil import sha256_file
 from ...server.wire import BATCH_CONTENT_TYPE, IngestAck, decode_ack
 from .config import CONNECT_TIMEOUT, REQUEST_TIMEOUT, RETRY_MAX, RETRY_MIN, RemoteTarget
 
@@ -183,15 +183,23 @@ class RemoteStore:
     def params_get(self) -> dict:
         return self._get("/parameters").get("data") or {}
 
-    def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict) -> dict:
-        """Streams the file from disk (httpx reads it in chunks; never whole in
-        memory) after hashing it, so the server can check the sha256."""
-        digest = hashlib.sha256()
-        with open(src, "rb") as source:
-            while chunk := source.read(1 << 20):
-                digest.update(chunk)
-        size = os.path.getsize(src)
-        data = {"prefix": folder or "/", "checksum": digest.hexdigest(), "sizeBytes": str(size)}
+    def files_upload(self, src: str, folder: str, description: Any, tags: list, metadata: dict, *,
+                     upload_id: str | None = None, on_created: Any = None) -> dict:
+        """Streams the file from disk (never whole in memory) after hashing it,
+        so the server can check the sha256: in resumable chunks from
+        ``CHUNKED_THRESHOLD`` up (``upload_id``/``on_created`` resume one a
+        previous process started; see uploads.py), else in one request."""
+        from .uploads import CHUNKED_THRESHOLD, ChunkedUnsupported, ChunkedUpload
+
+        size, checksum = sha256_file(src)
+        if size >= CHUNKED_THRESHOLD:
+            upload = ChunkedUpload(self.target, self._url(""), src, folder, description, tags, metadata, size,
+                                   checksum, upload_id, on_created)
+            try:
+                return upload.run()
+            except ChunkedUnsupported:
+                pass  # a server without the chunk API: one request, as upstream's client does
+        data = {"prefix": folder or "/", "checksum": checksum, "sizeBytes": str(size)}
         if description is not None:
             data["description"] = description
         if tags:

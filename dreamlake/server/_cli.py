@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .._names import check_segment
 from ._settings import Settings
+from ._storage import Storage
 
 log = logging.getLogger("dreamlake.server")
 
@@ -98,25 +99,26 @@ def _keys(argv: list[str]) -> int:
     return 0
 
 
-def _page_mounts(settings: Settings, enabled: bool) -> dict:
-    """The web page at ``/ui``, over the server's store, behind its keys."""
+def _page_mounts(settings: Settings, storage: Storage, enabled: bool) -> dict:
+    """The web page at ``/ui``, over the server's store, behind its keys: the
+    local store is read as ``dreamlake ui`` reads it; any other backend
+    through its storage (:class:`._page_source.StorageSource`)."""
     if not enabled:
-        return {}
-    if settings.store is not None:
-        # the page reads through dreamlake.ui.DataSource; PostgreSQL has no adapter to it yet
-        log.warning("dreamlake-server: the web page is served over the local store only; /ui is off with --store")
         return {}
     from ..ui import LocalStoreSource, create_app as create_page
     from ._auth import KeyStore
     from ._page import KeyGate
+    from ._page_source import StorageSource
 
-    return {"/ui": KeyGate(create_page(LocalStoreSource(settings.root)), KeyStore(settings.state_dir, settings.dev))}
+    source = LocalStoreSource(settings.root) if settings.store is None else StorageSource(storage)
+    return {"/ui": KeyGate(create_page(source), KeyStore(settings.state_dir, settings.dev))}
 
 
 def _serve(argv: list[str]) -> int:
     import uvicorn
 
     from ._app import DEV_MODE_WARNING, create_app
+    from ._backends import open_storage
 
     args = _serve_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -149,7 +151,8 @@ def _serve(argv: list[str]) -> int:
     spool = settings.state_dir / "tmp"
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
     tempfile.tempdir = str(spool)
-    app = create_app(settings, mounts=_page_mounts(settings, args.ui))
+    storage = open_storage(settings)
+    app = create_app(settings, storage, mounts=_page_mounts(settings, storage, args.ui))
     config = uvicorn.Config(
         app,
         log_level=args.log_level.lower(),

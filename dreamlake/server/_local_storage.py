@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .._fsutil import read_json
 from .._names import check_track_name
@@ -37,6 +37,7 @@ from .._local_sink import (
 )
 from .._pipe import LOG_STREAM
 from .._stream_files import StreamFiles
+from ..ui._sample_read import read_rows_at as read_scattered
 from ._errors import Forbidden, NotFound
 from ._journal import IngestJournal, JournalRecord, fsync_path, ranges_of
 from ._local_uploads import LocalUploads
@@ -67,6 +68,15 @@ def _prefix_of(session_id: str) -> tuple[str, str]:
         return check_workspace(workspace), check_session_name(name)
     except (ValueError, TypeError, UnicodeError, binascii.Error):
         raise NotFound(f"no session with id {session_id!r}") from None
+
+
+def _record(workspace: str, name: str, meta: dict) -> dict:
+    keep = ("name", "workspace", "prefix", "description", "tags", "folder", "metadata", "status", "error",
+            "createdAt", "updatedAt", "closedAt")
+    record = {"id": session_id_for(workspace, name), **{k: meta.get(k) for k in keep}}
+    record["name"], record["workspace"] = name, workspace
+    record["writeProtected"] = bool(meta.get("writeProtected"))
+    return record
 
 
 class _Live:
@@ -167,13 +177,19 @@ class LocalStorage:
             return None
 
     def session_record(self, ref: SessionRef) -> dict:
-        meta = self._meta(self._directory(ref.workspace, ref.name)) or {}
-        keep = ("name", "workspace", "prefix", "description", "tags", "folder", "metadata", "status", "error",
-                "createdAt", "updatedAt", "closedAt")
-        record = {"id": ref.id, **{k: meta.get(k) for k in keep}}
-        record["name"], record["workspace"] = ref.name, ref.workspace
-        record["writeProtected"] = bool(meta.get("writeProtected"))
-        return record
+        return _record(ref.workspace, ref.name, self._meta(self._directory(ref.workspace, ref.name)) or {})
+
+    def list_sessions(self) -> list[dict]:
+        """Read from each ``session.json``; holds nothing in memory for them."""
+        found = []
+        for meta_path in sorted(Path(self.root).glob("*/*/session.json")):
+            workspace, name = meta_path.parent.parent.name, meta_path.parent.name
+            if workspace.startswith(".") or name.startswith("."):
+                continue
+            meta = read_json(str(meta_path), default=None)
+            if isinstance(meta, dict):
+                found.append(_record(workspace, name, meta))
+        return found
 
     def upsert_session(self, workspace: str, name: str, fields: dict[str, Any]) -> dict:
         workspace, name = check_workspace(workspace), check_session_name(name)
@@ -324,6 +340,9 @@ class LocalStorage:
 
     def read_rows(self, ref: SessionRef, track: str, start: int, limit: int) -> dict:
         return read_page(self._track_files(ref, track), start, limit)
+
+    def read_rows_at(self, ref: SessionRef, track: str, indices: Sequence[int]) -> list[tuple[int, float, dict]]:
+        return read_scattered(self._track_files(ref, track), indices)  # O(1) per row via the offsets index
 
     def read_rows_by_ts(self, ref, track, start_ts, end_ts, limit) -> dict:
         return read_ts_page(self._track_files(ref, track), start_ts, end_ts, limit)

@@ -43,6 +43,11 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-timeout", type=float, default=30, help="seconds a request body may take to arrive (408)")
     p.add_argument("--limit-concurrency", type=int, default=1024,
                    help="connections + requests served at once; more get 503 (bounds slow clients)")
+    p.add_argument("--max-live-sessions", type=int, default=Settings.max_live_sessions,
+                   help="sessions whose state is kept in memory (local store); the least recently used "
+                        "idle one beyond this is flushed and dropped, and reopened from disk on demand")
+    p.add_argument("--session-idle", type=float, default=Settings.session_idle_seconds,
+                   help="seconds after which an unused session's state is dropped the same way")
     p.add_argument("--log-level", default="info")
     # scale-out (DESIGN §9)
     p.add_argument("--store", help="postgresql://… to run as one of N replicas on PostgreSQL (default: the local store)")
@@ -133,6 +138,8 @@ def _serve(argv: list[str]) -> int:
         body_timeout=args.body_timeout,
         store=args.store,
         objects=args.objects,
+        max_live_sessions=args.max_live_sessions,
+        session_idle_seconds=args.session_idle,
     )
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only

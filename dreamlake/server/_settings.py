@@ -50,6 +50,11 @@ class Settings:
     #: sessions whose files stay open between writes (4 descriptors per stream);
     #: the least recently written beyond this close theirs (reopened on demand)
     max_open_sessions: int = 64
+    #: sessions whose state (sink, ingest journal, counters) the local store keeps in
+    #: memory; beyond this, or idle ``session_idle_seconds``, a session no request is
+    #: using is evicted (flushed, fsynced, closed) and reopened from disk on demand
+    max_live_sessions: int = 1024
+    session_idle_seconds: float = 600.0
 
     @property
     def state_dir(self) -> Path:

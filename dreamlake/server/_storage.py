@@ -152,5 +152,10 @@ class Storage(Protocol):
         """Drop the upload and its staged bytes; → its last status."""
 
     # -- lifecycle -------------------------------------------------------------
+    def held(self) -> dict[str, int]:
+        """What is held in memory per session: ``sessions`` (sessions with state
+        here), ``open`` (of those, holding file handles), ``evicted`` (dropped so
+        far); bounded whatever the number of sessions (``/metrics`` shows it)."""
+
     def close(self) -> None:
         """Make everything durable and release handles (on shutdown)."""

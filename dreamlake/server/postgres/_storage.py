@@ -509,6 +509,10 @@ class PostgresStorage:
         return self.uploads.abort(int(ref.id), upload_id)
 
     # -- lifecycle -------------------------------------------------------------
+    def held(self) -> dict[str, int]:
+        """Per-session state in memory: only the cache of session refs (bounded by ``_CACHE_LIMIT``)."""
+        return {"sessions": len(self._refs), "open": 0, "evicted": 0}
+
     def scratch_dir(self) -> Path:
         """A private directory for staged uploads and downloads (per process, so
         replicas sharing a ``--root`` never remove each other's)."""

@@ -41,6 +41,11 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=32, help="largest request body on the wire (413 above)")
     p.add_argument("--max-batch-mb", type=float, default=128, help="largest decompressed ingest batch (413 above)")
     p.add_argument("--body-timeout", type=float, default=30, help="seconds a request body may take to arrive (408)")
+    p.add_argument("--header-timeout", type=float, default=Settings.header_timeout,
+                   help="seconds a request's line and headers may take to arrive (from the connection's start or "
+                        "the previous response); then the connection is closed (uvicorn has no such limit)")
+    p.add_argument("--keep-alive-timeout", type=float, default=Settings.keep_alive_timeout,
+                   help="seconds an idle keep-alive connection stays open after a response")
     p.add_argument("--limit-concurrency", type=int, default=1024,
                    help="connections + requests served at once; more get 503 (bounds slow clients)")
     p.add_argument("--max-live-sessions", type=int, default=Settings.max_live_sessions,
@@ -124,6 +129,7 @@ def _serve(argv: list[str]) -> int:
 
     from ._app import DEV_MODE_WARNING, create_app
     from ._backends import open_storage
+    from ._protocol import header_deadline_protocol
 
     args = _serve_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -136,6 +142,8 @@ def _serve(argv: list[str]) -> int:
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         max_batch_bytes=int(args.max_batch_mb * (1 << 20)),
         body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
         store=args.store,
         objects=args.objects,
         max_live_sessions=args.max_live_sessions,
@@ -162,10 +170,11 @@ def _serve(argv: list[str]) -> int:
     app = create_app(settings, storage, mounts=_page_mounts(settings, storage, args.ui))
     config = uvicorn.Config(
         app,
+        http=header_deadline_protocol(settings.header_timeout),  # h11, with a deadline for request heads
         log_level=args.log_level.lower(),
         access_log=False,
         lifespan="on",
-        timeout_keep_alive=int(settings.keep_alive_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type] (used as call_later's delay)
         timeout_graceful_shutdown=int(settings.graceful_timeout),
         h11_max_incomplete_event_size=64 << 10,
         server_header=False,

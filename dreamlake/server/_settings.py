@@ -43,6 +43,9 @@ class Settings:
     body_timeout: float = 30.0
     #: idle keep-alive connections are closed after this many seconds
     keep_alive_timeout: float = 5.0
+    #: a request's line and headers must arrive within this many seconds of the
+    #: connection's start (or the previous response); else the connection is closed
+    header_timeout: float = 10.0
     #: on SIGTERM, in-flight requests get this long to finish
     graceful_timeout: float = 30.0
     #: ingest journal is compacted into its snapshot past this size

@@ -478,7 +478,10 @@ class LocalStorage:
 
     def upload_complete(self, ref: SessionRef, upload_id: str) -> dict:
         def store(staged: Path, spec: UploadSpec) -> dict:
-            return self.upload_file(ref, staged, spec.folder, spec.description, spec.tags, spec.metadata)
+            # size and sha256 were just checked: linked into the session's files, not copied and hashed again
+            with self._using(ref, write=True) as live:
+                return live.sink.files.upload(str(staged), spec.folder, spec.description, spec.tags, spec.metadata,
+                                              verified=(spec.size, spec.checksum))
 
         return self.uploads.complete(ref.id, upload_id, store)
 

@@ -221,12 +221,15 @@ class LocalStorage:
         ``_EVICT_PER_CALL`` per call, so no request pays for a crowd of them."""
         limit, idle = self.settings.max_live_sessions, self.settings.session_idle_seconds
         cutoff = time.monotonic() - idle
-        done = 0
-        for session_id, live in list(self._live.items()):
-            if done >= _EVICT_PER_CALL or (len(self._live) <= limit and live.last_used > cutoff):
+        victims: list[tuple[str, _Live]] = []
+        for session_id, live in self._live.items():  # no copy: a request must not pay O(sessions held)
+            if len(victims) >= _EVICT_PER_CALL or (len(self._live) - len(victims) <= limit and live.last_used > cutoff):
                 break  # LRU order: every later session was used more recently
-            if session_id == keep or live.users or not live.lock.acquire(blocking=False):
-                continue
+            if session_id != keep and not live.users:
+                victims.append((session_id, live))
+        for session_id, live in victims:
+            if not live.lock.acquire(blocking=False):
+                continue  # a thread still finishing with it (it holds no pin): next time
             try:
                 live.evict(self._sync_batches)  # rows fsynced, so the reloaded journal has nothing to redo
             finally:
@@ -234,7 +237,6 @@ class LocalStorage:
             del self._live[session_id]
             self._open.pop(session_id, None)
             self.evicted += 1
-            done += 1
 
     def held(self) -> dict[str, int]:
         """What this backend holds in memory per session (for /metrics, on the

@@ -33,7 +33,7 @@ from typing import Any
 from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import PARAMS, ROWS, Waiter
-from ._pipe import SessionPipe, StreamRef
+from ._pipe import EVENT_COST, SessionPipe, StreamRef
 from .sinks._interfaces import DeliversLater, ForkAware, Quarantines, RecordsLosses, ReportsFlush, call_store
 
 _decode_pack = msgspec.msgpack.Decoder().decode
@@ -219,10 +219,14 @@ class Writer:
         self._advance_tail(pipe)
 
     def _take_ring(self, pipe: SessionPipe, upto: int | None) -> int:
-        """Read one slice of rows from the ring into the pending lists."""
+        """Read one slice of rows from the ring into the pending lists. Large rows
+        weigh their size (``EVENT_COST`` bytes a slot), so the writer holds no more
+        of the memory budget than with small ones."""
+        before = pipe.ring.read_pos
         sids, ts, rows, keys = pipe.ring.read(SLICE_EVENTS, upto, _decode_pack)
         if not sids:
             return 0
+        pipe.held_rows += max(0, (pipe.ring.read_pos - before) // EVENT_COST - len(sids))
         first = sids[0]
         if min(sids) == first == max(sids):
             self._hold(pipe, first, ts, rows, keys)
@@ -291,7 +295,10 @@ class Writer:
         if not held or not held[1] or pipe.stream_refs[sid] in pipe.retry:
             return False
         ts, rows = held[0], held[1]
-        offset = pipe.ring.relocate(sid, ts[-1], _encode_pack([ts, rows]), len(rows))
+        payload = _encode_pack([ts, rows])
+        if len(payload) > pipe.ring.capacity // 4:
+            return False  # too large to copy: it waits to be written (at most the row age)
+        offset = pipe.ring.relocate(sid, ts[-1], payload, len(rows))
         if offset is None:
             return False
         base = offset << KEY_SHIFT

@@ -79,7 +79,7 @@ from dreamlake._protocol import (
     Welcome,
 )
 from dreamlake._writer import ROW_MAX_AGE, get_writer
-from dreamlake.sinks import DeliversLater, HasHealth, Sink, Store, call_store, make_sink
+from dreamlake.sinks import ClosesLater, DeliversLater, HasHealth, Sink, Store, call_store, make_sink
 from dreamlake.sinks.remote.config import CLOSE_WAIT
 
 from ._checks import (
@@ -473,8 +473,12 @@ class AgentServer:
             return
         entry.closing = anyio.Event()
         try:
-            await self._settle_delivery(entry, CLOSE_WAIT)
-            await self._barrier(entry, "close", (entry.status, entry.error))
+            sealed = await self._barrier(entry, "close", (entry.status, entry.error))
+            if isinstance(entry.sink, ClosesLater):  # the wait for the server: a worker, never the writer
+                try:
+                    await anyio.to_thread.run_sync(entry.sink.finish_close, sealed, CLOSE_WAIT, abandon_on_cancel=True)
+                except Exception as exc:
+                    log.error("closing %s: %r", entry.directory, exc)
         finally:
             entry.pipe.mark_closed()
             if self.sessions.get(entry.directory) is entry:
@@ -505,19 +509,6 @@ class AgentServer:
                                                   abandon_on_cancel=True)
         await anyio.to_thread.run_sync(sink.wait_delivered, mark, None, abandon_on_cancel=True)
         return await anyio.to_thread.run_sync(call_store, sink.store, op, args, abandon_on_cancel=True)
-
-    async def _settle_delivery(self, entry: _Session, timeout: float) -> None:
-        """Before closing a remote session: wait (in a worker thread) until the
-        server has what was sent, so the close on the writer thread is quick.
-        Best effort: close itself keeps what is not delivered in the spool."""
-        sink = entry.sink
-        if not isinstance(sink, DeliversLater):
-            return
-        try:
-            mark = await self._barrier(entry, "mark", ())
-            await anyio.to_thread.run_sync(sink.wait_delivered, mark, timeout, abandon_on_cancel=True)
-        except Exception as exc:
-            log.info("closing %s before the server has everything: %s", entry.directory, exc)
 
     def _stream(self, client: _Client, entry: _Session, name: str, is_log: bool, count: int) -> Any:
         """The pipe's stream for a frame; its name is checked once per connection."""

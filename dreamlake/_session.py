@@ -21,7 +21,7 @@ from ._pipe import DEFAULT_MEMORY_BUDGET, LOG_STREAM, SessionPipe
 from ._tracks import Track, Tracks
 from ._values import capture
 from ._writer import Writer, get_writer
-from .sinks import FILE_OPS, STORE_OPS, DeliversLater, HasHealth, call_store, make_sink
+from .sinks import FILE_OPS, STORE_OPS, ClosesLater, DeliversLater, HasHealth, call_store, make_sink
 
 __all__ = ["Session", "dreamlake_session", "LOG_LEVELS"]
 
@@ -208,7 +208,9 @@ class Session:
         assert pipe is not None
         self._state = "closing"
         try:
-            self._writer.call(pipe, "close", (status, error), timeout)
+            sealed = self._writer.call(pipe, "close", (status, error), timeout)
+            if isinstance(pipe.sink, ClosesLater):  # the wait for the server: here, never on the writer
+                pipe.sink.finish_close(sealed, timeout)
         finally:
             pipe.mark_closed()
             self._state = "closed"

@@ -10,6 +10,12 @@ Batches move from memory to the spool when the server is unreachable (a
 network error, 5xx, 429), when auth failed, when memory holds more than
 ``MEMORY_MAX_BATCHES``, and at close. A spooled batch is dropped from the
 spool only after the server acknowledged it.
+
+Closing never waits for the sender: :meth:`Delivery.hand_over` (any thread)
+moves what is still in memory to the spool itself and takes the slot away
+from the sender, even while a request hangs on a server that never answers.
+The slot's files are touched under one lock (``_io``), held for disk work
+only, never across a request.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Callable
 from ...server.wire import IngestAck
 from .batch import BatchBuilder, SealedBatch
 from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES, REQUEST_TIMEOUT
-from .encoder import encode
+from .encoder import encode, rows_in_body
 from .service import AuthFailed, IngestService, Rejected, Retryable, backoff
 from .spool import ClientSlot, SpoolFull
 
@@ -136,6 +142,8 @@ class Delivery:
         self.failures = 0  # network errors: the server is unreachable
         self._retry_at = 0.0
         self._stopping = False
+        self._io = threading.Lock()  # the slot's files and _ready's head: sender vs. hand_over
+        self._handed_over = False
         self._last_ack_save = 0.0
         self._warned: set[str] = set()
         self.session_id: str | None = None
@@ -143,6 +151,7 @@ class Delivery:
             (
                 "batches_sent", "bytes_sent", "rows_acked", "duplicates", "retries", "batches_spooled",
                 "batches_replayed", "batches_rejected", "rows_quarantined", "spool_full", "spool_errors",
+                "batches_unspooled", "rows_rejected",
             ),
             0,
         )
@@ -155,8 +164,11 @@ class Delivery:
     def _running(self) -> bool:
         return not self._finished and self._sender.alive()
 
-    def memory_full(self) -> bool:
-        return self.ready_bytes >= MEMORY_MAX_BYTES
+    def refusal(self) -> str | None:
+        """Why rows would be refused now (memory and spool full), or None."""
+        if self.ready_bytes >= MEMORY_MAX_BYTES:
+            return f"{self.ready_bytes} bytes of batches wait for the server and the spool is full"
+        return None
 
     def push(self, batch: SealedBatch | None) -> None:
         if batch is None:
@@ -204,6 +216,22 @@ class Delivery:
         with self._progress:
             while not self._finished and self._sender.alive() and time.monotonic() < deadline:
                 self._progress.wait(0.5)
+
+    def hand_over(self) -> int:
+        """Stop sending from this slot now, from any thread, without waiting for
+        a request in flight: what is in memory goes to the spool (behind what is
+        there), and the sender never touches the slot again (an answer still in
+        flight is dropped; its batch stays spooled and the server acknowledges it
+        as a duplicate later). Returns the batches that could not be spooled
+        (they go with this process), counted as ``batches_unspooled``."""
+        with self._io:
+            self._handed_over = True
+            self._spool_ready_locked()
+            left = len(self._ready)
+            self.counters["batches_unspooled"] += left
+        self._finish()
+        self._wake.set()
+        return left
 
     def pending(self) -> dict:
         return {"memory_batches": len(self._ready), "spooled_batches": self.slot.spool.frames, "spool_bytes": self.slot.spool.size}
@@ -277,6 +305,11 @@ class Delivery:
         return body
 
     def _spool_ready(self) -> None:
+        with self._io:
+            if not self._handed_over:
+                self._spool_ready_locked()
+
+    def _spool_ready_locked(self) -> None:
         while self._ready:
             batch = self._ready[0]
             try:
@@ -298,13 +331,16 @@ class Delivery:
 
     def _send_next(self) -> bool:
         """Send the oldest batch; False when there is nothing to send or it failed."""
-        spooled = self.slot.spool.peek() if self.slot.spool.frames else None
-        if spooled is not None:
-            seq, body = spooled
-        elif self._ready:
-            seq, body = self._ready[0].seq, self._body(self._ready[0])
-        else:
-            return False
+        with self._io:
+            if self._handed_over:
+                return False
+            spooled = self.slot.spool.peek() if self.slot.spool.frames else None
+            if spooled is not None:
+                seq, body = spooled
+            elif self._ready:
+                seq, body = self._ready[0].seq, self._body(self._ready[0])
+            else:
+                return False
         try:
             self._ensure_session()
             ack = self.service.send(body)
@@ -327,8 +363,18 @@ class Delivery:
         except Rejected as exc:
             self.counters["batches_rejected"] += 1
             self._note(f"the server rejected batch {seq} ({exc}); it is kept in {self.slot.directory}/rejected.zst", "rejected")
-            self._quarantine(seq, body)
             ack = None
+        with self._io:
+            if self._handed_over:  # the slot is no longer ours: the batch stays spooled
+                return False
+            if ack is None:
+                self.counters["rows_rejected"] += rows_in_body(body)
+                self._quarantine(seq, body)
+            self._acknowledged(seq, body, ack, from_spool=spooled is not None)
+        return True
+
+    def _acknowledged(self, seq: int, body: bytes, ack: IngestAck | None, from_spool: bool) -> None:
+        """The server answered batch ``seq`` (``ack`` None: it refused it for good)."""
         if ack is not None:
             self.counters["batches_sent"] += 1
             self.counters["bytes_sent"] += len(body)
@@ -338,8 +384,7 @@ class Delivery:
             if self._on_ack is not None:
                 self._on_ack(ack)
         self.state, self._attempt, self.last_error = OK, 0, None if ack is not None else self.last_error
-        self._done(seq, from_spool=spooled is not None)
-        return True
+        self._done(seq, from_spool)
 
     def _ensure_session(self) -> None:
         """The owner process upserts its session once (description, tags, ...)

@@ -86,6 +86,7 @@ from ._checks import (
     FILE_OPS,
     Refused,
     check_call,
+    check_lost,
     check_open_info,
     check_params,
     check_remote,
@@ -140,6 +141,8 @@ class _Session:
         self.clients: set[_Client] = set()
         self.status = "completed"
         self.error: str | None = None
+        #: losses its clients counted before rows reached the agent (sent with ``close``)
+        self.client_lost: collections.Counter[str] = collections.Counter()
         self.closing: anyio.Event | None = None
 
     def report(self, status: str, error: str | None) -> None:
@@ -450,19 +453,26 @@ class AgentServer:
             await self._send(client, Err(message.seq, "ValueError", f"unknown status {message.status!r}"))
             return
         try:
-            await self._leave(client, message.status, message.error)
+            lost = check_lost(message.lost)
+        except ValueError as exc:
+            await self._send(client, _error_reply(message.seq, exc))
+            return
+        try:
+            await self._leave(client, message.status, message.error, lost)
         except Exception as exc:
             await self._send(client, _error_reply(message.seq, exc))
             return
         await self._send(client, Ok(message.seq, None))
 
-    async def _leave(self, client: _Client, status: str | None, error: str | None) -> None:
-        """Detach ``client``; ``status`` None means it went away without closing."""
+    async def _leave(self, client: _Client, status: str | None, error: str | None, lost: dict | None = None) -> None:
+        """Detach ``client``; ``status`` None means it went away without closing.
+        ``lost``: what the client lost on its side, kept for the session's close."""
         entry = client.entry
         if entry is None:
             return
         client.entry = None
         entry.clients.discard(client)
+        entry.client_lost.update(lost or {})
         if status is not None:
             if client.owner:
                 entry.report(status, error)
@@ -473,7 +483,7 @@ class AgentServer:
             return
         entry.closing = anyio.Event()
         try:
-            sealed = await self._barrier(entry, "close", (entry.status, entry.error))
+            sealed = await self._barrier(entry, "close", (entry.status, entry.error, dict(entry.client_lost)))
             if isinstance(entry.sink, ClosesLater):  # the wait for the server: a worker, never the writer
                 try:
                     await anyio.to_thread.run_sync(entry.sink.finish_close, sealed, CLOSE_WAIT, abandon_on_cancel=True)

@@ -60,7 +60,7 @@ from ._protocol import (
     Welcome,
     parse_address,
 )
-from .sinks import ForkAware, HasHealth, Joins, Sink, call_store
+from .sinks import ForkAware, HasHealth, Joins, RecordsLosses, Sink, call_store
 
 __all__ = ["agent_sink", "AgentSink", "connect", "start_agent", "AgentLost", "UnsendableRows", "AUTO_IDLE_EXIT"]
 
@@ -372,6 +372,7 @@ class AgentSink:
         self._windows: dict[str, list] = {}  # flush windows once written locally
         self._unconfirmed = 0  # rows sent since the agent last confirmed a barrier
         self._lost_with_agent = 0
+        self._lost: dict[str, int] = {}
         self._fallback_reason: str | None = None
 
     @property
@@ -496,10 +497,17 @@ class AgentSink:
             return result
         return self._local.open(info)
 
+    def record_losses(self, lost: dict[str, int]) -> None:
+        """This process's losses (rows that never reached the agent), sent
+        with ``close`` so the session's ``lost`` totals include them, once."""
+        self._lost = {reason: count for reason, count in lost.items() if count}
+
     def close(self, status: str, error: str | None) -> None:
         if self._owner:
-            done, _ = self._request(lambda seq: Close(seq, status, error))
-            if not done:
+            done, _ = self._request(lambda seq: Close(seq, status, error, self._lost))
+            if not done:  # the fallback records them itself
+                if isinstance(self._local, RecordsLosses):
+                    self._local.record_losses(self._lost)
                 self._local.close(status, error)
         else:  # a forked child leaves the session to its owner
             self.flush()

@@ -192,3 +192,51 @@ def test_one_agent_client_waiting_on_a_server_that_never_answers_holds_no_other_
     sync_twice(client_root, late.key)
     assert [r["i"] for r in server_rows(late.root, "ws", "stuck", "t")] == list(range(2 * n))
     assert server_meta(late.root, "ws", "stuck")["status"] == "completed"
+
+
+TWO_SESSIONS = """
+    import sys, threading
+    from dreamlake import Session
+    address, url, key, root = sys.argv[1:5]
+    stuck = Session(prefix="ws/stuck", url=url, api_key=key, agent=address).open()
+    other = Session(prefix="ws/local", root=root, agent=address, timeout=4).open()
+    for i in range(500):
+        stuck.track("t").append(i=i)
+    print("READY", flush=True)
+    sys.stdin.readline()
+    closed = threading.Event()
+    threading.Thread(target=lambda: (stuck.close(), closed.set())).start()
+    print("CLOSING", flush=True)
+    sys.stdin.readline()
+    for i in range(1000):
+        other.track("x").append(i=i)
+    other.flush()  # within its 4 s timeout: this process's writer is not waiting for the agent's reply
+    print("FLUSHED", closed.is_set(), other.track("x").read(0, 5)["total"], flush=True)
+    assert closed.wait(60)
+    other.close()
+    print("DONE", flush=True)
+"""
+
+
+def test_an_agent_client_closing_a_stuck_session_keeps_writing_its_other_sessions(agents, late, tmp_path):
+    """The client's side of the same: ``close`` goes out on the process's
+    writer thread and its reply (which the agent sends once it waited for the
+    server) is awaited on the closing thread."""
+    agents.start()
+    client_root = tmp_path / "client"
+    with Blackhole(late.port) as hole:
+        proc = client(TWO_SESSIONS, agents.address, late.url, late.key, tmp_path / "local",
+                      env={"DREAMLAKE_ROOT": str(client_root)})
+        expect_line(proc, "READY")
+        assert hole.requests.wait(10)
+        _go(proc)
+        expect_line(proc, "CLOSING")
+        wait_for(lambda: any(s.get("close") for s in slot_states(client_root / "ws" / "stuck")), timeout=10)
+        _go(proc)
+        assert expect_line(proc, "FLUSHED") == "False 1000"
+        expect_line(proc, "DONE")
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    late.start()
+    sync_twice(client_root, late.key)
+    assert [r["i"] for r in server_rows(late.root, "ws", "stuck", "t")] == list(range(500))
+    assert server_meta(late.root, "ws", "stuck")["status"] == "completed"

@@ -29,7 +29,7 @@ from typing import Callable
 
 from ...server.wire import IngestAck
 from .batch import BatchBuilder, SealedBatch
-from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES, REQUEST_TIMEOUT
+from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES
 from .encoder import encode, rows_in_body
 from .service import AuthFailed, IngestService, Rejected, Retryable, backoff
 from .spool import ClientSlot, SpoolFull
@@ -41,9 +41,6 @@ log = logging.getLogger("dreamlake")
 OK, OUTAGE, AUTH_FAILED = "ok", "outage", "auth_failed"
 #: How often the spool's acknowledged position is saved while replaying (s).
 ACK_SAVE_INTERVAL = 0.2
-#: How long ``stop`` waits for a request in flight (then its batches stay
-#: wherever they are: acknowledged, spooled, or lost with the process).
-STOP_JOIN = REQUEST_TIMEOUT + 5.0
 #: Batches one delivery sends before the sender turns to the next session.
 TURN_BATCHES = 4
 #: A sender with no deliveries ends its thread after this long (seconds).
@@ -141,7 +138,6 @@ class Delivery:
         self._attempt = 0
         self.failures = 0  # network errors: the server is unreachable
         self._retry_at = 0.0
-        self._stopping = False
         self._io = threading.Lock()  # the slot's files and _ready's head: sender vs. hand_over
         self._handed_over = False
         self._last_ack_save = 0.0
@@ -207,16 +203,6 @@ class Delivery:
                 self._progress.wait(min(left, 0.5))
         return True
 
-    def stop(self) -> None:
-        """Spool what is still in memory and leave the sender (waits for a
-        request in flight, at most ``STOP_JOIN`` seconds)."""
-        self._stopping = True
-        self._wake.set()
-        deadline = time.monotonic() + STOP_JOIN
-        with self._progress:
-            while not self._finished and self._sender.alive() and time.monotonic() < deadline:
-                self._progress.wait(0.5)
-
     def hand_over(self) -> int:
         """Stop sending from this slot now, from any thread, without waiting for
         a request in flight: what is in memory goes to the spool (behind what is
@@ -239,7 +225,7 @@ class Delivery:
     # -- the sender's thread ---------------------------------------------------------
     def turn(self) -> bool:
         """One turn on the sender's thread; False once this delivery is done
-        (stopped, or a drain-only delivery with nothing left)."""
+        (handed over, or a drain-only delivery with nothing left)."""
         if self._finished:
             return False
         try:
@@ -248,9 +234,6 @@ class Delivery:
             self._note(f"{type(exc).__name__}: {exc}", "internal")
             self._retry_at = time.monotonic() + backoff(self._attempt)
             self._attempt += 1
-        if self._stopping:
-            self._spool_ready()
-            return self._finish()
         if self.builder is None and not self._ready and self.slot.spool.frames == 0:
             return self._finish()  # a drain-only delivery is done
         return True
@@ -262,9 +245,6 @@ class Delivery:
         return False
 
     def next_wait(self) -> float:
-        return 0.0 if self._stopping else self._next_wait()
-
-    def _next_wait(self) -> float:
         waits = [1.0]
         if self.builder is not None:
             due = self.builder.due_in()
@@ -282,13 +262,13 @@ class Delivery:
 
     def _cycle(self) -> None:
         self._seal_aged()
-        if self._stopping or self.state != OK or self.slot.spool.frames or len(self._ready) > MEMORY_MAX_BATCHES:
+        if self.state != OK or self.slot.spool.frames or len(self._ready) > MEMORY_MAX_BATCHES:
             self._spool_ready()
-        if self.state == AUTH_FAILED or self._stopping or time.monotonic() < self._retry_at:
+        if self.state == AUTH_FAILED or time.monotonic() < self._retry_at:
             return
         self._retry_at = 0.0
         for _ in range(TURN_BATCHES):  # then the sender turns to the next session
-            if self._stopping or not self._send_next():
+            if not self._send_next():
                 return
             self._seal_aged()
             if self.slot.spool.frames:

@@ -25,34 +25,15 @@ import pytest
 
 from blackhole import Blackhole
 from dreamlake import Session
-from remote_helpers import free_port, server_meta, server_rows, start_server, wait_for
-from server_process import make_key
+from remote_helpers import server_meta, server_rows, wait_for
 from test_agent_processes import REPO, agents, client, expect_line  # noqa: F401 (agents: fixture)
-
-
-class LateServer:
-    """A keyed server root and port; the server starts only when asked."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.root = tmp_path / "server"
-        self.root.mkdir()
-        self.key = make_key(self.root, workspaces=("ws",))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = None
-
-    def start(self) -> "LateServer":
-        self.proc = start_server(self.root, self.port)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
+from test_agent_remote import Remote
 
 
 @pytest.fixture
 def late(tmp_path):
-    server = LateServer(tmp_path)
+    """A keyed server root and port; the server starts only when the test says."""
+    server = Remote(tmp_path)
     yield server
     server.stop()
 

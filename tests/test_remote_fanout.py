@@ -114,3 +114,20 @@ def test_a_secondary_that_fails_after_the_primary_wrote_gets_the_rows_later_in_o
     assert [e["data"]["i"] for e in primary.store.read("t", False, 0, 10)["data"]] == [0, 1, 2, 3]
     stored = json.loads((tmp_path / "s" / "session.json").read_text())
     assert stored["status"] == "completed" and stored["lost"] == {"dropped_for_budget": 1, "secondary_OSError": 2}
+
+
+def test_a_batch_is_sealed_by_its_bytes_when_a_streams_rows_grow(tmp_path):
+    """The batch byte limit counts with the largest row seen, not the first:
+    a stream whose rows grow (small scalars, then big arrays) never makes a
+    batch the server would refuse as too large."""
+    from dreamlake.sinks import RemoteSink, RemoteTarget
+    from dreamlake.sinks.remote.config import BATCH_MAX_BYTES
+
+    sink = RemoteSink(RemoteTarget(f"http://127.0.0.1:{free_port()}", "ws", "grow", "k"), str(tmp_path / "s"))
+    sink.open({"name": "grow"})
+    sink.write_rows("t", False, [{"_ts": 0.0, "v": 1}], [0.0])
+    big = [0.5] * (BATCH_MAX_BYTES // 9 // 20)  # a row of about a twentieth of the limit
+    for i in range(25):
+        sink.write_rows("t", False, [{"_ts": 1.0 + i, "v": big}], [1.0 + i])
+    assert sink._delivery.sealed_upto >= 1
+    sink.close("completed", None)

@@ -177,9 +177,10 @@ class RemoteSink:
         if refused is not None:
             raise Backpressure(refused)
         key = (name, is_log)
-        size = self._row_bytes.get(key)
-        if size is None:
-            size = self._row_bytes[key] = estimate_row_bytes(rows)
+        # the largest row size seen so far (sampled once per call): rows that grow
+        # must not make a batch the server refuses as too large (413), for good
+        size = max(self._row_bytes.get(key, 0), estimate_row_bytes(rows[-1:]))
+        self._row_bytes[key] = size
         if self._builder.add_rows(key, rows, size):
             delivery.push(self._builder.seal())
         first = self._counts.get(key, 0)

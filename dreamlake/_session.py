@@ -188,7 +188,10 @@ class Session:
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
         """Write everything, record ``status`` (completed, failed or interrupted)
-        and release the session."""
+        and release the session. A remote session waits here, on this thread
+        (never on the writer other sessions share), for the server at most
+        10 s or the session's ``timeout``; what it has not acknowledged by then
+        stays in the spool for the next run or ``dreamlake sync`` (a warning says so)."""
         if status not in _END_STATUSES:
             raise ValueError(f"status must be one of {', '.join(_END_STATUSES)}, got {status!r}")
         if error is not None and not isinstance(error, str):

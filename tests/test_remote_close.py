@@ -221,3 +221,39 @@ def test_an_agent_client_closing_a_stuck_session_keeps_writing_its_other_session
     sync_twice(client_root, late.key)
     assert [r["i"] for r in server_rows(late.root, "ws", "stuck", "t")] == list(range(500))
     assert server_meta(late.root, "ws", "stuck")["status"] == "completed"
+
+
+def test_an_answer_that_comes_after_close_gave_up_changes_nothing(tmp_path, monkeypatch):
+    """The server applies a batch but answers only after ``close()`` handed
+    the slot to the spool: the late answer is ignored (the slot is not the
+    sender's any more), the batch stays spooled, and ``dreamlake sync``
+    sends it again; the server acknowledges it as a duplicate. Every row once."""
+    from remote_helpers import FaultProxy, keyed_server
+
+    servers = keyed_server(tmp_path)
+    server = next(servers)
+    try:
+        monkeypatch.setenv("DREAMLAKE_ROOT", str(tmp_path / "client"))
+        held = threading.Event()
+
+        def hold_the_first_batch(n):  # request 1 is the session's upsert, 2 the first batch
+            if n == 2:
+                proxy.delay = held  # it waits here, before it is forwarded
+            return None
+
+        with FaultProxy(server.url, hold_the_first_batch) as proxy:
+            session = Session(prefix="ws/late", url=proxy.url, api_key=server.key, timeout=2).open()
+            for i in range(300):
+                session.track("t").append(i=i)
+            wait_for(lambda: proxy.count >= 2)
+            session.close()  # gives up after 2 s: everything is spooled
+            assert session.health()["spooled_batches"] == 2  # the rows, and the close
+            proxy.delay = None
+            held.set()  # now the server applies the first batch and answers, too late
+            wait_for(lambda: proxy.forwarded >= 2)
+            assert proxy.count == 2  # the sender sent nothing after close
+            sync_twice(tmp_path / "client", server.key)  # through the proxy: the URL the slot recorded
+        assert [r["i"] for r in server_rows(server.root, "ws", "late", "t")] == list(range(300))
+        assert server_meta(server.root, "ws", "late")["status"] == "completed"
+    finally:
+        servers.close()

@@ -323,6 +323,8 @@ class Delivery:
                 return False
         try:
             self._ensure_session()
+            if self._handed_over:  # closed while the session was being created
+                return False
             ack = self.service.send(body)
         except Retryable as exc:
             self.failures += exc.unreachable

@@ -3,7 +3,7 @@ another session of the same process (thread mode: one writer serves both).
 
     python -m benchmarks.close_stall [--rounds 3]
 
-The server is a socket that accepts and reads but never answers (a host
+The server is a socket that listens but never accepts or answers (a host
 whose replies are dropped). Per round: the other session's ``flush()`` of
 1,000 rows with nothing else going on (the floor), then the same while the
 stuck session's ``close()`` runs on another thread. Prints medians, in ms.
@@ -24,38 +24,13 @@ from pathlib import Path
 from dreamlake import Session
 
 
-class _Blackhole:
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.request = threading.Event()
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        while True:
-            try:
-                if not conn.recv(1 << 16):
-                    return
-            except OSError:
-                return
-            self.request.set()
-
-    def close(self) -> None:
-        for conn in self.conns:
-            conn.close()
-        self.listener.close()
+def _silent_server() -> socket.socket:
+    """A listening socket that never accepts: the kernel completes the
+    connection, takes the request into its buffer, and nothing ever answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    return listener
 
 
 def _flush_ms(session: Session, base: int) -> float:
@@ -68,13 +43,16 @@ def _flush_ms(session: Session, base: int) -> float:
 
 
 def one_round(work: Path, r: int) -> tuple[float, float, float]:
-    hole = _Blackhole()
+    hole = _silent_server()
+    url = f"http://127.0.0.1:{hole.getsockname()[1]}"
     os.environ["DREAMLAKE_ROOT"] = str(work / f"client{r}")
-    stuck = Session(prefix=f"bench/stuck{r}", url=hole.url, api_key="k", timeout=60).open()
+    stuck = Session(prefix=f"bench/stuck{r}", url=url, api_key="k", timeout=60).open()
     other = Session(prefix=f"bench/other{r}", root=str(work / "local"), timeout=120).open()
     for i in range(1000):
         stuck.track("t").append(i=i)
-    hole.request.wait(10)
+    while not stuck.health()["memory_batches"]:  # sealed by age; the sender takes it at once
+        time.sleep(0.01)
+    time.sleep(0.2)  # its request is on the wire now, waiting for an answer
     idle = _flush_ms(other, 0)
     closing = threading.Thread(target=stuck.close)
     start = time.perf_counter()

@@ -2,6 +2,7 @@
 
     python benchmarks/ui_downsample.py                    # 10,000,000 rows in a temp dir
     python benchmarks/ui_downsample.py --rows 1000000 --root /tmp/big --keep --browser
+    python benchmarks/ui_downsample.py --pg postgresql://postgres@127.0.0.1/test   # the server's PG backend
 
 Writes one track through ``dreamlake.Session`` (``append_batch``), then times,
 over HTTP against a real uvicorn serving :func:`dreamlake.ui.create_app`, what
@@ -51,6 +52,32 @@ def write_track(root: str, rows: int) -> str:
     return prefix
 
 
+def pg_source(url: str, root: str, rows: int):
+    """The page's source over the server's PostgreSQL backend (``--pg``), the
+    track written there through the storage (as the server's ingest does)."""
+    from pathlib import Path
+
+    from dreamlake.server._objects import open_objects
+    from dreamlake.server._page_source import StorageSource
+    from dreamlake.server._settings import Settings
+    from dreamlake.server._storage import StreamRows
+    from dreamlake.server.postgres import PostgresStorage
+
+    storage = PostgresStorage(url, open_objects(os.path.join(root, "objects")), Settings(root=Path(root) / "server"))
+    workspace, name = "bench", f"big-{rows}"
+    ref = storage.find_session(workspace, name)
+    if ref is None or storage.track_stats(ref, "signal")["totalDataPoints"] != rows:
+        ref = storage.get_session(storage.upsert_session(workspace, f"{name}-{time.time_ns()}", {})["id"])
+        name = ref.name
+        print(f"writing {rows:,} rows into PostgreSQL ...", file=sys.stderr)
+        t0 = 1_700_000_000.0
+        for base in range(0, rows, BATCH):
+            batch = [{"loss": math.sin(i / 1e4) + (5.0 if i % 1_000_003 == 0 else 0.0), "step": i, "_ts": t0 + i * 1e-3}
+                     for i in range(base, min(rows, base + BATCH))]
+            storage.append_rows(ref, StreamRows("track", "signal", batch, [r["_ts"] for r in batch]))
+    return StorageSource(storage), f"{workspace}/{name}"
+
+
 def serve(app) -> tuple[uvicorn.Server, threading.Thread, str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -91,12 +118,15 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the store (reuse it with the same --root)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--browser", action="store_true", help="also time the page in headless chromium (Playwright)")
+    parser.add_argument("--pg", metavar="URL", help="read through the server's PostgreSQL backend in this database")
     args = parser.parse_args()
     root = args.root or tempfile.mkdtemp(prefix="dreamlake-ui-bench-")
     source = LocalStoreSource(root)
     try:
         prefix = "bench/big"
-        existing = source.track_info(prefix, "signal")["totalDataPoints"] if os.path.exists(os.path.join(root, prefix)) else 0
+        if args.pg:
+            source, prefix = pg_source(args.pg, root, args.rows)
+        existing = source.track_info(prefix, "signal")["totalDataPoints"] if args.pg or os.path.exists(os.path.join(root, prefix)) else 0
         if existing != args.rows:
             shutil.rmtree(os.path.join(root, "bench"), ignore_errors=True)
             print(f"writing {args.rows:,} rows under {root} ...", file=sys.stderr)
@@ -106,11 +136,11 @@ def main() -> int:
             ("open: api/track (info + fields)", "track", {}),
             ("open: api/series, 1000 px, all rows", "series", {"fields": "loss,step", "points": 1000}),
             ("open: api/series, 2000 px, x=step", "series", {"fields": "loss", "x": "step", "points": 2000}),
-            ("zoom: api/series rows 5,000,000..5,003,000", "series", {"fields": "loss", "lo": 5_000_000, "hi": 5_003_000, "points": 1000}),
+            ("zoom: api/series 3,000 rows mid-track", "series", {"fields": "loss", "lo": args.rows // 2, "hi": args.rows // 2 + 3000, "points": 1000}),
             ("table: api/rows newest 50", "rows", {"limit": 50}),
             ("compare: api/stats loss", "stats", {"fields": "loss"}),
         ]
-        print(f"\n{args.rows:,}-row track, {args.repeat} runs each after a warm-up; budget {BUDGET_S:.1f} s to open\n")
+        print(f"\n{args.rows:,}-row track ({'PostgreSQL' if args.pg else 'local store'}), {args.repeat} runs each after a warm-up; budget {BUDGET_S:.1f} s to open\n")
         print("| request | median ms | max ms | points | rows read |\n|---|---:|---:|---:|---:|")
         worst_open = 0.0
         with httpx.Client(base_url=url, timeout=60) as http:

@@ -165,3 +165,23 @@ def test_files_round_trip(open_storage, tmp_path):
     storage.delete_file(ref, entry["id"])
     with pytest.raises(NotFound):
         storage.get_file(ref, entry["id"])
+
+
+def test_list_sessions_and_scattered_reads_for_the_page(open_storage):
+    storage = open_storage()
+    assert storage.list_sessions() == []
+    ref = _ref(storage, "b", tags=["t"], description="d")
+    _ref(storage, "a")
+    storage.upsert_session("other", "z", {})
+    listed = storage.list_sessions()
+    assert [(r["workspace"], r["name"]) for r in listed] == [("lab", "a"), ("lab", "b"), ("other", "z")]
+    assert listed[1] == storage.session_record(ref)
+    clock = SessionClock()
+    for start in range(0, 1500, 300):  # several writes, so several chunks on PostgreSQL
+        storage.append_rows(ref, prepare_track_rows("t", [{"v": i, "_ts": float(i)} for i in range(start, start + 300)], clock))
+    wanted = [0, 1, 299, 300, 511, 512, 1024, 1499, 1500, 9999]
+    got = storage.read_rows_at(ref, "t", wanted)
+    assert [(i, ts, row["v"]) for i, ts, row in got] == [(i, float(i), i) for i in wanted if i < 1500]
+    assert storage.read_rows_at(ref, "t", []) == []
+    with pytest.raises(NotFound):
+        storage.read_rows_at(ref, "missing", [0])

@@ -196,3 +196,46 @@ def test_abandoned_uploads_are_swept_and_aborts_remove_their_bytes(open_storage)
         again.uploads.sweep()
     with pytest.raises(NotFound):
         again.upload_status(again.get_session(ref.id), kept)
+
+
+def _staged_upload(storage: LocalStorage, ref) -> tuple[str, Path]:
+    upload_id = storage.upload_create(ref, SPEC)["uploadId"]
+    storage.upload_chunk(ref, upload_id, 0, PAYLOAD)
+    path, meta = storage.uploads._load(ref.id, upload_id)
+    return upload_id, storage.uploads._staged(path, meta)
+
+
+def test_local_completion_links_the_checked_bytes_instead_of_copying_them(tmp_path, monkeypatch):
+    import dreamlake._file_store as file_store
+
+    storage = _local(tmp_path)()
+    ref = _ref(storage)
+    upload_id, staged = _staged_upload(storage, ref)
+    inode = staged.stat().st_ino
+
+    def no_copy(src, dst):
+        raise AssertionError("the staged bytes were copied and hashed again")
+
+    monkeypatch.setattr(file_store, "_copy_and_hash", no_copy)
+    record = storage.upload_complete(ref, upload_id)
+    stored = tmp_path / "store" / "lab" / "run" / "files" / record["storagePath"]
+    assert stored.stat().st_ino == inode and stored.stat().st_nlink == 1  # the same bytes, the staged name gone
+    assert not staged.exists()
+    assert record["checksum"] == SPEC.checksum and record["sizeBytes"] == len(PAYLOAD)
+    monkeypatch.undo()  # a download copies, as it should
+    assert _download(storage, ref, record["id"], tmp_path) == PAYLOAD
+    storage.close()
+
+
+def test_local_completion_copies_where_links_fail(tmp_path, monkeypatch):
+    storage = _local(tmp_path)()
+    ref = _ref(storage)
+    upload_id, _ = _staged_upload(storage, ref)
+
+    def cross_device(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    record = storage.upload_complete(ref, upload_id)
+    assert record["checksum"] == SPEC.checksum and _download(storage, ref, record["id"], tmp_path) == PAYLOAD
+    storage.close()

@@ -84,9 +84,31 @@ def local(tmp_path_factory) -> LocalStoreSource:
     return LocalStoreSource(root)
 
 
-@pytest.fixture(scope="module", params=["local", "memory"])
+@pytest.fixture(scope="module", params=["local", "memory", "server-storage"])
 def source(request, local) -> DataSource:
+    if request.param == "server-storage":  # the server's adapter, over its local-store backend on the same root
+        from dreamlake.server._local_storage import LocalStorage
+        from dreamlake.server._page_source import StorageSource
+        from dreamlake.server._settings import Settings
+
+        return StorageSource(LocalStorage(Settings(root=local.root, fsync="never")))
     return local if request.param == "local" else _copy_into_memory(local)
+
+
+def test_the_server_adapter_reads_what_the_local_source_reads(local):
+    from dreamlake.server._local_storage import LocalStorage
+    from dreamlake.server._page_source import StorageSource
+    from dreamlake.server._settings import Settings
+
+    adapter = StorageSource(LocalStorage(Settings(root=local.root, fsync="never")))
+    keys = ("prefix", "workspace", "name", "status", "tags", "description", "createdAt")
+    assert [{k: s[k] for k in keys} for s in adapter.list_sessions()] == [{k: s[k] for k in keys} for s in local.list_sessions()]
+    for prefix in ("ws/run0", "ws/run1"):
+        assert adapter.params(prefix) == local.params(prefix)
+        assert adapter.track_names(prefix) == local.track_names(prefix)
+        assert adapter.read_rows_at(prefix, "train", [0, 7, 299]) == local.read_rows_at(prefix, "train", [0, 7, 299])
+        assert adapter.read_logs(prefix, 0, 10) == local.read_logs(prefix, 0, 10) and adapter.log_count(prefix) == 3
+        assert [f["id"] for f in adapter.list_files(prefix)] == [f["id"] for f in local.list_files(prefix)]
 
 
 def test_both_sources_satisfy_the_protocol(source):

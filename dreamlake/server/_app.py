@@ -49,7 +49,9 @@ async def health(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    ctx = context(request)
+    ctx.metrics.set_held(ctx.held())  # counts only: never waits on I/O or a lock
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:

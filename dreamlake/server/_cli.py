@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .._names import check_segment
 from ._settings import Settings
+from ._storage import Storage
 
 log = logging.getLogger("dreamlake.server")
 
@@ -40,8 +41,18 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=32, help="largest request body on the wire (413 above)")
     p.add_argument("--max-batch-mb", type=float, default=128, help="largest decompressed ingest batch (413 above)")
     p.add_argument("--body-timeout", type=float, default=30, help="seconds a request body may take to arrive (408)")
+    p.add_argument("--header-timeout", type=float, default=Settings.header_timeout,
+                   help="seconds a request's line and headers may take to arrive (from the connection's start or "
+                        "the previous response); then the connection is closed (uvicorn has no such limit)")
+    p.add_argument("--keep-alive-timeout", type=float, default=Settings.keep_alive_timeout,
+                   help="seconds an idle keep-alive connection stays open after a response")
     p.add_argument("--limit-concurrency", type=int, default=1024,
                    help="connections + requests served at once; more get 503 (bounds slow clients)")
+    p.add_argument("--max-live-sessions", type=int, default=Settings.max_live_sessions,
+                   help="sessions whose state is kept in memory (local store); the least recently used "
+                        "idle one beyond this is flushed and dropped, and reopened from disk on demand")
+    p.add_argument("--session-idle", type=float, default=Settings.session_idle_seconds,
+                   help="seconds after which an unused session's state is dropped the same way")
     p.add_argument("--log-level", default="info")
     # scale-out (DESIGN §9)
     p.add_argument("--store", help="postgresql://… to run as one of N replicas on PostgreSQL (default: the local store)")
@@ -98,25 +109,27 @@ def _keys(argv: list[str]) -> int:
     return 0
 
 
-def _page_mounts(settings: Settings, enabled: bool) -> dict:
-    """The web page at ``/ui``, over the server's store, behind its keys."""
+def _page_mounts(settings: Settings, storage: Storage, enabled: bool) -> dict:
+    """The web page at ``/ui``, over the server's store, behind its keys: the
+    local store is read as ``dreamlake ui`` reads it; any other backend
+    through its storage (:class:`._page_source.StorageSource`)."""
     if not enabled:
-        return {}
-    if settings.store is not None:
-        # the page reads through dreamlake.ui.DataSource; PostgreSQL has no adapter to it yet
-        log.warning("dreamlake-server: the web page is served over the local store only; /ui is off with --store")
         return {}
     from ..ui import LocalStoreSource, create_app as create_page
     from ._auth import KeyStore
     from ._page import KeyGate
+    from ._page_source import StorageSource
 
-    return {"/ui": KeyGate(create_page(LocalStoreSource(settings.root)), KeyStore(settings.state_dir, settings.dev))}
+    source = LocalStoreSource(settings.root) if settings.store is None else StorageSource(storage)
+    return {"/ui": KeyGate(create_page(source), KeyStore(settings.state_dir, settings.dev))}
 
 
 def _serve(argv: list[str]) -> int:
     import uvicorn
 
     from ._app import DEV_MODE_WARNING, create_app
+    from ._backends import open_storage
+    from ._protocol import header_deadline_protocol
 
     args = _serve_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -129,8 +142,12 @@ def _serve(argv: list[str]) -> int:
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         max_batch_bytes=int(args.max_batch_mb * (1 << 20)),
         body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
         store=args.store,
         objects=args.objects,
+        max_live_sessions=args.max_live_sessions,
+        session_idle_seconds=args.session_idle,
     )
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only
@@ -149,13 +166,15 @@ def _serve(argv: list[str]) -> int:
     spool = settings.state_dir / "tmp"
     spool.mkdir(parents=True, exist_ok=True, mode=0o700)
     tempfile.tempdir = str(spool)
-    app = create_app(settings, mounts=_page_mounts(settings, args.ui))
+    storage = open_storage(settings)
+    app = create_app(settings, storage, mounts=_page_mounts(settings, storage, args.ui))
     config = uvicorn.Config(
         app,
+        http=header_deadline_protocol(settings.header_timeout),  # h11, with a deadline for request heads
         log_level=args.log_level.lower(),
         access_log=False,
         lifespan="on",
-        timeout_keep_alive=int(settings.keep_alive_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type] (used as call_later's delay)
         timeout_graceful_shutdown=int(settings.graceful_timeout),
         h11_max_incomplete_event_size=64 << 10,
         server_header=False,

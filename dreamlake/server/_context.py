@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
+from collections import OrderedDict
 from typing import Any, Callable
 
 import anyio.to_thread
@@ -24,15 +26,29 @@ class ServerContext:
     storage: Storage
     keys: KeyStore
     metrics: Metrics
-    _clocks: dict[str, SessionClock] = dataclasses.field(default_factory=dict)
+    #: per session its clock and when it was last used, least recently used first
+    _clocks: OrderedDict[str, tuple[SessionClock, float]] = dataclasses.field(default_factory=OrderedDict)
     _clocks_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def clock(self, session_id: str) -> SessionClock:
+        """The session's ``_ts`` clock. Bounded like the storage's sessions: one
+        unused for ``session_idle_seconds``, or the least recently used beyond
+        ``max_live_sessions``, is dropped; a new one starts from the wall clock
+        (so ``_ts=-1`` after a long pause means "now", not the last ``_ts``)."""
+        now = time.monotonic()
         with self._clocks_lock:
-            clock = self._clocks.get(session_id)
-            if clock is None:
-                clock = self._clocks[session_id] = SessionClock()
+            found = self._clocks.pop(session_id, None)
+            clock = found[0] if found is not None else SessionClock()
+            cutoff = now - self.settings.session_idle_seconds
+            limit = max(1, self.settings.max_live_sessions)
+            while self._clocks and (len(self._clocks) >= limit or next(iter(self._clocks.values()))[1] < cutoff):
+                self._clocks.popitem(last=False)
+            self._clocks[session_id] = (clock, now)
             return clock
+
+    def held(self) -> dict[str, int]:
+        """Per-session state in memory (storage's and the clocks), for /metrics."""
+        return {**self.storage.held(), "clocks": len(self._clocks)}
 
     def authenticate(self, request: Request) -> Identity:
         return self.keys.authenticate(request.headers.get("authorization"))

@@ -7,6 +7,14 @@ ingest journal); every write to a session runs under that session's lock, so
 requests from many clients get consecutive indices. Reads take no lock: a
 stream's index is written after its rows, so a reader sees whole rows only.
 
+Memory stays bounded however many sessions a server sees: a session no
+request is using is *evicted* (its files flushed and fsynced, its journal
+closed, its ``_Live`` dropped) once more than ``Settings.max_live_sessions``
+are held or it has been idle ``Settings.session_idle_seconds``; the next
+request reopens it from disk, and its journal (``applied.json`` + journal,
+:mod:`._journal`) brings back the exactly-once record, so a late retry of a
+batch acknowledged before the eviction is still a duplicate.
+
 The server must be the only writer of its root while it runs (the journal's
 plan relies on it); local-mode processes may read it at any time.
 """
@@ -15,15 +23,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from .._fsutil import read_json
 from .._names import check_track_name
@@ -37,6 +47,7 @@ from .._local_sink import (
 )
 from .._pipe import LOG_STREAM
 from .._stream_files import StreamFiles
+from ..ui._sample_read import read_rows_at as read_scattered
 from ._errors import Forbidden, NotFound
 from ._journal import IngestJournal, JournalRecord, fsync_path, ranges_of
 from ._local_uploads import LocalUploads
@@ -51,6 +62,8 @@ __all__ = ["LocalStorage", "session_id_for"]
 log = logging.getLogger("dreamlake.server")
 
 _END_STATUSES = ("completed", "failed", "interrupted")
+#: sessions evicted by one request at most (the rest go on the next ones)
+_EVICT_PER_CALL = 8
 _get_ts = itemgetter("_ts")
 
 
@@ -69,6 +82,15 @@ def _prefix_of(session_id: str) -> tuple[str, str]:
         raise NotFound(f"no session with id {session_id!r}") from None
 
 
+def _record(workspace: str, name: str, meta: dict) -> dict:
+    keep = ("name", "workspace", "prefix", "description", "tags", "folder", "metadata", "status", "error",
+            "createdAt", "updatedAt", "closedAt")
+    record = {"id": session_id_for(workspace, name), **{k: meta.get(k) for k in keep}}
+    record["name"], record["workspace"] = name, workspace
+    record["writeProtected"] = bool(meta.get("writeProtected"))
+    return record
+
+
 class _Live:
     """What the server holds for one session it has touched."""
 
@@ -76,6 +98,9 @@ class _Live:
         self.ref = ref
         self.directory = directory
         self.lock = threading.Lock()
+        #: requests holding this session now (changed under LocalStorage._live_lock); never evicted above 0
+        self.users = 0
+        self.last_used = time.monotonic()
         self.sink = LocalSink(directory)
         self.journal = IngestJournal(directory, settings.fsync != "never", settings.journal_compact_bytes)
         self._counters: dict[tuple[str, bool], StreamFiles] = {}
@@ -108,6 +133,11 @@ class _Live:
             self.sync()
         self.journal.close()
 
+    def evict(self, sync: bool) -> None:
+        """Make everything durable and close every descriptor: this object is dropped."""
+        self.close(sync)
+        self.sink.after_fork_in_child()
+
 
 class LocalStorage:
     """:class:`~._storage.Storage` on the local store."""
@@ -118,8 +148,9 @@ class LocalStorage:
         os.makedirs(self.root, exist_ok=True)
         self._sync_batches = settings.fsync in ("batches", "always")
         self._sync_rest = settings.fsync == "always"
-        self._live: dict[str, _Live] = {}
+        self._live: OrderedDict[str, _Live] = OrderedDict()  # least recently used first
         self._live_lock = threading.Lock()
+        self.evicted = 0  # sessions evicted so far (for /metrics)
         self._open: OrderedDict[str, _Live] = OrderedDict()  # sessions holding handles, oldest first
         self.uploads = LocalUploads(Path(settings.state_dir) / "uploads", settings.upload_ttl,
                                     settings.fsync == "always")
@@ -132,25 +163,85 @@ class LocalStorage:
     def _meta(self, directory: str) -> dict | None:
         return read_json(os.path.join(directory, "session.json"), default=None)
 
-    def _live_for(self, workspace: str, name: str, create: bool) -> _Live:
+    def _live_for(self, workspace: str, name: str, create: bool, pin: bool = False) -> _Live:
+        """The session's ``_Live``, loaded on first use. ``pin``: count the
+        caller as a user (it must call :meth:`_unpin`), so it is not evicted
+        while the caller holds it."""
         session_id = session_id_for(workspace, name)
         with self._live_lock:
             live = self._live.get(session_id)
-            if live is not None:
-                return live
-            directory = self._directory(workspace, name)
-            meta = self._meta(directory)
-            if meta is None and not create:
-                raise NotFound(f"no session {workspace}/{name}")
-            ref = SessionRef(session_id, workspace, name, bool((meta or {}).get("writeProtected")))
-            live = _Live(ref, directory, self.settings)
-            if meta is not None:
-                with live.lock:
-                    redone = live.journal.load(lambda record, rows_only: self._apply(live, record, rows_only))
-                if redone:
-                    log.warning("session %s/%s: redid %d ingest batch(es) after a crash", workspace, name, redone)
-            self._live[session_id] = live
+            if live is None:
+                directory = self._directory(workspace, name)
+                meta = self._meta(directory)
+                if meta is None and not create:
+                    raise NotFound(f"no session {workspace}/{name}")
+                ref = SessionRef(session_id, workspace, name, bool((meta or {}).get("writeProtected")))
+                live = _Live(ref, directory, self.settings)
+                if meta is not None:
+                    with live.lock:
+                        redone = live.journal.load(lambda record, rows_only: self._apply(live, record, rows_only))
+                    if redone:
+                        log.warning("session %s/%s: redid %d ingest batch(es) after a crash", workspace, name, redone)
+                self._live[session_id] = live
+            else:
+                self._live.move_to_end(session_id)
+            live.last_used = time.monotonic()
+            if pin:
+                live.users += 1
+            self._evict_locked(keep=session_id)
             return live
+
+    def _unpin(self, live: _Live) -> None:
+        with self._live_lock:
+            live.users -= 1
+            live.last_used = time.monotonic()
+
+    @contextlib.contextmanager
+    def _using(self, ref: SessionRef, write: bool = False) -> Iterator[_Live]:
+        """The session's ``_Live``, pinned for the block; ``write``: Forbidden
+        for a write-protected session, and its files kept open."""
+        live = self._live_for(ref.workspace, ref.name, create=False, pin=True)
+        try:
+            if write:
+                if live.ref.write_protected:
+                    raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
+                self._keep_open(live)
+            yield live
+        finally:
+            self._unpin(live)
+
+    def _check_writable(self, ref: SessionRef) -> None:
+        """NotFound or Forbidden, as a write would raise."""
+        with self._using(ref, write=True):
+            pass
+
+    def _evict_locked(self, keep: str) -> None:
+        """Drop sessions beyond ``max_live_sessions`` or idle past
+        ``session_idle_seconds``, oldest first, skipping any in use; at most
+        ``_EVICT_PER_CALL`` per call, so no request pays for a crowd of them."""
+        limit, idle = self.settings.max_live_sessions, self.settings.session_idle_seconds
+        cutoff = time.monotonic() - idle
+        victims: list[tuple[str, _Live]] = []
+        for session_id, live in self._live.items():  # no copy: a request must not pay O(sessions held)
+            if len(victims) >= _EVICT_PER_CALL or (len(self._live) - len(victims) <= limit and live.last_used > cutoff):
+                break  # LRU order: every later session was used more recently
+            if session_id != keep and not live.users:
+                victims.append((session_id, live))
+        for session_id, live in victims:
+            if not live.lock.acquire(blocking=False):
+                continue  # a thread still finishing with it (it holds no pin): next time
+            try:
+                live.evict(self._sync_batches)  # rows fsynced, so the reloaded journal has nothing to redo
+            finally:
+                live.lock.release()
+            del self._live[session_id]
+            self._open.pop(session_id, None)
+            self.evicted += 1
+
+    def held(self) -> dict[str, int]:
+        """What this backend holds in memory per session (for /metrics, on the
+        event loop: len() of a dict is atomic, so no lock is taken)."""
+        return {"sessions": len(self._live), "open": len(self._open), "evicted": self.evicted}
 
     def get_session(self, session_id: str) -> SessionRef:
         workspace, name = _prefix_of(session_id)
@@ -167,17 +258,29 @@ class LocalStorage:
             return None
 
     def session_record(self, ref: SessionRef) -> dict:
-        meta = self._meta(self._directory(ref.workspace, ref.name)) or {}
-        keep = ("name", "workspace", "prefix", "description", "tags", "folder", "metadata", "status", "error",
-                "createdAt", "updatedAt", "closedAt")
-        record = {"id": ref.id, **{k: meta.get(k) for k in keep}}
-        record["name"], record["workspace"] = ref.name, ref.workspace
-        record["writeProtected"] = bool(meta.get("writeProtected"))
-        return record
+        return _record(ref.workspace, ref.name, self._meta(self._directory(ref.workspace, ref.name)) or {})
+
+    def list_sessions(self) -> list[dict]:
+        """Read from each ``session.json``; holds nothing in memory for them."""
+        found = []
+        for meta_path in sorted(Path(self.root).glob("*/*/session.json")):
+            workspace, name = meta_path.parent.parent.name, meta_path.parent.name
+            if workspace.startswith(".") or name.startswith("."):
+                continue
+            meta = read_json(str(meta_path), default=None)
+            if isinstance(meta, dict):
+                found.append(_record(workspace, name, meta))
+        return found
 
     def upsert_session(self, workspace: str, name: str, fields: dict[str, Any]) -> dict:
         workspace, name = check_workspace(workspace), check_session_name(name)
-        live = self._live_for(workspace, name, create=True)
+        live = self._live_for(workspace, name, create=True, pin=True)
+        try:
+            return self._upsert(live, workspace, name, fields)
+        finally:
+            self._unpin(live)
+
+    def _upsert(self, live: _Live, workspace: str, name: str, fields: dict[str, Any]) -> dict:
         with live.lock:
             if live.ref.write_protected:
                 return self.session_record(live.ref)  # continues nothing, changes nothing
@@ -196,13 +299,6 @@ class LocalStorage:
             return self.session_record(live.ref)
 
     # -- writes ----------------------------------------------------------------
-    def _writable(self, ref: SessionRef) -> _Live:
-        live = self._live_for(ref.workspace, ref.name, create=False)
-        if live.ref.write_protected:
-            raise Forbidden(f"session {ref.workspace}/{ref.name} is write-protected")
-        self._keep_open(live)
-        return live
-
     def _keep_open(self, live: _Live) -> None:
         """Bound open descriptors: a fleet of sessions must not run the server
         out of them. The least recently written session beyond the limit
@@ -229,8 +325,7 @@ class LocalStorage:
         return first
 
     def append_rows(self, ref: SessionRef, rows: StreamRows) -> dict:
-        live = self._writable(ref)
-        with live.lock:
+        with self._using(ref, write=True) as live, live.lock:
             first = self._write(live, "track", rows.name, rows.rows, rows.ts, self._sync_rest) if rows.rows else None
         n = len(rows.rows)
         return {
@@ -241,8 +336,7 @@ class LocalStorage:
         }
 
     def append_logs(self, ref: SessionRef, rows: StreamRows) -> tuple[int, int]:
-        live = self._writable(ref)
-        with live.lock:
+        with self._using(ref, write=True) as live, live.lock:
             if rows.rows:
                 first = self._write(live, "log", "", rows.rows, rows.ts, self._sync_rest)
             else:
@@ -250,16 +344,14 @@ class LocalStorage:
         return first, first + len(rows.rows) - 1
 
     def set_params(self, ref: SessionRef, flat: dict[str, Any]) -> dict:
-        live = self._writable(ref)
-        with live.lock:
+        with self._using(ref, write=True) as live, live.lock:
             live.sink.write_params(flat)
             if self._sync_rest:
                 fsync_path(os.path.join(live.directory, "parameters.json"))
             return self._params(live)
 
     def ingest(self, ref: SessionRef, batch: PreparedBatch) -> IngestAck:
-        live = self._writable(ref)
-        with live.lock:
+        with self._using(ref, write=True) as live, live.lock:
             ranges = live.journal.duplicate(batch.client, batch.seq)
             if ranges is not None:
                 return IngestAck(batch.client, batch.seq, True, [StreamRange(**r) for r in ranges], ref.id)
@@ -302,8 +394,9 @@ class LocalStorage:
             live.sink.close(*record.close)
 
     # -- reads -----------------------------------------------------------------
-    def _readable(self, ref: SessionRef) -> _Live:
-        return self._live_for(ref.workspace, ref.name, create=False)
+    def _session_dir(self, ref: SessionRef) -> str:
+        """The session's directory (loading the session once, so a crash's redo is done before any read)."""
+        return self._live_for(ref.workspace, ref.name, create=False).directory
 
     def _params(self, live: _Live) -> dict:
         """``params_get()`` is the flat dict; the version is peeked from the file's
@@ -313,11 +406,11 @@ class LocalStorage:
         return {"data": live.sink.store.params_get(), "version": version}
 
     def get_params(self, ref: SessionRef) -> dict:
-        return self._params(self._readable(ref))
+        with self._using(ref) as live:
+            return self._params(live)
 
     def _track_files(self, ref: SessionRef, track: str) -> StreamFiles:
-        live = self._readable(ref)
-        files = stream_files(live.directory, check_track_name(track))  # never a path out of the session
+        files = stream_files(self._session_dir(ref), check_track_name(track))  # never a path out of the session
         if not os.path.exists(files.data_path):
             raise NotFound(f"session {ref.workspace}/{ref.name} has no track {track!r}")
         return files
@@ -325,28 +418,31 @@ class LocalStorage:
     def read_rows(self, ref: SessionRef, track: str, start: int, limit: int) -> dict:
         return read_page(self._track_files(ref, track), start, limit)
 
+    def read_rows_at(self, ref: SessionRef, track: str, indices: Sequence[int]) -> list[tuple[int, float, dict]]:
+        return read_scattered(self._track_files(ref, track), indices)  # O(1) per row via the offsets index
+
     def read_rows_by_ts(self, ref, track, start_ts, end_ts, limit) -> dict:
         return read_ts_page(self._track_files(ref, track), start_ts, end_ts, limit)
 
     def read_logs(self, ref: SessionRef, start: int, limit: int) -> dict:
-        live = self._readable(ref)
-        return read_page(stream_files(live.directory, LOG_STREAM, True), start, limit)
+        return read_page(stream_files(self._session_dir(ref), LOG_STREAM, True), start, limit)
 
     def track_stats(self, ref: SessionRef, track: str) -> dict:
         self._track_files(ref, track)
-        return track_stats(self._readable(ref).directory, track)
+        return track_stats(self._session_dir(ref), track)
 
     def list_tracks(self, ref: SessionRef) -> list[dict]:
-        directory = self._readable(ref).directory
+        directory = self._session_dir(ref)
         return [track_stats(directory, name) for name in list_track_names(directory)]
 
     # -- files -----------------------------------------------------------------
     def upload_file(self, ref, staged: Path, folder, description, tags, metadata) -> dict:
-        live = self._writable(ref)
-        return live.sink.files.upload(str(staged), folder, description, tags, metadata)
+        with self._using(ref, write=True) as live:
+            return live.sink.files.upload(str(staged), folder, description, tags, metadata)
 
     def list_files(self, ref, folder, tags) -> list[dict]:
-        return self._readable(ref).sink.files.list(folder, tags)
+        with self._using(ref) as live:
+            return live.sink.files.list(folder, tags)
 
     def get_file(self, ref: SessionRef, file_id: str) -> dict:
         for entry in self.list_files(ref, None, None):
@@ -356,19 +452,22 @@ class LocalStorage:
 
     def export_file(self, ref: SessionRef, file_id: str, dest_dir: Path) -> Path:
         self.get_file(ref, file_id)
-        return Path(self._readable(ref).sink.files.download(file_id, str(dest_dir)))
+        with self._using(ref) as live:
+            return Path(live.sink.files.download(file_id, str(dest_dir)))
 
     def update_file(self, ref: SessionRef, file_id: str, changes: dict[str, Any]) -> dict:
         self.get_file(ref, file_id)
-        return self._writable(ref).sink.files.update(file_id, changes)
+        with self._using(ref, write=True) as live:
+            return live.sink.files.update(file_id, changes)
 
     def delete_file(self, ref: SessionRef, file_id: str) -> dict:
         self.get_file(ref, file_id)
-        return self._writable(ref).sink.files.delete(file_id)
+        with self._using(ref, write=True) as live:
+            return live.sink.files.delete(file_id)
 
     # -- chunked uploads (rules in _uploads.py, staging in _local_uploads.py) ----------
     def upload_create(self, ref: SessionRef, spec: UploadSpec) -> dict:
-        self._writable(ref)
+        self._check_writable(ref)
         self._sweep_uploads()
         return self.uploads.create(ref.id, spec)
 
@@ -376,12 +475,15 @@ class LocalStorage:
         return self.uploads.status(ref.id, upload_id)
 
     def upload_chunk(self, ref: SessionRef, upload_id: str, offset: int, data: bytes) -> tuple[dict, int]:
-        self._writable(ref)
+        self._check_writable(ref)
         return self.uploads.chunk(ref.id, upload_id, offset, data)
 
     def upload_complete(self, ref: SessionRef, upload_id: str) -> dict:
         def store(staged: Path, spec: UploadSpec) -> dict:
-            return self.upload_file(ref, staged, spec.folder, spec.description, spec.tags, spec.metadata)
+            # size and sha256 were just checked: linked into the session's files, not copied and hashed again
+            with self._using(ref, write=True) as live:
+                return live.sink.files.upload(str(staged), spec.folder, spec.description, spec.tags, spec.metadata,
+                                              verified=(spec.size, spec.checksum))
 
         return self.uploads.complete(ref.id, upload_id, store)
 

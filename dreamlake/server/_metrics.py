@@ -27,6 +27,15 @@ class Metrics:
         )
         self.errors = Counter("dreamlake_errors", "Requests refused or failed, by kind", ["kind"], registry=self.registry)
         self.in_flight = Gauge("dreamlake_requests_in_flight", "Requests being handled now", registry=self.registry)
+        self.held = Gauge(
+            "dreamlake_sessions_held",
+            "Per-session state held in memory: sessions (with state), open (holding file handles), clocks (_ts clocks), evicted (so far)",
+            ["what"], registry=self.registry,
+        )
+
+    def set_held(self, held: dict[str, int]) -> None:
+        for what, value in held.items():
+            self.held.labels(what).set(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

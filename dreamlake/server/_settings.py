@@ -43,6 +43,9 @@ class Settings:
     body_timeout: float = 30.0
     #: idle keep-alive connections are closed after this many seconds
     keep_alive_timeout: float = 5.0
+    #: a request's line and headers must arrive within this many seconds of the
+    #: connection's start (or the previous response); else the connection is closed
+    header_timeout: float = 10.0
     #: on SIGTERM, in-flight requests get this long to finish
     graceful_timeout: float = 30.0
     #: ingest journal is compacted into its snapshot past this size
@@ -50,6 +53,11 @@ class Settings:
     #: sessions whose files stay open between writes (4 descriptors per stream);
     #: the least recently written beyond this close theirs (reopened on demand)
     max_open_sessions: int = 64
+    #: sessions whose state (sink, ingest journal, counters) the local store keeps in
+    #: memory; beyond this, or idle ``session_idle_seconds``, a session no request is
+    #: using is evicted (flushed, fsynced, closed) and reopened from disk on demand
+    max_live_sessions: int = 1024
+    session_idle_seconds: float = 600.0
 
     @property
     def state_dir(self) -> Path:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from ._uploads import UploadSpec
 from .wire import IngestAck
@@ -78,6 +78,9 @@ class Storage(Protocol):
 
     def session_record(self, ref: SessionRef) -> dict: ...
 
+    def list_sessions(self) -> list[dict]:
+        """Every session's record (as :meth:`session_record`), by workspace then name."""
+
     # -- writes ----------------------------------------------------------------
     def append_rows(self, ref: SessionRef, rows: StreamRows) -> dict:
         """→ ``{trackId, startIndex, endIndex, count}``"""
@@ -94,6 +97,11 @@ class Storage(Protocol):
     def get_params(self, ref: SessionRef) -> dict: ...
 
     def read_rows(self, ref: SessionRef, track: str, start: int, limit: int) -> dict: ...
+
+    def read_rows_at(self, ref: SessionRef, track: str, indices: Sequence[int]) -> list[tuple[int, float, dict]]:
+        """``(index, _ts, row)`` at these ascending indices (those that exist):
+        the web page's downsampling sample. Must cost O(len(indices)), never
+        O(rows in the track). NotFound for a track that has no rows."""
 
     def read_rows_by_ts(
         self, ref: SessionRef, track: str, start_ts: float | None, end_ts: float | None, limit: int
@@ -144,5 +152,10 @@ class Storage(Protocol):
         """Drop the upload and its staged bytes; → its last status."""
 
     # -- lifecycle -------------------------------------------------------------
+    def held(self) -> dict[str, int]:
+        """What is held in memory per session: ``sessions`` (sessions with state
+        here), ``open`` (of those, holding file handles), ``evicted`` (dropped so
+        far); bounded whatever the number of sessions (``/metrics`` shows it)."""
+
     def close(self) -> None:
         """Make everything durable and release handles (on shutdown)."""

@@ -14,7 +14,7 @@ from typing import Iterator
 import msgspec
 import zstandard
 
-__all__ = ["CHUNK_ROWS", "MERGE_ROWS", "encode_chunk", "decode_chunk", "split"]
+__all__ = ["CHUNK_ROWS", "MERGE_ROWS", "encode_chunk", "decode_chunk", "decode_rows_at", "split"]
 
 #: most rows in one chunk (a batch larger than this becomes several chunks)
 CHUNK_ROWS = 512
@@ -26,6 +26,8 @@ MERGE_ROWS = 256
 _LEVEL = 1
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list).decode
+_decode_raw = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode  # splits the array, builds no rows
+_decode_row = msgspec.msgpack.Decoder().decode
 _local = threading.local()  # zstd contexts are not thread-safe; one pair per thread
 
 
@@ -42,6 +44,13 @@ def encode_chunk(rows: list[dict]) -> bytes:
 
 def decode_chunk(data: bytes) -> list[dict]:
     return _decode(_codecs()[1].decompress(data))
+
+
+def decode_rows_at(data: bytes, positions: list[int]) -> list[tuple[int, dict]]:
+    """(position, row) for ``positions`` within a chunk: the other
+    rows are skipped over as raw bytes, never turned into Python objects."""
+    raw = _decode_raw(_codecs()[1].decompress(data))
+    return [(p, _decode_row(raw[p])) for p in positions if p < len(raw)]
 
 
 def split(rows: list, size: int = CHUNK_ROWS) -> Iterator[tuple[int, list]]:

@@ -38,7 +38,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Iterator, NoReturn, Sequence
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -289,6 +289,13 @@ class PostgresStorage:
             return self._refs.get(known) or self.get_session(known)
         return self._load_ref("workspace = %s AND name = %s", (workspace, name))
 
+    def list_sessions(self) -> list[dict]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY workspace COLLATE \"C\", name COLLATE \"C\""
+            ).fetchall()
+        return [self._record(row) for row in rows]
+
     def session_record(self, ref: SessionRef) -> dict:
         with self._connection() as conn:
             row = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = %s", (int(ref.id),)).fetchone()
@@ -428,6 +435,12 @@ class PostgresStorage:
     def read_logs(self, ref: SessionRef, start: int, limit: int) -> dict:
         return self._read(ref, "log", "", start, limit)
 
+    def read_rows_at(self, ref: SessionRef, track: str, indices: Sequence[int]) -> list[tuple[int, float, dict]]:
+        with self._connection() as conn:
+            stream = self._track(conn, ref, track)
+            found = _streams.read_at(conn, stream, indices)
+        return [(index, row.get("_ts"), row) for index, row in found]
+
     def read_rows_by_ts(self, ref, track, start_ts, end_ts, limit) -> dict:
         with self._connection() as conn:
             stream = self._track(conn, ref, track)
@@ -496,6 +509,10 @@ class PostgresStorage:
         return self.uploads.abort(int(ref.id), upload_id)
 
     # -- lifecycle -------------------------------------------------------------
+    def held(self) -> dict[str, int]:
+        """Per-session state in memory: only the cache of session refs (bounded by ``_CACHE_LIMIT``)."""
+        return {"sessions": len(self._refs), "open": 0, "evicted": 0}
+
     def scratch_dir(self) -> Path:
         """A private directory for staged uploads and downloads (per process, so
         replicas sharing a ``--root`` never remove each other's)."""

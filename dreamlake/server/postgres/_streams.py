@@ -9,6 +9,10 @@ Functions on a connection inside the caller's transaction:
   COPY), or merges a small write into the stream's small last chunk.
 * :func:`read_range` finds the chunk holding ``start`` with one index probe
   (the greatest ``first_index <= start``) and reads forward: O(limit).
+* :func:`read_at` reads the rows at scattered indices (the page's downsampling
+  sample): one statement finds, per index, the chunk holding it (one probe of
+  the primary key each) and returns each such chunk once, streamed, so memory
+  holds one chunk at a time; only the wanted rows of a chunk are decoded.
 * :func:`read_ts` does the same from the first chunk whose ``max_ts`` reaches
   the start, for streams whose ``_ts`` never went back; others are scanned.
 """
@@ -17,14 +21,14 @@ from __future__ import annotations
 
 from itertools import islice
 from operator import le
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 import psycopg
 
 from ..._format import log_entry
-from ._chunks import CHUNK_ROWS, MERGE_ROWS, decode_chunk, encode_chunk, split
+from ._chunks import CHUNK_ROWS, MERGE_ROWS, decode_chunk, decode_rows_at, encode_chunk, split
 
-__all__ = ["Stream", "append", "find", "read_range", "read_ts", "STREAM_COLUMNS"]
+__all__ = ["Stream", "append", "find", "read_at", "read_range", "read_ts", "STREAM_COLUMNS"]
 
 STREAM_COLUMNS = "id, next_index, ts_sorted, first_ts, last_ts, created_at, updated_at, description, tags"
 
@@ -137,6 +141,35 @@ def read_range(conn: psycopg.Connection, session_id: int, kind: str, name: str, 
         lo, hi = max(start - first, 0), min(end - first, len(rows))
         out.extend(zip(range(first + lo, first + hi), rows[lo:hi]))
     return total, out
+
+
+def read_at(conn: psycopg.Connection, stream: Stream, indices: Sequence[int]) -> list[tuple[int, dict]]:
+    """(index, row) for each of ``indices`` (ascending) below the stream's count.
+    Costs one index probe per wanted index and reads each chunk holding one
+    once: at most ``len(indices)`` chunks, whatever the stream's length."""
+    wanted = sorted({i for i in indices if 0 <= i < stream.count})
+    if not wanted:
+        return []
+    chunks = conn.cursor().stream(
+        """SELECT first_index, row_count, data FROM chunks
+           WHERE stream_id = %(id)s AND first_index IN (
+               SELECT (SELECT first_index FROM chunks WHERE stream_id = %(id)s AND first_index <= w.i
+                       ORDER BY first_index DESC LIMIT 1)
+               FROM unnest(%(indices)s::int8[]) AS w(i))
+           ORDER BY first_index""",
+        {"id": stream.id, "indices": wanted},
+    )
+    out: list[tuple[int, dict]] = []
+    position = 0
+    for first, count, data in chunks:
+        while position < len(wanted) and wanted[position] < first:
+            position += 1  # in no chunk (cannot happen: a stream's chunks are dense)
+        mine = []
+        while position < len(wanted) and wanted[position] < first + count:
+            mine.append(wanted[position] - first)
+            position += 1
+        out.extend((first + p, row) for p, row in decode_rows_at(data, mine))
+    return out
 
 
 def read_ts(conn: psycopg.Connection, stream: Stream, start_ts: float | None, end_ts: float | None,

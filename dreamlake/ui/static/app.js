@@ -431,10 +431,13 @@ async function compareView(prefixes) {
       ...fields.map((f) => h("option", { value: f, selected: f === keepX || (!keepX && f === "step") }, f)));
     await draw();
   }
+  let drawn = 0; // the latest draw wins: an older one still waiting for the server must not replace it
   async function draw() {
     const track = trackSel.value, field = fieldSel.value, x = xSel.value;
     if (!track || !field) return;
+    const mine = ++drawn;
     const st = await api("compare", { prefixes: prefixes.join(","), track, fields: fields.join(",") });
+    if (mine !== drawn) return;
     statsEl.replaceChildren(h("table", { id: "compare-stats" },
       h("thead", {}, h("tr", {}, ["session", "field", "last", "min", "max", "rows"].map((c) => h("th", {}, c)))),
       h("tbody", {}, prefixes.flatMap((p) => {
@@ -445,6 +448,7 @@ async function compareView(prefixes) {
           h("td", { class: "num" }, s.total.toLocaleString() + (s.exact ? "" : " (sampled)"))));
       }))));
     const got = await Promise.all(prefixes.map((p) => api("series", { prefix: p, track, fields: field, x, points: 1500 }).catch(() => null)));
+    if (mine !== drawn) return;
     const tables = [], labels = [];
     got.forEach((s, i) => {
       if (!s || !s.xs.length) return;

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from dreamlake._files_api import check_metadata, check_tags
 from dreamlake._names import check_file_folder, check_file_id, check_log_level, check_segment, check_track_name
 from dreamlake._params import flatten
-from dreamlake._protocol import REMOTE_KEYS, ProtocolError
+from dreamlake._protocol import MAX_LOSS_REASONS, MAX_REASON, REMOTE_KEYS, ProtocolError
 from dreamlake._tracks import check_ts
 from dreamlake._values import PLAIN_SCALARS, capture, capture_fields
 
@@ -34,6 +34,7 @@ __all__ = [
     "check_session_dir",
     "check_open_info",
     "check_remote",
+    "check_lost",
     "FILE_OPS",
 ]
 
@@ -195,6 +196,18 @@ def check_remote(remote: dict) -> dict:
     checked["name"] = check_segment(remote.get("name"), "session name")
     checked["localRoot"] = bool(remote.get("localRoot", False))
     return checked
+
+
+def check_lost(lost: dict) -> dict[str, int]:
+    """The ``lost`` map of ``close``: a few named reasons, non-negative counts."""
+    if len(lost) > MAX_LOSS_REASONS:
+        raise ValueError(f"close may name at most {MAX_LOSS_REASONS} loss reasons")
+    for reason, count in lost.items():
+        if not reason or len(reason) > MAX_REASON or not reason.isidentifier():
+            raise ValueError(f"bad loss reason {reason[:MAX_REASON]!r}")
+        if count < 0 or count > 1 << 62:
+            raise ValueError(f"bad count for loss reason {reason!r}")
+    return {reason: count for reason, count in lost.items() if count}
 
 
 # -- calls ------------------------------------------------------------------------

@@ -79,13 +79,14 @@ from dreamlake._protocol import (
     Welcome,
 )
 from dreamlake._writer import ROW_MAX_AGE, get_writer
-from dreamlake.sinks import DeliversLater, HasHealth, Sink, Store, call_store, make_sink
+from dreamlake.sinks import ClosesLater, DeliversLater, HasHealth, Sink, Store, call_store, make_sink
 from dreamlake.sinks.remote.config import CLOSE_WAIT
 
 from ._checks import (
     FILE_OPS,
     Refused,
     check_call,
+    check_lost,
     check_open_info,
     check_params,
     check_remote,
@@ -140,6 +141,8 @@ class _Session:
         self.clients: set[_Client] = set()
         self.status = "completed"
         self.error: str | None = None
+        #: losses its clients counted before rows reached the agent (sent with ``close``)
+        self.client_lost: collections.Counter[str] = collections.Counter()
         self.closing: anyio.Event | None = None
 
     def report(self, status: str, error: str | None) -> None:
@@ -450,19 +453,26 @@ class AgentServer:
             await self._send(client, Err(message.seq, "ValueError", f"unknown status {message.status!r}"))
             return
         try:
-            await self._leave(client, message.status, message.error)
+            lost = check_lost(message.lost)
+        except ValueError as exc:
+            await self._send(client, _error_reply(message.seq, exc))
+            return
+        try:
+            await self._leave(client, message.status, message.error, lost)
         except Exception as exc:
             await self._send(client, _error_reply(message.seq, exc))
             return
         await self._send(client, Ok(message.seq, None))
 
-    async def _leave(self, client: _Client, status: str | None, error: str | None) -> None:
-        """Detach ``client``; ``status`` None means it went away without closing."""
+    async def _leave(self, client: _Client, status: str | None, error: str | None, lost: dict | None = None) -> None:
+        """Detach ``client``; ``status`` None means it went away without closing.
+        ``lost``: what the client lost on its side, kept for the session's close."""
         entry = client.entry
         if entry is None:
             return
         client.entry = None
         entry.clients.discard(client)
+        entry.client_lost.update(lost or {})
         if status is not None:
             if client.owner:
                 entry.report(status, error)
@@ -473,8 +483,12 @@ class AgentServer:
             return
         entry.closing = anyio.Event()
         try:
-            await self._settle_delivery(entry, CLOSE_WAIT)
-            await self._barrier(entry, "close", (entry.status, entry.error))
+            sealed = await self._barrier(entry, "close", (entry.status, entry.error, dict(entry.client_lost)))
+            if isinstance(entry.sink, ClosesLater):  # the wait for the server: a worker, never the writer
+                try:
+                    await anyio.to_thread.run_sync(entry.sink.finish_close, sealed, CLOSE_WAIT, abandon_on_cancel=True)
+                except Exception as exc:
+                    log.error("closing %s: %r", entry.directory, exc)
         finally:
             entry.pipe.mark_closed()
             if self.sessions.get(entry.directory) is entry:
@@ -505,19 +519,6 @@ class AgentServer:
                                                   abandon_on_cancel=True)
         await anyio.to_thread.run_sync(sink.wait_delivered, mark, None, abandon_on_cancel=True)
         return await anyio.to_thread.run_sync(call_store, sink.store, op, args, abandon_on_cancel=True)
-
-    async def _settle_delivery(self, entry: _Session, timeout: float) -> None:
-        """Before closing a remote session: wait (in a worker thread) until the
-        server has what was sent, so the close on the writer thread is quick.
-        Best effort: close itself keeps what is not delivered in the spool."""
-        sink = entry.sink
-        if not isinstance(sink, DeliversLater):
-            return
-        try:
-            mark = await self._barrier(entry, "mark", ())
-            await anyio.to_thread.run_sync(sink.wait_delivered, mark, timeout, abandon_on_cancel=True)
-        except Exception as exc:
-            log.info("closing %s before the server has everything: %s", entry.directory, exc)
 
     def _stream(self, client: _Client, entry: _Session, name: str, is_log: bool, count: int) -> Any:
         """The pipe's stream for a frame; its name is checked once per connection."""

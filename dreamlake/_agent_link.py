@@ -8,8 +8,11 @@ process says so once.
 The :class:`AgentSink` has the local sink's methods and, like it, runs only on
 the process's writer thread, never on the caller's: the writer batches and
 merges as usual and the sink sends each batch as one ``rows`` frame without
-waiting. Only barrier-type calls (open, flush, read, stats, files, close) wait
-for the agent's reply. If the agent goes away, the sink switches the session
+waiting. Only barrier-type calls (open, flush, read, stats, files) wait
+for the agent's reply there. ``close`` is sent from the writer thread and its
+reply awaited on the closing thread (:class:`~dreamlake.sinks.ClosesLater`):
+the agent may wait for a remote server before it answers, and that must not
+hold the process's other sessions. If the agent goes away, the sink switches the session
 to the sink this process would write itself (:func:`dreamlake.sinks.own_sink`), warns
 once, and carries on: nothing hangs and nothing raises into the training loop.
 What the agent had received but not yet written when it was killed (-9) is
@@ -60,7 +63,7 @@ from ._protocol import (
     Welcome,
     parse_address,
 )
-from .sinks import ForkAware, HasHealth, Joins, Sink, call_store
+from .sinks import ClosesLater, ForkAware, HasHealth, Joins, RecordsLosses, Sink, call_store
 
 __all__ = ["agent_sink", "AgentSink", "connect", "start_agent", "AgentLost", "UnsendableRows", "AUTO_IDLE_EXIT"]
 
@@ -151,10 +154,10 @@ class _Connection:
         except OSError as exc:  # socket.timeout included
             raise AgentLost(f"sending to the agent failed: {exc}") from exc
 
-    def receive(self) -> Any:
+    def receive(self, timeout: float = IO_TIMEOUT) -> Any:
         while not self.replies:
             try:
-                self.sock.settimeout(IO_TIMEOUT)
+                self.sock.settimeout(timeout)
                 data = self.sock.recv(1 << 16)
             except OSError as exc:
                 raise AgentLost(f"no reply from the agent: {exc}") from exc
@@ -194,11 +197,18 @@ class _Connection:
             return
 
     def request(self, make: Callable[[int], Any]) -> Any:
+        return self.reply_to(self.post(make))
+
+    def post(self, make: Callable[[int], Any]) -> int:
+        """Send a request without waiting for its reply; its seq."""
         self.seq += 1
-        seq = self.seq
-        self.send(make(seq))
+        self.send(make(self.seq))
+        return self.seq
+
+    def reply_to(self, seq: int, timeout: float = IO_TIMEOUT) -> Any:
+        """The result of request ``seq`` (its error raised)."""
         while True:
-            reply = self.receive()
+            reply = self.receive(timeout)
             if isinstance(reply, Ok) and reply.seq == seq:
                 return reply.result
             if isinstance(reply, Err) and reply.seq in (seq, 0):
@@ -372,6 +382,8 @@ class AgentSink:
         self._windows: dict[str, list] = {}  # flush windows once written locally
         self._unconfirmed = 0  # rows sent since the agent last confirmed a barrier
         self._lost_with_agent = 0
+        self._lost: dict[str, int] = {}
+        self._closing: tuple[str, str | None] = ("completed", None)
         self._fallback_reason: str | None = None
 
     @property
@@ -496,17 +508,63 @@ class AgentSink:
             return result
         return self._local.open(info)
 
-    def close(self, status: str, error: str | None) -> None:
-        if self._owner:
-            done, _ = self._request(lambda seq: Close(seq, status, error))
-            if not done:
-                self._local.close(status, error)
-        else:  # a forked child leaves the session to its owner
+    def record_losses(self, lost: dict[str, int]) -> None:
+        """This process's losses (rows that never reached the agent), sent
+        with ``close`` so the session's ``lost`` totals include them, once."""
+        self._lost = {reason: count for reason, count in lost.items() if count}
+
+    def seal(self, status: str, error: str | None) -> tuple:
+        """Writer thread: send ``close`` without waiting for the agent's reply
+        (the agent may wait for a server first); :meth:`finish_close` waits for
+        it on the closing thread. A forked child only flushes: the session is
+        its owner's."""
+        if not self._owner:
             self.flush()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._closed = self._local is None
+            return ("done", None)
+        self._closing = (status, error)
+        connection = self._connection()
+        if connection is not None:
+            try:
+                return ("sent", connection.post(lambda seq: Close(seq, status, error, self._lost)))
+            except AgentLost as exc:
+                self._fall_back(exc)
+        return self._seal_local(status, error)
+
+    def _seal_local(self, status: str, error: str | None) -> tuple:
+        local = self._local
+        if isinstance(local, RecordsLosses):  # the fallback records them itself
+            local.record_losses(self._lost)
+        if isinstance(local, ClosesLater):
+            return ("local", local.seal(status, error))
+        local.close(status, error)
+        return ("done", None)
+
+    def finish_close(self, sealed: tuple, timeout: float | None = None) -> bool:
+        """Closing thread: the agent's reply to ``close`` (it has everything
+        then; a remote session's rest is in its spool), or the fallback's
+        close if the agent went away meanwhile. The writer no longer uses the
+        connection: the session's pipe is closed."""
+        how, value = sealed
+        try:
+            if how == "sent":
+                try:
+                    self._conn.reply_to(value)
+                    self._unconfirmed = 0
+                    return True
+                except AgentLost as exc:
+                    self._fall_back(exc)
+                    how, value = self._seal_local(*self._closing)
+            if how == "local":
+                return bool(self._local.finish_close(value, timeout))
+            return True
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._closed = self._local is None
+
+    def close(self, status: str, error: str | None) -> None:
+        self.finish_close(self.seal(status, error))
 
     def after_fork_in_child(self) -> None:
         """The parent's connection is the parent's: drop our copy of it (without

@@ -63,6 +63,8 @@ HEADER = struct.Struct(">I")
 #: (``url``, ``apiKey``, ``userName``), ``mode`` (remote | offline), its
 #: ``workspace`` and ``name`` there, and ``localRoot`` (also keep a local copy).
 REMOTE_KEYS = frozenset(("url", "apiKey", "userName", "mode", "workspace", "name", "localRoot"))
+#: At most this many loss reasons in a ``close`` frame, each name at most ``MAX_REASON`` characters.
+MAX_LOSS_REASONS, MAX_REASON = 32, 64
 #: Overrides the default socket path for ``agent="auto"`` and the ``dreamlake-agent`` CLI.
 ENV_SOCKET = "DREAMLAKE_AGENT_SOCKET"
 
@@ -120,11 +122,15 @@ class Call(msgspec.Struct, tag="call", array_like=True):
 
 
 class Close(msgspec.Struct, tag="close", array_like=True):
-    """Detach from the session; the last client to leave closes it with ``status``."""
+    """Detach from the session; the last client to leave closes it with ``status``.
+    ``lost``: rows this client lost before they reached the agent, by reason
+    (``dropped_for_budget``, ``sink_failing``, ...); the agent adds them to the
+    session's ``lost`` totals at close, once."""
 
     seq: int
     status: str
     error: Union[str, None] = None
+    lost: dict[str, int] = {}
 
 
 class Status(msgspec.Struct, tag="status", array_like=True):

@@ -21,7 +21,7 @@ from ._pipe import DEFAULT_MEMORY_BUDGET, LOG_STREAM, SessionPipe
 from ._tracks import Track, Tracks
 from ._values import capture
 from ._writer import Writer, get_writer
-from .sinks import FILE_OPS, STORE_OPS, DeliversLater, HasHealth, call_store, make_sink
+from .sinks import FILE_OPS, STORE_OPS, ClosesLater, DeliversLater, HasHealth, call_store, make_sink
 
 __all__ = ["Session", "dreamlake_session", "LOG_LEVELS"]
 
@@ -188,7 +188,10 @@ class Session:
 
     def close(self, status: str = "completed", error: str | None = None) -> None:
         """Write everything, record ``status`` (completed, failed or interrupted)
-        and release the session."""
+        and release the session. A remote session waits here, on this thread
+        (never on the writer other sessions share), for the server at most
+        10 s or the session's ``timeout``; what it has not acknowledged by then
+        stays in the spool for the next run or ``dreamlake sync`` (a warning says so)."""
         if status not in _END_STATUSES:
             raise ValueError(f"status must be one of {', '.join(_END_STATUSES)}, got {status!r}")
         if error is not None and not isinstance(error, str):
@@ -208,7 +211,9 @@ class Session:
         assert pipe is not None
         self._state = "closing"
         try:
-            self._writer.call(pipe, "close", (status, error), timeout)
+            sealed = self._writer.call(pipe, "close", (status, error), timeout)
+            if isinstance(pipe.sink, ClosesLater):  # the wait for the server: here, never on the writer
+                pipe.sink.finish_close(sealed, timeout)
         finally:
             pipe.mark_closed()
             self._state = "closed"

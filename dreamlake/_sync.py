@@ -126,8 +126,9 @@ def _deliver_spools(session_dir: str, url: str | None, api_key: str | None, repo
                 slot.spool.pop()
                 slot.set_acked(seq)
             if slot.state.get("owner") and not slot.state.get("closed"):
-                # its process died without closing the session
-                closing = SealedBatch(slot.next_seq(), close=("interrupted", "the logging process ended without closing"))
+                # its process died before the server had its close (the status it sealed, if any)
+                status, error = slot.state.get("close") or ("interrupted", "the logging process ended without closing")
+                closing = SealedBatch(slot.next_seq(), close=(status, error))
                 body, _ = encode(closing, slot.client)
                 _retrying(lambda: service.send(body), f"closing {workspace}/{name}")
             slot.state["closed"] = True

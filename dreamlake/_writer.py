@@ -34,7 +34,7 @@ from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import PARAMS, ROWS, Waiter
 from ._pipe import EVENT_COST, SessionPipe, StreamRef
-from .sinks._interfaces import DeliversLater, ForkAware, Quarantines, RecordsLosses, ReportsFlush, call_store
+from .sinks._interfaces import ClosesLater, DeliversLater, ForkAware, Quarantines, RecordsLosses, ReportsFlush, call_store
 
 _decode_pack = msgspec.msgpack.Decoder().decode
 _encode_pack = msgspec.msgpack.Encoder().encode
@@ -505,20 +505,37 @@ class Writer:
             stream.reset_flush_window()
         return results
 
-    def _close(self, pipe: SessionPipe, status: str, error: str | None) -> None:
+    def _close(self, pipe: SessionPipe, status: str, error: str | None, lost: dict | None = None) -> Any:
         """Close the sink; if rows are still unwritten, keep retrying them and
-        close once they are written (the caller gets a SinkError now)."""
+        close once they are written (the caller gets a SinkError now).
+        ``lost``: losses counted elsewhere (an agent's client), added to the pipe's.
+        A sink that closes later (remote) is only sealed here: what ``seal``
+        returns is the barrier's result, and the caller finishes the close on its
+        own thread; a close this cycle completes for an earlier failed one is
+        finished on a thread of its own."""
+        deferred = pipe.close_request is not None  # retried from _cycle: nobody waits for it
         unwritten = self._unwritten_error(pipe) if (pipe.retry or pipe.pending_params) else None
-        pipe.close_request = (status, error) if unwritten is not None else None
+        pipe.close_request = (status, error, lost) if unwritten is not None else None
+        sealed = None
         if unwritten is None:
-            if isinstance(pipe.sink, RecordsLosses):
-                pipe.sink.record_losses(pipe.lost())
-            pipe.sink.close(status, error)
+            sink = pipe.sink
+            if isinstance(sink, RecordsLosses):
+                totals = pipe.lost()
+                for reason, count in (lost or {}).items():
+                    totals[reason] = totals.get(reason, 0) + count
+                sink.record_losses(totals)
+            if isinstance(sink, ClosesLater):
+                sealed = sink.seal(status, error)
+                if deferred:
+                    threading.Thread(target=sink.finish_close, args=(sealed,), name="dreamlake-close", daemon=True).start()
+            else:
+                sink.close(status, error)
         with self._lock:
             if unwritten is None and pipe in self._pipes:
                 self._pipes.remove(pipe)
         if unwritten is not None:
             raise unwritten
+        return sealed
 
     # -- lifecycle ---------------------------------------------------------
     def after_fork_in_child(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from ._interfaces import (
     FILE_OPS,
     STORE_OPS,
+    ClosesLater,
     DeliversLater,
     ForkAware,
     HasHealth,
@@ -35,7 +36,7 @@ _LAZY = {
 
 __all__ = [
     "Sink", "Store", "STORE_OPS", "FILE_OPS", "call_store",
-    "DeliversLater", "ReportsFlush", "RecordsLosses", "Quarantines", "Joins", "ForkAware", "HasHealth",
+    "DeliversLater", "ClosesLater", "ReportsFlush", "RecordsLosses", "Quarantines", "Joins", "ForkAware", "HasHealth",
     "MemorySink", "MemoryStore", *_LAZY,
 ]
 

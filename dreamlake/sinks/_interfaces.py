@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 __all__ = [
     "Sink", "Store", "STORE_OPS", "FILE_OPS", "call_store",
-    "DeliversLater", "ReportsFlush", "RecordsLosses", "Quarantines", "Joins", "ForkAware", "HasHealth",
+    "DeliversLater", "ClosesLater", "ReportsFlush", "RecordsLosses", "Quarantines", "Joins", "ForkAware", "HasHealth",
 ]
 
 
@@ -84,6 +84,24 @@ class DeliversLater(Protocol):
     def wait_and_report(self, mark: int, names: list[str] | None, timeout: float | None = None) -> list[dict]:
         """Wait for ``mark`` to be durable (delivered or spooled); then each track's
         index window since the previous report."""
+
+
+@runtime_checkable
+class ClosesLater(Protocol):
+    """Closing has a quick part and a slow one (the remote sink). The writer
+    thread, which serves every session, runs only :meth:`seal`; whoever closes
+    (``Session.close`` on its own thread, an agent worker) then runs
+    :meth:`finish_close`. A sink with these methods is never sent ``close``
+    by the writer."""
+
+    def seal(self, status: str, error: str | None) -> Any:
+        """Writer thread, no network: cut the last batch, record the status;
+        returns what :meth:`finish_close` takes."""
+
+    def finish_close(self, sealed: Any, timeout: float | None = None) -> bool:
+        """Any thread: wait for delivery (at most ``timeout`` and the sink's own
+        limit), leave the rest for the next run or ``dreamlake sync`` and say
+        so, release the session. True when everything was delivered."""
 
 
 @runtime_checkable

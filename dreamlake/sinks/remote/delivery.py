@@ -10,6 +10,12 @@ Batches move from memory to the spool when the server is unreachable (a
 network error, 5xx, 429), when auth failed, when memory holds more than
 ``MEMORY_MAX_BATCHES``, and at close. A spooled batch is dropped from the
 spool only after the server acknowledged it.
+
+Closing never waits for the sender: :meth:`Delivery.hand_over` (any thread)
+moves what is still in memory to the spool itself and takes the slot away
+from the sender, even while a request hangs on a server that never answers.
+The slot's files are touched under one lock (``_io``), held for disk work
+only, never across a request.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from typing import Callable
 
 from ...server.wire import IngestAck
 from .batch import BatchBuilder, SealedBatch
-from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES, REQUEST_TIMEOUT
-from .encoder import encode
+from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES
+from .encoder import encode, rows_in_body
 from .service import AuthFailed, IngestService, Rejected, Retryable, backoff
 from .spool import ClientSlot, SpoolFull
 
@@ -35,9 +41,6 @@ log = logging.getLogger("dreamlake")
 OK, OUTAGE, AUTH_FAILED = "ok", "outage", "auth_failed"
 #: How often the spool's acknowledged position is saved while replaying (s).
 ACK_SAVE_INTERVAL = 0.2
-#: How long ``stop`` waits for a request in flight (then its batches stay
-#: wherever they are: acknowledged, spooled, or lost with the process).
-STOP_JOIN = REQUEST_TIMEOUT + 5.0
 #: Batches one delivery sends before the sender turns to the next session.
 TURN_BATCHES = 4
 #: A sender with no deliveries ends its thread after this long (seconds).
@@ -135,7 +138,8 @@ class Delivery:
         self._attempt = 0
         self.failures = 0  # network errors: the server is unreachable
         self._retry_at = 0.0
-        self._stopping = False
+        self._io = threading.Lock()  # the slot's files and _ready's head: sender vs. hand_over
+        self._handed_over = False
         self._last_ack_save = 0.0
         self._warned: set[str] = set()
         self.session_id: str | None = None
@@ -143,6 +147,7 @@ class Delivery:
             (
                 "batches_sent", "bytes_sent", "rows_acked", "duplicates", "retries", "batches_spooled",
                 "batches_replayed", "batches_rejected", "rows_quarantined", "spool_full", "spool_errors",
+                "batches_unspooled", "rows_rejected",
             ),
             0,
         )
@@ -155,8 +160,11 @@ class Delivery:
     def _running(self) -> bool:
         return not self._finished and self._sender.alive()
 
-    def memory_full(self) -> bool:
-        return self.ready_bytes >= MEMORY_MAX_BYTES
+    def refusal(self) -> str | None:
+        """Why rows would be refused now (memory and spool full), or None."""
+        if self.ready_bytes >= MEMORY_MAX_BYTES:
+            return f"{self.ready_bytes} bytes of batches wait for the server and the spool is full"
+        return None
 
     def push(self, batch: SealedBatch | None) -> None:
         if batch is None:
@@ -195,15 +203,21 @@ class Delivery:
                 self._progress.wait(min(left, 0.5))
         return True
 
-    def stop(self) -> None:
-        """Spool what is still in memory and leave the sender (waits for a
-        request in flight, at most ``STOP_JOIN`` seconds)."""
-        self._stopping = True
+    def hand_over(self) -> int:
+        """Stop sending from this slot now, from any thread, without waiting for
+        a request in flight: what is in memory goes to the spool (behind what is
+        there), and the sender never touches the slot again (an answer still in
+        flight is dropped; its batch stays spooled and the server acknowledges it
+        as a duplicate later). Returns the batches that could not be spooled
+        (they go with this process), counted as ``batches_unspooled``."""
+        with self._io:
+            self._handed_over = True
+            self._spool_ready_locked()
+            left = len(self._ready)
+            self.counters["batches_unspooled"] += left
+        self._finish()
         self._wake.set()
-        deadline = time.monotonic() + STOP_JOIN
-        with self._progress:
-            while not self._finished and self._sender.alive() and time.monotonic() < deadline:
-                self._progress.wait(0.5)
+        return left
 
     def pending(self) -> dict:
         return {"memory_batches": len(self._ready), "spooled_batches": self.slot.spool.frames, "spool_bytes": self.slot.spool.size}
@@ -211,7 +225,7 @@ class Delivery:
     # -- the sender's thread ---------------------------------------------------------
     def turn(self) -> bool:
         """One turn on the sender's thread; False once this delivery is done
-        (stopped, or a drain-only delivery with nothing left)."""
+        (handed over, or a drain-only delivery with nothing left)."""
         if self._finished:
             return False
         try:
@@ -220,9 +234,6 @@ class Delivery:
             self._note(f"{type(exc).__name__}: {exc}", "internal")
             self._retry_at = time.monotonic() + backoff(self._attempt)
             self._attempt += 1
-        if self._stopping:
-            self._spool_ready()
-            return self._finish()
         if self.builder is None and not self._ready and self.slot.spool.frames == 0:
             return self._finish()  # a drain-only delivery is done
         return True
@@ -234,9 +245,6 @@ class Delivery:
         return False
 
     def next_wait(self) -> float:
-        return 0.0 if self._stopping else self._next_wait()
-
-    def _next_wait(self) -> float:
         waits = [1.0]
         if self.builder is not None:
             due = self.builder.due_in()
@@ -254,13 +262,13 @@ class Delivery:
 
     def _cycle(self) -> None:
         self._seal_aged()
-        if self._stopping or self.state != OK or self.slot.spool.frames or len(self._ready) > MEMORY_MAX_BATCHES:
+        if self.state != OK or self.slot.spool.frames or len(self._ready) > MEMORY_MAX_BATCHES:
             self._spool_ready()
-        if self.state == AUTH_FAILED or self._stopping or time.monotonic() < self._retry_at:
+        if self.state == AUTH_FAILED or time.monotonic() < self._retry_at:
             return
         self._retry_at = 0.0
         for _ in range(TURN_BATCHES):  # then the sender turns to the next session
-            if self._stopping or not self._send_next():
+            if not self._send_next():
                 return
             self._seal_aged()
             if self.slot.spool.frames:
@@ -277,6 +285,11 @@ class Delivery:
         return body
 
     def _spool_ready(self) -> None:
+        with self._io:
+            if not self._handed_over:
+                self._spool_ready_locked()
+
+    def _spool_ready_locked(self) -> None:
         while self._ready:
             batch = self._ready[0]
             try:
@@ -298,15 +311,20 @@ class Delivery:
 
     def _send_next(self) -> bool:
         """Send the oldest batch; False when there is nothing to send or it failed."""
-        spooled = self.slot.spool.peek() if self.slot.spool.frames else None
-        if spooled is not None:
-            seq, body = spooled
-        elif self._ready:
-            seq, body = self._ready[0].seq, self._body(self._ready[0])
-        else:
-            return False
+        with self._io:
+            if self._handed_over:
+                return False
+            spooled = self.slot.spool.peek() if self.slot.spool.frames else None
+            if spooled is not None:
+                seq, body = spooled
+            elif self._ready:
+                seq, body = self._ready[0].seq, self._body(self._ready[0])
+            else:
+                return False
         try:
             self._ensure_session()
+            if self._handed_over:  # closed while the session was being created
+                return False
             ack = self.service.send(body)
         except Retryable as exc:
             self.failures += exc.unreachable
@@ -327,8 +345,18 @@ class Delivery:
         except Rejected as exc:
             self.counters["batches_rejected"] += 1
             self._note(f"the server rejected batch {seq} ({exc}); it is kept in {self.slot.directory}/rejected.zst", "rejected")
-            self._quarantine(seq, body)
             ack = None
+        with self._io:
+            if self._handed_over:  # the slot is no longer ours: the batch stays spooled
+                return False
+            if ack is None:
+                self.counters["rows_rejected"] += rows_in_body(body)
+                self._quarantine(seq, body)
+            self._acknowledged(seq, body, ack, from_spool=spooled is not None)
+        return True
+
+    def _acknowledged(self, seq: int, body: bytes, ack: IngestAck | None, from_spool: bool) -> None:
+        """The server answered batch ``seq`` (``ack`` None: it refused it for good)."""
         if ack is not None:
             self.counters["batches_sent"] += 1
             self.counters["bytes_sent"] += len(body)
@@ -338,8 +366,7 @@ class Delivery:
             if self._on_ack is not None:
                 self._on_ack(ack)
         self.state, self._attempt, self.last_error = OK, 0, None if ack is not None else self.last_error
-        self._done(seq, from_spool=spooled is not None)
-        return True
+        self._done(seq, from_spool)
 
     def _ensure_session(self) -> None:
         """The owner process upserts its session once (description, tags, ...)

@@ -17,7 +17,7 @@ from ...server.wire import IngestBatch, SessionClose, StreamBatch, encode_batch
 from .batch import SealedBatch
 from .config import ZSTD_LEVEL
 
-__all__ = ["encode", "estimate_row_bytes"]
+__all__ = ["encode", "estimate_row_bytes", "rows_in_body"]
 
 _msgpack = msgspec.msgpack.Encoder()
 
@@ -87,3 +87,16 @@ def estimate_row_bytes(rows: list) -> int:
         return max(16, len(_msgpack.encode(rows[0])))
     except (TypeError, ValueError, IndexError):
         return 256
+
+
+def rows_in_body(body: bytes) -> int:
+    """Rows a request body carries (counting a batch the server refused); 0
+    when it cannot be read back."""
+    import zstandard
+
+    try:
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        batch = msgspec.msgpack.decode(raw, type=IngestBatch)
+    except (zstandard.ZstdError, msgspec.DecodeError, ValueError):
+        return 0
+    return sum(len(stream.rows) for stream in batch.streams)

@@ -11,10 +11,14 @@ server, or — while the server is unreachable or refuses the key — safely in
 the on-disk spool; at most ``FLUSH_WAIT`` seconds, then ``SinkError``.
 Reads wait until the server acknowledged everything before them, then ask the
 server's REST API (a ``SinkError`` when it cannot be reached).
-``close()`` tries once more at once and waits ``CLOSE_WAIT`` seconds at most
-(it stops waiting as soon as the server proved unreachable and everything is
-in the spool); what is still unacknowledged stays in the spool and is delivered by the next process that opens the
-session or by ``dreamlake sync``.
+Closing is split (:class:`~dreamlake.sinks.ClosesLater`): ``seal`` on the
+writer thread cuts the last batch and records the status; ``finish_close`` on
+the caller's thread tries once more at once and waits ``CLOSE_WAIT`` seconds
+at most (less if the caller's timeout is shorter; it stops waiting as soon as
+the server proved unreachable and everything is in the spool); what is still
+unacknowledged stays in the spool and is delivered by the next process that
+opens the session or by ``dreamlake sync``. A server that never answers holds
+only the thread that closes, never the writer that serves other sessions.
 """
 
 from __future__ import annotations
@@ -85,7 +89,8 @@ class RemoteSink:
         drain other dead slots on their own threads."""
         mine = None
         for slot in free_slots(self.directory):
-            if mine is None and slot.state.get("owner") and not slot.state.get("closed"):
+            sealed = slot.state.get("close") is not None  # closed; only its spool is left
+            if mine is None and slot.state.get("owner") and not slot.state.get("closed") and not sealed:
                 mine = slot
             elif slot.spool.frames:
                 drain = Delivery(slot, self.service, None)
@@ -106,27 +111,54 @@ class RemoteSink:
         self._delivery = Delivery(slot, self.service, self._builder, self._on_ack, self._info if owner else None)
         self._delivery.start()
 
-    def close(self, status: str, error: str | None) -> None:
+    def seal(self, status: str, error: str | None) -> int:
+        """Writer thread, quick: cut the last batch (it carries the status) and
+        record the status in the slot; no network. Returns the mark
+        :meth:`finish_close` waits for."""
         delivery = self._require()
         delivery.push(self._builder.seal(close=(status, error)))
-        target = delivery.sealed_upto
-        delivered = delivery.wait_settled(target, CLOSE_WAIT, delivered_only=True, one_try=True)
-        delivery.stop()
+        self._slot.state["close"] = [status, error]  # what `dreamlake sync` records if this process dies
+        try:
+            self._slot.save()
+        except OSError as exc:  # the final batch carries the status anyway
+            log.error("dreamlake: could not record the close in %s: %s", self._slot.directory, exc)
+        return delivery.sealed_upto
+
+    def finish_close(self, mark: int, timeout: float | None = None) -> bool:
+        """Caller's thread (or an agent worker): wait for the server's
+        acknowledgement of ``mark``, at most ``CLOSE_WAIT`` (and ``timeout``),
+        stopping early once the server proved unreachable; then leave what is
+        unacknowledged in the spool, delivered by the next run of the session or
+        ``dreamlake sync``, and say so. True when the server has everything."""
+        delivery = self._require()
+        wait = CLOSE_WAIT if timeout is None else max(0.0, min(CLOSE_WAIT, timeout))
+        delivered = delivery.wait_settled(mark, wait, delivered_only=True, one_try=True)
+        unspooled = delivery.hand_over()
+        delivered = delivered or delivery.done_upto >= mark
         self._slot.state["closed"] = delivered
-        if not delivered:
-            pending = delivery.pending()
+        if unspooled:
+            log.error(
+                "dreamlake: %s/%s: %d batches not acknowledged by %s could not be spooled (%s); they are lost "
+                "when this process ends", self.target.workspace, self.target.name, unspooled, self.target.url,
+                delivery.last_error,
+            )
+        elif not delivered:
             log.warning(
                 "dreamlake: %s/%s: %d batches not acknowledged by %s; kept in %s and delivered by the next "
                 "run of this session or `dreamlake sync`",
-                self.target.workspace, self.target.name,
-                pending["spooled_batches"] + pending["memory_batches"], self.target.url, self._slot.directory,
+                self.target.workspace, self.target.name, delivery.pending()["spooled_batches"], self.target.url,
+                self._slot.directory,
             )
         self._slot.release()
         for drain in self._drains:  # what is left is delivered by the next run or sync
-            drain.stop()
+            drain.hand_over()
             drain.slot.state["closed"] = drain.slot.clean
             drain.slot.release()
         self._drains = []
+        return delivered
+
+    def close(self, status: str, error: str | None) -> None:
+        self.finish_close(self.seal(status, error))
 
     def after_fork_in_child(self) -> None:
         """The child sends from its own slot (new client id); what the parent
@@ -141,17 +173,24 @@ class RemoteSink:
     # -- writing (writer thread: no network, no disk) ---------------------------
     def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:
         delivery = self._require()
-        if delivery.memory_full():
-            raise Backpressure(f"{delivery.ready_bytes} bytes of batches wait for the server and the spool is full")
+        refused = delivery.refusal()
+        if refused is not None:
+            raise Backpressure(refused)
         key = (name, is_log)
-        size = self._row_bytes.get(key)
-        if size is None:
-            size = self._row_bytes[key] = estimate_row_bytes(rows)
+        # the largest row size seen so far (sampled once per call): rows that grow
+        # must not make a batch the server refuses as too large (413), for good
+        size = max(self._row_bytes.get(key, 0), estimate_row_bytes(rows[-1:]))
+        self._row_bytes[key] = size
         if self._builder.add_rows(key, rows, size):
             delivery.push(self._builder.seal())
         first = self._counts.get(key, 0)
         self._counts[key] = first + len(rows)
         return first
+
+    def refusal(self) -> str | None:
+        """Why :meth:`write_rows` would refuse rows now, or None (the fan-out
+        asks before it writes its primary)."""
+        return self._require().refusal()
 
     def write_params(self, flat: dict) -> None:
         self._require()

@@ -53,7 +53,8 @@ class SessionClose(msgspec.Struct, forbid_unknown_fields=True):
 
 class IngestBatch(msgspec.Struct, forbid_unknown_fields=True):
     """One request. ``client`` names the sending process (a stable random id,
-    1–128 characters); ``seq`` numbers its batches for this session from 1 up.
+    1–128 characters); ``seq`` numbers its batches for this session, rising
+    (gaps allowed: our client leaves room for the pieces of a split batch).
     A batch whose ``seq`` is not above the highest applied for
     (session, client) is a duplicate: acknowledged, never applied again."""
 

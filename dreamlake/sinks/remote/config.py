@@ -24,6 +24,7 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "REQUEST_TIMEOUT",
     "SEQ_BLOCK",
+    "SEQ_STRIDE",
     "ENV_SPOOL_BUDGET",
     "ENV_API_KEY",
     "spool_budget",
@@ -65,6 +66,10 @@ REQUEST_TIMEOUT = 20.0
 #: Sequence numbers are reserved on disk this many at a time, so a restarted
 #: client never reuses one without a disk write per batch.
 SEQ_BLOCK = 1000
+#: A slot's sequence numbers are this far apart, so the pieces of a batch the
+#: server refuses as too large get numbers of their own between it and its
+#: predecessor (see split.py); a batch of more rows than this is not split.
+SEQ_STRIDE = 1 << 24
 
 
 def spool_budget() -> int:

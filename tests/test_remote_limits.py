@@ -1,0 +1,98 @@
+"""Remote mode against a server's limits: a request the server timed out
+(408) is retried, a batch refused as too large (413) is split in halves and
+every row arrives exactly once; a single row too large for the server is kept
+in rejected.zst and counted."""
+
+from __future__ import annotations
+
+import glob
+import secrets
+
+import pytest
+
+from dreamlake import Session
+from dreamlake.sinks.remote.spool import Spool
+from dreamlake.sinks.remote.encoder import rows_in_body
+from remote_helpers import FaultProxy, free_port, keyed_server, server_rows, start_server
+from server_process import make_key
+
+
+@pytest.fixture
+def server(tmp_path):
+    yield from keyed_server(tmp_path)
+
+
+@pytest.fixture
+def small_server(tmp_path):
+    """A server that refuses batches over 40 kB decompressed."""
+    root = tmp_path / "server"
+    root.mkdir()
+    key = make_key(root, workspaces=("ws",))
+    srv = start_server(root, free_port(), "--max-batch-mb", "0.04")
+    srv.key = key
+    yield srv
+    srv.stop()
+
+
+def test_a_408_is_retried_not_quarantined(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with FaultProxy(server.url, lambda n: (408, {}) if n in (2, 3) else None) as proxy:
+        with Session(prefix="ws/slow", url=proxy.url, api_key=server.key) as session:
+            track = session.track("t")
+            for i in range(1000):
+                track.append(i=i)
+        health = session.health()
+        assert proxy.faults == 2
+    assert health["batches_rejected"] == 0 and health["rows_rejected"] == 0, health
+    assert health["retries"] == 2 and health["spooled_batches"] == 0
+    assert glob.glob(str(tmp_path / "**" / "rejected.zst"), recursive=True, include_hidden=True) == []
+    assert [r["i"] for r in server_rows(server.root, "ws", "slow", "t")] == list(range(1000))
+
+
+def _payload(i: int) -> dict:
+    return {"i": i, "blob": secrets.token_hex(40)}  # incompressible: 80 chars
+
+
+def test_a_batch_too_large_is_split_and_arrives_once(small_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Session(prefix="ws/big", url=small_server.url, api_key=small_server.key) as session:
+        track = session.track("t")
+        for i in range(3000):
+            track.append(**_payload(i))
+        session.flush()
+        health = session.health()
+    assert health["batches_split"] >= 1, health
+    assert health["rows_rejected"] == 0 and health["spooled_batches"] == 0, health
+    assert [r["i"] for r in server_rows(small_server.root, "ws", "big", "t")] == list(range(3000))
+
+
+def test_a_split_interrupted_by_a_500_is_resent_and_applied_once(small_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # request 1 is the session upsert, 2 the whole batch (413), then pieces: fail some midway
+    with FaultProxy(small_server.url, lambda n: (500, {}) if n in (6, 9) else None) as proxy:
+        with Session(prefix="ws/resplit", url=proxy.url, api_key=small_server.key) as session:
+            track = session.track("t")
+            for i in range(3000):
+                track.append(**_payload(i))
+        health = session.health()  # after close: every batch delivered
+        assert proxy.faults == 2
+    assert health["retries"] == 2 and health["duplicates"] >= 1, health
+    assert [r["i"] for r in server_rows(small_server.root, "ws", "resplit", "t")] == list(range(3000))
+
+
+def test_one_row_too_large_is_rejected_counted_and_kept_the_rest_arrive(small_server, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with Session(prefix="ws/huge", url=small_server.url, api_key=small_server.key) as session:
+        track = session.track("t")
+        for i in range(600):
+            track.append(**(_payload(i) if i != 300 else {"i": i, "blob": secrets.token_hex(40_000)}))
+        session.flush()
+        health = session.health()
+    assert health["rows_too_large"] == 1 and health["rows_rejected"] == 1, health
+    assert health["batches_split"] >= 1 and health["spooled_batches"] == 0
+    assert "too large" in caplog.text
+    assert [r["i"] for r in server_rows(small_server.root, "ws", "huge", "t")] == [i for i in range(600) if i != 300]
+    [kept] = glob.glob(str(tmp_path / "**" / "rejected.zst"), recursive=True, include_hidden=True)
+    spool = Spool(kept, budget=1 << 62)
+    _seq, body = spool.peek()
+    assert spool.frames == 1 and rows_in_body(body) == 1

@@ -6,6 +6,7 @@ in rejected.zst and counted."""
 from __future__ import annotations
 
 import glob
+from pathlib import Path
 import secrets
 
 import pytest
@@ -96,3 +97,40 @@ def test_one_row_too_large_is_rejected_counted_and_kept_the_rest_arrive(small_se
     spool = Spool(kept, budget=1 << 62)
     _seq, body = spool.peek()
     assert spool.frames == 1 and rows_in_body(body) == 1
+
+
+def test_the_slot_state_is_saved_by_two_threads_at_once_without_losing_a_reservation(tmp_path):
+    """The writer reserves sequence numbers while the sender records what the
+    server acknowledged: both save state.json, and neither may fail or leave
+    an older reservation on disk."""
+    import json
+    import threading
+
+    from dreamlake.sinks.remote.spool import acquire_new_slot
+
+    slot = acquire_new_slot(str(tmp_path), {}, owner=True)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def acker():
+        try:
+            seq = 0
+            while not stop.is_set():
+                seq += 1
+                slot.set_acked(seq)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=acker)
+    thread.start()
+    try:
+        last = 0
+        for _ in range(20):
+            for _ in range(1000):  # one reservation (a synced save) per SEQ_BLOCK numbers
+                last = slot.next_seq()
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    on_disk = json.loads((Path(slot.directory) / "state.json").read_text())
+    assert on_disk["reserved"] >= last

@@ -35,6 +35,7 @@ import json
 import os
 import secrets
 import struct
+import threading
 import zlib
 from typing import Any, Iterator
 
@@ -190,6 +191,10 @@ class ClientSlot:
         self.client: str = state["client"]
         # the first multiple of SEQ_STRIDE above anything reserved before
         self._next = (int(state.get("reserved", 0)) // SEQ_STRIDE + 1) * SEQ_STRIDE
+        # the writer (sequence reservations) and the sender (acknowledged
+        # position) both save state.json: one at a time, or an older snapshot
+        # could land last and hand out a reserved number again after a crash
+        self._save_lock = threading.Lock()
         self.spool = Spool(os.path.join(directory, "spool.zst"))
         self.spool.skip_acked(int(state.get("acked", 0)))
 
@@ -211,7 +216,8 @@ class ClientSlot:
                 self.save()
 
     def save(self, sync: bool = False) -> None:
-        _write_json_atomic(os.path.join(self.directory, "state.json"), self.state, sync)
+        with self._save_lock:
+            _write_json_atomic(os.path.join(self.directory, "state.json"), self.state, sync)
 
     @property
     def clean(self) -> bool:

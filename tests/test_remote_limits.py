@@ -35,15 +35,22 @@ def small_server(tmp_path):
     srv.stop()
 
 
+def _through_faults(srv, name: str, plan, rows) -> tuple[dict, int]:
+    """Log ``rows`` to track ``t`` of ``ws/name`` through a FaultProxy; the
+    health after close (every batch delivered) and the faults injected."""
+    with FaultProxy(srv.url, plan) as proxy:
+        with Session(prefix=f"ws/{name}", url=proxy.url, api_key=srv.key) as session:
+            track = session.track("t")
+            for row in rows:
+                track.append(**row)
+        return session.health(), proxy.faults
+
+
 def test_a_408_is_retried_not_quarantined(server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with FaultProxy(server.url, lambda n: (408, {}) if n in (2, 3) else None) as proxy:
-        with Session(prefix="ws/slow", url=proxy.url, api_key=server.key) as session:
-            track = session.track("t")
-            for i in range(1000):
-                track.append(i=i)
-        health = session.health()
-        assert proxy.faults == 2
+    health, faults = _through_faults(server, "slow", lambda n: (408, {}) if n in (2, 3) else None,
+                                     ({"i": i} for i in range(1000)))
+    assert faults == 2
     assert health["batches_rejected"] == 0 and health["rows_rejected"] == 0, health
     assert health["retries"] == 2 and health["spooled_batches"] == 0
     assert glob.glob(str(tmp_path / "**" / "rejected.zst"), recursive=True, include_hidden=True) == []
@@ -70,13 +77,9 @@ def test_a_batch_too_large_is_split_and_arrives_once(small_server, tmp_path, mon
 def test_a_split_interrupted_by_a_500_is_resent_and_applied_once(small_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # request 1 is the session upsert, 2 the whole batch (413), then pieces: fail some midway
-    with FaultProxy(small_server.url, lambda n: (500, {}) if n in (6, 9) else None) as proxy:
-        with Session(prefix="ws/resplit", url=proxy.url, api_key=small_server.key) as session:
-            track = session.track("t")
-            for i in range(3000):
-                track.append(**_payload(i))
-        health = session.health()  # after close: every batch delivered
-        assert proxy.faults == 2
+    health, faults = _through_faults(small_server, "resplit", lambda n: (500, {}) if n in (6, 9) else None,
+                                     (_payload(i) for i in range(3000)))
+    assert faults == 2
     assert health["retries"] == 2 and health["duplicates"] >= 1, health
     assert [r["i"] for r in server_rows(small_server.root, "ws", "resplit", "t")] == list(range(3000))
 

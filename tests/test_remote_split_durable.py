@@ -85,10 +85,13 @@ def _rejected(tmp_path: Path) -> list[int]:
     kept = list((tmp_path / ".dreamlake" / "ws" / "split" / ".remote").glob("*/rejected.zst"))
     rows = []
     for path in kept:
-        spool = Spool(str(path), budget=1 << 62)
+        copy = path.with_name("read-back.zst")  # popping the last frame empties the file
+        shutil.copy(path, copy)
+        spool = Spool(str(copy), budget=1 << 62)
         while (head := spool.peek()) is not None:
             rows.append(rows_in_body(head[1]))
             spool.pop()
+        copy.unlink()
     return rows
 
 

@@ -14,12 +14,14 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-import secrets
 
+import pytest
+
+from dreamlake import Session
 from dreamlake.cli import main
 from dreamlake.sinks.remote.encoder import rows_in_body
 from dreamlake.sinks.remote.spool import Spool
-from remote_helpers import FaultProxy, free_port, server_rows, start_server, wait_for
+from remote_helpers import FaultProxy, free_port, server_rows, start_server
 from server_process import make_key
 
 LIMIT = ("--max-batch-mb", "0.04")  # refuses batches over 40 kB decompressed
@@ -95,7 +97,8 @@ def _rejected(tmp_path: Path) -> list[int]:
     return rows
 
 
-def test_a_split_interrupted_by_kill9_is_resent_with_its_pieces_after_the_limit_was_raised(tmp_path):
+@pytest.mark.parametrize("resend", ["sync", "next process"])
+def test_a_split_interrupted_by_kill9_is_resent_with_its_pieces_after_the_limit_was_raised(tmp_path, monkeypatch, resend):
     root = tmp_path / "server"
     root.mkdir()
     key = make_key(root, workspaces=("ws",))
@@ -116,8 +119,15 @@ def test_a_split_interrupted_by_kill9_is_resent_with_its_pieces_after_the_limit_
         small.stop()
     large = start_server(root, free_port())  # the limit is gone: the whole batch would now fit
     try:
-        assert _sync(tmp_path, large.url, key) == 0
-        assert [r["i"] for r in server_rows(root, "ws", "split", "t")] == list(range(3000))
+        if resend == "sync":
+            assert _sync(tmp_path, large.url, key) == 0
+        else:  # the next process of the session adopts the dead one's slot and sends its spool first
+            monkeypatch.chdir(tmp_path)
+            with Session(prefix="ws/split", url=large.url, api_key=key) as session:
+                session.track("t").append(i=3000, blob="")
+                session.flush()
+            assert server_rows(root, "ws", "split", "t")[-1]["i"] == 3000
+        assert [r["i"] for r in server_rows(root, "ws", "split", "t")][:3000] == list(range(3000))
     finally:
         large.stop()
 

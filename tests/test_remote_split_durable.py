@@ -72,6 +72,13 @@ def _spool_in_child(tmp_path: Path, proxy_url: str, key: str, rows: int, big: in
     return proc
 
 
+def _server_root(tmp_path: Path) -> tuple[Path, str]:
+    """A server root (started later, with different limits) and a key for ``ws``."""
+    root = tmp_path / "server"
+    root.mkdir()
+    return root, make_key(root, workspaces=("ws",))
+
+
 def _kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -99,9 +106,7 @@ def _rejected(tmp_path: Path) -> list[int]:
 
 @pytest.mark.parametrize("resend", ["sync", "next process"])
 def test_a_split_interrupted_by_kill9_is_resent_with_its_pieces_after_the_limit_was_raised(tmp_path, monkeypatch, resend):
-    root = tmp_path / "server"
-    root.mkdir()
-    key = make_key(root, workspaces=("ws",))
+    root, key = _server_root(tmp_path)
     small = start_server(root, free_port(), *LIMIT)
     gate = _Gate()
     try:
@@ -133,9 +138,7 @@ def test_a_split_interrupted_by_kill9_is_resent_with_its_pieces_after_the_limit_
 
 
 def test_sync_splits_a_spooled_batch_refused_as_too_large_and_keeps_one_huge_row_once(tmp_path):
-    root = tmp_path / "server"
-    root.mkdir()
-    key = make_key(root, workspaces=("ws",))
+    root, key = _server_root(tmp_path)
     gate = _Gate()
     with FaultProxy("http://127.0.0.1:9", gate) as proxy:  # never opened: unreachable
         proc = _spool_in_child(tmp_path, proxy.url, key, 600, big=300)

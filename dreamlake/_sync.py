@@ -4,7 +4,10 @@ Two things are delivered per session directory:
 
 1. **Leftover spools** (``.remote/<client>/spool.zst``) of remote sessions
    whose process died or could not reach the server: replayed in order under
-   their own client id; the server drops what it had already applied. A dead
+   their own client id; the server drops what it had already applied. A
+   batch the server refuses as too large is sent in pieces, exactly as the
+   sender would (``sinks/remote/split.py``); what it refuses for good is kept
+   in the slot's ``rejected.zst`` and reported, and the rest goes on. A dead
    owner that never closed its session gets a final ``interrupted``.
 2. **Local data** of sessions logged offline (``mode="offline"``) or without
    any URL: tracks, logs, parameters, files. Progress lives in
@@ -34,8 +37,9 @@ from ._fsutil import read_json, write_json_atomic
 from ._local_sink import list_track_names, read_params, stream_files
 from .sinks.remote.batch import SealedBatch
 from .sinks.remote.config import BATCH_MAX_BYTES, BATCH_MAX_ROWS, RemoteTarget
-from .sinks.remote.encoder import encode, estimate_row_bytes
+from .sinks.remote.encoder import encode, estimate_row_bytes, rows_in_body
 from .sinks.remote.service import AuthFailed, IngestService, Rejected, RemoteStore, Retryable, backoff
+from .sinks.remote.split import SlotBook, deliver
 from .sinks.remote.spool import free_slots, pending_in_slots, slots_dir
 
 __all__ = ["SyncError", "SyncReport", "sync_session", "find_sessions", "unsynced_summary"]
@@ -57,12 +61,15 @@ class SyncReport:
     batches: int = 0
     duplicates: int = 0
     spooled_batches: int = 0
+    rows_rejected: int = 0  # spooled rows the server refused for good (kept in rejected.zst)
     files: int = 0
     skipped: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def _retrying(call: Callable[[], Any], what: str) -> Any:
+def _retrying(call: Callable[[], Any], what: str, refusal_ends_sync: bool = True) -> Any:
+    """``call`` retried on server errors; a refusal (4xx) ends the sync, or
+    is raised as it is (``refusal_ends_sync=False``: the caller handles it)."""
     for attempt in range(SYNC_ATTEMPTS):
         try:
             return call()
@@ -73,6 +80,8 @@ def _retrying(call: Callable[[], Any], what: str) -> Any:
         except AuthFailed as exc:
             raise SyncError(f"{what}: authentication failed ({exc}); pass --api-key or set DREAMLAKE_API_KEY") from exc
         except Rejected as exc:
+            if not refusal_ends_sync:
+                raise
             raise SyncError(f"{what}: the server refused it ({exc})") from exc
 
 
@@ -114,15 +123,27 @@ def _deliver_spools(session_dir: str, url: str | None, api_key: str | None, repo
                 continue
             workspace, name = _identity(session_dir, slot.state.get("info") or meta)
             service = IngestService(RemoteTarget(target_url, workspace, name, api_key))
+
+            def refused(seq: int, body: bytes, why: Rejected, unkept: str | None) -> None:
+                rows = rows_in_body(body)
+                report.rows_rejected += rows
+                where = f"could not be kept ({unkept})" if unkept else f"kept in {slot.directory}/rejected.zst"
+                report.notes.append(f"spool {slot.client}: the server refused {rows} row(s) of batch {seq} ({why}); {where}")
+
+            book = SlotBook(slot, refused)
             while True:
                 head = slot.spool.peek()
                 if head is None:
                     break
                 seq, body = head
-                ack = _retrying(lambda: service.send(body), f"spooled batch {seq} of {workspace}/{name}")
+                what = f"spooled batch {seq} of {workspace}/{name}"
+                # a batch too large for the server goes in pieces, as the sender sends it (split.py)
+                outcome = deliver(seq, body, lambda part: _retrying(lambda: service.send(part), what, False), book)
                 report.spooled_batches += 1
-                report.duplicates += ack.duplicate
-                report.rows += sum(r.count for r in ack.ranges)
+                for ack in outcome.acks:
+                    report.duplicates += ack.duplicate
+                    report.rows += sum(r.count for r in ack.ranges)
+                slot.forget_split(seq)
                 slot.spool.pop()
                 slot.set_acked(seq)
             if slot.state.get("owner") and not slot.state.get("closed"):

@@ -137,3 +137,17 @@ def test_the_slot_state_is_saved_by_two_threads_at_once_without_losing_a_reserva
     assert errors == []
     on_disk = json.loads((Path(slot.directory) / "state.json").read_text())
     assert on_disk["reserved"] >= last
+
+
+def test_a_split_with_a_refused_row_retried_after_a_500_keeps_and_counts_the_row_once(small_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # 1 upsert, 2 the batch (413), 3 rows [0, 300), 4-11 halving towards row 300,
+    # 12 row 300 alone (413 for good), 13-14 the rows after it: 14 fails, the batch is resent
+    health, faults = _through_faults(small_server, "again", lambda n: (500, {}) if n == 14 else None,
+                                     (_payload(i) if i != 300 else {"i": i, "blob": secrets.token_hex(40_000)} for i in range(600)))
+    assert faults == 1 and health["retries"] == 1 and health["duplicates"] >= 1, health
+    assert health["rows_too_large"] == 1 and health["rows_rejected"] == 1 and health["batches_rejected"] == 1, health
+    assert [r["i"] for r in server_rows(small_server.root, "ws", "again", "t")] == [i for i in range(600) if i != 300]
+    [kept] = glob.glob(str(tmp_path / "**" / "rejected.zst"), recursive=True, include_hidden=True)
+    spool = Spool(kept, budget=1 << 62)
+    assert spool.frames == 1 and rows_in_body(spool.peek()[1]) == 1

@@ -32,7 +32,7 @@ from .batch import BatchBuilder, SealedBatch
 from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES
 from .encoder import encode, rows_in_body
 from .service import AuthFailed, IngestService, Rejected, Retryable, TooLarge, backoff
-from .split import deliver_split, splittable
+from .split import HandedOver, Outcome, SlotBook, deliver
 from .spool import ClientSlot, SpoolFull
 
 __all__ = ["Delivery", "Sender", "sender_for", "OK", "OUTAGE", "AUTH_FAILED"]
@@ -144,6 +144,7 @@ class Delivery:
         self._last_ack_save = 0.0
         self._warned: set[str] = set()
         self.session_id: str | None = None
+        self._book = _SlotBookWhileOurs(self)
         self.counters = dict.fromkeys(
             (
                 "batches_sent", "bytes_sent", "rows_acked", "duplicates", "retries", "batches_spooled",
@@ -326,7 +327,9 @@ class Delivery:
             self._ensure_session()
             if self._handed_over:  # closed while the session was being created
                 return False
-            acks, refused = self._deliver(seq, body)
+            outcome = deliver(seq, body, self.service.send, self._book)
+        except HandedOver:
+            return False
         except Retryable as exc:
             self.failures += exc.unreachable
             self.counters["retries"] += 1
@@ -346,49 +349,38 @@ class Delivery:
         with self._io:
             if self._handed_over:  # the slot is no longer ours: the batch stays spooled
                 return False
-            for piece, why in refused:  # counted before flush() can see the batch done
-                self._reject(seq, piece, why)
-            self._acknowledged(seq, body, acks, from_spool=spooled is not None, clean=not refused)
+            self._acknowledged(seq, body, outcome, from_spool=spooled is not None)
         return True
 
-    def _deliver(self, seq: int, body: bytes) -> tuple[list[IngestAck], list[tuple[bytes, Rejected]]]:
-        """Send one batch: (acknowledgements, pieces refused for good). A batch
-        refused as too large is sent again in halves (split.py)."""
-        try:
-            return [self.service.send(body)], []
-        except TooLarge as exc:
-            if not splittable(seq):
-                return [], [(body, exc)]
-            self.counters["batches_split"] += 1
-            return deliver_split(body, self.service.send)
-        except Rejected as exc:
-            return [], [(body, exc)]
-
-    def _reject(self, seq: int, body: bytes, why: Rejected) -> None:
+    def _refused(self, seq: int, body: bytes, why: Rejected, unkept: str | None) -> None:
+        """A batch or piece the server refused for good, kept in rejected.zst
+        (``unkept``: why it could not be) and counted, once."""
         rows = rows_in_body(body)
         self.counters["batches_rejected"] += 1
         self.counters["rows_rejected"] += rows
+        where = f"could not be kept ({unkept})" if unkept else f"kept in {self.slot.directory}/rejected.zst"
         if isinstance(why, TooLarge):
             self.counters["rows_too_large"] += rows
-            self._note(f"the server refused {rows} row(s) of batch {seq} as too large ({why}); "
-                       f"kept in {self.slot.directory}/rejected.zst", "too_large")
+            self._note(f"the server refused {rows} row(s) of batch {seq} as too large ({why}); {where}", "too_large")
         else:
-            self._note(f"the server rejected batch {seq} ({why}); it is kept in {self.slot.directory}/rejected.zst", "rejected")
-        self._quarantine(seq, body)
+            self._note(f"the server rejected batch {seq} ({why}); {where}", "rejected")
 
-    def _acknowledged(self, seq: int, body: bytes, acks: list[IngestAck], from_spool: bool, clean: bool = True) -> None:
+    def _acknowledged(self, seq: int, body: bytes, outcome: Outcome, from_spool: bool) -> None:
         """The server answered batch ``seq`` (one ack, one per piece of a split
         batch, or none: it refused all of it for good)."""
+        acks = outcome.acks
         if acks:
             self.counters["batches_sent"] += 1
             self.counters["bytes_sent"] += len(body)
+        self.counters["batches_split"] += outcome.split
         for ack in acks:
             self.counters["duplicates"] += ack.duplicate
             self.counters["rows_acked"] += sum(r.count for r in ack.ranges)
             self.session_id = ack.sessionId
             if self._on_ack is not None:
                 self._on_ack(ack)
-        self.state, self._attempt, self.last_error = OK, 0, None if acks and clean else self.last_error
+        clean = acks and not outcome.refused
+        self.state, self._attempt, self.last_error = OK, 0, None if clean else self.last_error
         self._done(seq, from_spool)
 
     def _ensure_session(self) -> None:
@@ -403,6 +395,7 @@ class Delivery:
         self._upsert_info = None
 
     def _done(self, seq: int, from_spool: bool) -> None:
+        self.slot.forget_split(seq)
         if from_spool:
             self.slot.spool.pop()
             self.counters["batches_replayed"] += 1
@@ -419,16 +412,30 @@ class Delivery:
             self.done_upto = max(self.done_upto, seq)
             self._progress.notify_all()
 
-    def _quarantine(self, seq: int, body: bytes) -> None:
-        from .spool import Spool
-
-        try:
-            Spool(f"{self.slot.directory}/rejected.zst", budget=1 << 62).append(seq, body)
-        except OSError as exc:
-            self._note(f"could not keep rejected batch {seq}: {exc}", "rejected_io")
-
     def _note(self, message: str, kind: str) -> None:
         self.last_error = message
         if kind not in self._warned:
             self._warned.add(kind)
             log.warning("dreamlake: %s", message)
+
+
+class _SlotBookWhileOurs(SlotBook):
+    """The slot's split record and rejected.zst, written only while the slot
+    is still this delivery's: once handed over (closing), the next owner may
+    be another process."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        super().__init__(delivery.slot, delivery._refused)
+        self._delivery = delivery
+
+    def record_split(self, seq: int, ends: list[int]) -> None:
+        with self._delivery._io:
+            if self._delivery._handed_over:
+                raise HandedOver
+            super().record_split(seq, ends)
+
+    def keep_refused(self, seq: int, body: bytes, why: Rejected) -> bool:
+        with self._delivery._io:
+            if self._delivery._handed_over:
+                raise HandedOver
+            return super().keep_refused(seq, body, why)

@@ -1,22 +1,30 @@
-"""Delivering a batch the server refused as too large (413): split it in
-halves, down to one row, and send the pieces in order.
+"""Delivering one batch, in pieces when the server refuses it as too large
+(413): halves, down to one row, sent in order.
 
 Pieces need sequence numbers of their own, between the batch's predecessor
 and the batch, so the server still applies each once. The slot hands out
 sequence numbers ``SEQ_STRIDE`` apart (see spool.py); a piece covering rows
 ``[lo, hi)`` of a batch of ``R`` rows with number ``S`` is numbered
-``S - (R - hi)``: its *end*. Halving is deterministic, so a batch resent after
-a crash or an outage splits at the same places and the pieces the server
-already applied come back as duplicates. (Were the server's limit raised in
-between so that a resent piece spans an applied end, its applied rows would
-be applied twice: duplicated rather than lost.)
+``S - (R - hi)``: its *end*.
 
-A single row the server still refuses is given back to the caller, which
-keeps it in ``rejected.zst`` and counts it; the other rows go on.
+The piece boundaries are durable: the first split is recorded in the slot
+(``state.json``) before any piece is sent, and so is every later halving of
+a piece, before its halves are sent. Whoever sends the batch again (this
+process after an outage, the next process, ``dreamlake sync``) sends exactly
+the recorded pieces, never the whole batch, and splits further only inside a
+recorded piece. So every piece the server applied ends at a recorded
+boundary and comes back as a duplicate, whatever the server's limit is by
+then: a raised limit cannot make a resent piece span rows already applied.
+
+What the server refuses for good (a single row still too large, or a batch
+or piece refused for another reason) is kept in the slot's ``rejected.zst``
+at once, under its own seq, and reported to the caller once; a resend skips
+it rather than sending it again. The other rows go on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import msgspec
@@ -25,12 +33,20 @@ import zstandard
 from ...server.wire import IngestAck, IngestBatch, StreamBatch, encode_batch
 from .config import SEQ_STRIDE, ZSTD_LEVEL
 from .service import Rejected, TooLarge
+from .spool import ClientSlot
 
-__all__ = ["splittable", "halves", "deliver_split"]
+__all__ = ["splittable", "piece", "SlotBook", "HandedOver", "Outcome", "deliver"]
+
+#: (piece seq, piece body, why, None or why it could not be kept)
+OnRefused = Callable[[int, bytes, Rejected, "str | None"], None]
+
+
+class HandedOver(Exception):
+    """The slot was taken away (closing) while a batch was being delivered."""
 
 
 def splittable(seq: int) -> bool:
-    """Numbers from before the stride (old spools, ``dreamlake sync``) have no room for pieces."""
+    """Numbers from before the stride (old spools) have no room for pieces."""
     return seq % SEQ_STRIDE == 0
 
 
@@ -43,47 +59,114 @@ def _rows(batch: IngestBatch) -> int:
     return sum(len(stream.rows) for stream in batch.streams)
 
 
-def halves(batch: IngestBatch) -> tuple[IngestBatch, IngestBatch] | None:
-    """The first and second half of the batch's rows (streams in order); the
-    params go with the first, the close with the second. None: one row or none."""
+def piece(batch: IngestBatch, lo: int, hi: int) -> IngestBatch:
+    """Rows ``[lo, hi)`` of the batch (streams in order), numbered by their
+    end; the params go with the first piece, the close with the last."""
     total = _rows(batch)
-    if total < 2:
-        return None
-    cut = total // 2
-    left: list[StreamBatch] = []
-    right: list[StreamBatch] = []
+    streams: list[StreamBatch] = []
     seen = 0
     for stream in batch.streams:
         n = len(stream.rows)
-        take = max(0, min(n, cut - seen))
-        if take:
-            left.append(StreamBatch(stream.name, stream.rows[:take], stream.kind))
-        if take < n:
-            right.append(StreamBatch(stream.name, stream.rows[take:], stream.kind))
+        start, end = max(lo - seen, 0), min(hi - seen, n)
+        if start < end:
+            streams.append(StreamBatch(stream.name, stream.rows[start:end], stream.kind))
         seen += n
-    first = IngestBatch(batch.client, batch.seq - (total - cut), left, batch.params, None, batch.version)
-    second = IngestBatch(batch.client, batch.seq, right, None, batch.close, batch.version)
-    return first, second
+    params = batch.params if lo == 0 else None
+    close = batch.close if hi == total else None
+    return IngestBatch(batch.client, batch.seq - (total - hi), streams, params, close, batch.version)
 
 
-def deliver_split(body: bytes, send: Callable[[bytes], IngestAck]) -> tuple[list[IngestAck], list[tuple[bytes, Rejected]]]:
-    """Send the refused ``body`` in pieces: (acknowledgements, refused pieces
-    with why). Retryable and auth errors propagate: the whole batch is sent
-    again later and the pieces already applied are duplicates then."""
-    acks: list[IngestAck] = []
-    refused: list[tuple[bytes, Rejected]] = []
+class SlotBook:
+    """Where a batch's split is recorded and refused pieces are kept: the
+    slot's ``state.json`` and ``rejected.zst``. ``on_refused`` hears of each
+    piece kept (or that could not be kept), once."""
 
-    def send_pieces(batch: IngestBatch, piece_body: bytes, exc: Rejected) -> None:
-        pair = halves(batch) if isinstance(exc, TooLarge) else None
-        if pair is None:
-            refused.append((piece_body, exc))
+    def __init__(self, slot: ClientSlot, on_refused: OnRefused) -> None:
+        self.slot = slot
+        self.on_refused = on_refused
+
+    def split_ends(self, seq: int) -> list[int] | None:
+        return self.slot.split_ends(seq)
+
+    def record_split(self, seq: int, ends: list[int]) -> None:
+        self.slot.record_split(seq, ends)
+
+    def refused_before(self, seq: int) -> bool:
+        return self.slot.rejected.has(seq)
+
+    def keep_refused(self, seq: int, body: bytes, why: Rejected) -> bool:
+        """Keep a refused piece; True if it was not kept before."""
+        try:
+            if not self.slot.rejected.keep(seq, body):
+                return False
+        except OSError as exc:
+            self.on_refused(seq, body, why, str(exc))
+            return True
+        self.on_refused(seq, body, why, None)
+        return True
+
+
+@dataclass
+class Outcome:
+    acks: list[IngestAck] = field(default_factory=list)
+    refused: int = 0  # pieces refused for good by this delivery (not by an earlier one)
+    split: bool = False  # delivered in pieces
+
+
+def deliver(seq: int, body: bytes, send: Callable[[bytes], IngestAck], book: SlotBook) -> Outcome:
+    """Send batch ``seq``: whole, or as the pieces recorded for it, halving a
+    piece the server refuses as too large (recorded first). Retryable and
+    auth errors propagate: the batch is sent again later, as its recorded
+    pieces, and those already applied come back as duplicates."""
+    out = Outcome()
+
+    def refuse(piece_seq: int, piece_body: bytes, why: Rejected) -> None:
+        out.refused += book.keep_refused(piece_seq, piece_body, why)
+
+    if book.refused_before(seq):  # kept by an attempt that ended before its acknowledgement was saved
+        return out
+    ends = book.split_ends(seq)
+    if ends is None:
+        try:
+            out.acks.append(send(body))
+            return out
+        except TooLarge as exc:
+            batch = _decode(body)
+            total = _rows(batch)
+            if not splittable(seq) or not 2 <= total <= SEQ_STRIDE:
+                refuse(seq, body, exc)
+                return out
+            ends = [total // 2, total]
+            book.record_split(seq, ends)
+        except Rejected as exc:
+            refuse(seq, body, exc)
+            return out
+    else:
+        batch = _decode(body)
+    out.split = True
+
+    def send_piece(lo: int, hi: int) -> None:
+        part = piece(batch, lo, hi)
+        if book.refused_before(part.seq):
             return
-        for piece in pair:
-            encoded = encode_batch(piece, ZSTD_LEVEL)
-            try:
-                acks.append(send(encoded))
-            except Rejected as again:
-                send_pieces(piece, encoded, again)
+        encoded = encode_batch(part, ZSTD_LEVEL)
+        try:
+            out.acks.append(send(encoded))
+        except TooLarge as exc:
+            if hi - lo < 2:
+                refuse(part.seq, encoded, exc)
+                return
+            mid = lo + (hi - lo) // 2
+            ends.append(mid)
+            ends.sort()
+            book.record_split(seq, ends)
+            send_piece(lo, mid)
+            send_piece(mid, hi)
+        except Rejected as exc:
+            refuse(part.seq, encoded, exc)
 
-    send_pieces(_decode(body), body, TooLarge("refused as too large"))
-    return acks, refused
+    lo = 0
+    for hi in list(ends):  # the recorded pieces; halvings recurse inside one
+        send_piece(lo, hi)
+        lo = hi
+    return out

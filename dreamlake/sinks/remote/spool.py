@@ -7,13 +7,17 @@ owns it (an ``flock`` on ``lock`` for its whole life) and keeps there
   (``SEQ_BLOCK`` numbers, ``SEQ_STRIDE`` apart, at a time, written before any
   is used, so a process
   that adopts the slot after a crash never reuses one), the highest sequence
-  the server acknowledged from the spool, and the session's open info;
+  the server acknowledged from the spool, the session's open info, and
+  ``split``: the piece boundaries of the one batch being delivered in pieces
+  (see split.py), written before its first piece is sent;
 * ``spool.zst`` — append-only frames, one per batch, oldest first::
 
       magic b"DLS1" | length u32 | crc32 u32 | seq u64 | body (the zstd request body)
 
   A torn or corrupt tail (``kill -9`` mid-append, disk full) fails the length
   or crc check: it is cut off and everything before it is kept.
+* ``rejected.zst`` — the same frames, for what the server refused for good
+  (a batch, or a piece of a split one), each kept once under its seq.
 
 A slot whose lock is free belongs to a dead process: the next process for the
 session (or ``dreamlake sync``) adopts it and delivers its spool first, in
@@ -41,7 +45,7 @@ from typing import Any, Iterator
 
 from .config import SEQ_BLOCK, SEQ_STRIDE, spool_budget
 
-__all__ = ["ClientSlot", "Spool", "SpoolFull", "slots_dir", "free_slots", "acquire_new_slot", "pending_in_slots"]
+__all__ = ["ClientSlot", "Spool", "SpoolFull", "RejectedLog", "slots_dir", "free_slots", "acquire_new_slot", "pending_in_slots"]
 
 MAGIC = b"DLS1"
 _HEADER = struct.Struct(">4sIIQ")
@@ -181,6 +185,35 @@ class Spool:
         self._out = None
 
 
+class RejectedLog:
+    """``rejected.zst``: what the server refused for good, one frame per batch
+    or piece, keyed by its seq. A seq is kept once: a batch resent after a
+    crash or an outage is not kept (or counted) again, and the sender skips
+    what is already here instead of sending it again."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seqs: set[int] | None = None  # read on first use: the file is rare
+
+    def has(self, seq: int) -> bool:
+        if self._seqs is None:
+            self._seqs = {seq for _offset, _end, seq, _body in _frames(self.path, 0)}
+        return seq in self._seqs
+
+    def keep(self, seq: int, body: bytes) -> bool:
+        """Append ``body`` under ``seq``; False if that seq is kept already."""
+        if self.has(seq):
+            return False
+        spool = Spool(self.path, budget=1 << 62)
+        try:
+            spool.append(seq, body)
+        finally:
+            spool.close()
+        assert self._seqs is not None
+        self._seqs.add(seq)
+        return True
+
+
 class ClientSlot:
     """The slot this process sends from (see the module docstring)."""
 
@@ -197,6 +230,7 @@ class ClientSlot:
         self._save_lock = threading.Lock()
         self.spool = Spool(os.path.join(directory, "spool.zst"))
         self.spool.skip_acked(int(state.get("acked", 0)))
+        self.rejected = RejectedLog(os.path.join(directory, "rejected.zst"))
 
     # -- sequence numbers ------------------------------------------------------
     def next_seq(self) -> int:
@@ -215,9 +249,34 @@ class ClientSlot:
             if save:
                 self.save()
 
+    # -- a batch delivered in pieces (split.py) ---------------------------------
+    def split_ends(self, seq: int) -> list[int] | None:
+        """The recorded piece boundaries of batch ``seq`` (each piece's end
+        row, ascending), or None if it was never split."""
+        record = self.state.get("split")
+        if isinstance(record, dict) and record.get("seq") == seq:
+            return [int(end) for end in record["ends"]]
+        return None
+
+    def record_split(self, seq: int, ends: list[int]) -> None:
+        """Durably, before any piece with these boundaries is sent."""
+        with self._save_lock:  # the key is added under the lock another thread dumps under
+            self.state["split"] = {"seq": seq, "ends": list(ends)}
+            self._write(sync=True)
+
+    def forget_split(self, seq: int) -> None:
+        """Batch ``seq`` is delivered; saved with the next save."""
+        with self._save_lock:
+            record = self.state.get("split")
+            if isinstance(record, dict) and record.get("seq") == seq:
+                del self.state["split"]
+
     def save(self, sync: bool = False) -> None:
         with self._save_lock:
-            _write_json_atomic(os.path.join(self.directory, "state.json"), self.state, sync)
+            self._write(sync)
+
+    def _write(self, sync: bool) -> None:
+        _write_json_atomic(os.path.join(self.directory, "state.json"), self.state, sync)
 
     @property
     def clean(self) -> bool:

@@ -634,7 +634,7 @@ dec_value(const char **p)
 }
 
 static PyObject *
-dec_bin(const char *p, const char *end, double ts)
+dec_bin(const char *p, const char *end, PyObject *ts)
 {
     uint32_t n;
     memcpy(&n, p, 4);
@@ -663,12 +663,8 @@ dec_bin(const char *p, const char *end, double ts)
         if (p > end)
             goto bad;
     }
-    PyObject *t = PyFloat_FromDouble(ts);  /* _ts last, as the Python path stores it */
-    if (!t || PyDict_SetItem(row, str_ts, t) < 0) {
-        Py_XDECREF(t);
+    if (PyDict_SetItem(row, str_ts, ts) < 0)  /* _ts last, as the Python path stores it */
         goto fail;
-    }
-    Py_DECREF(t);
     if (PyObject_GC_IsTracked(row))
         PyObject_GC_UnTrack(row);
     return row;
@@ -740,9 +736,9 @@ Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         if (h->kind == K_BIN) {
-            PyObject *row = dec_bin(payload, end, h->ts);
-            PyObject *ts = row ? PyFloat_FromDouble(h->ts) : NULL;
-            int rc = ts ? append_row(lists, h->sid, ts, row, off << KEY_SHIFT) : -1;
+            PyObject *ts = PyFloat_FromDouble(h->ts);  /* one float: the row's _ts and the ts list's */
+            PyObject *row = ts ? dec_bin(payload, end, ts) : NULL;
+            int rc = row ? append_row(lists, h->sid, ts, row, off << KEY_SHIFT) : -1;
             Py_XDECREF(row);
             Py_XDECREF(ts);
             if (rc < 0)
@@ -1273,6 +1269,111 @@ TrackBase_append(TrackBase *self, PyObject *const *args, size_t nargsf, PyObject
     return (PyObject *)self;
 }
 
+/* "_ts" of a batch row: 1 absent, 2 a finite number other than -1 (in *out), 0 anything
+   else (None, -1, bool, non-finite, huge ints: the Python path decides) */
+static int
+batch_row_ts(PyObject *row, double *out)
+{
+    PyObject *v = PyDict_GetItemWithError(row, str_ts);
+    if (!v)
+        return PyErr_Occurred() ? -1 : 1;
+    double t;
+    if (PyFloat_CheckExact(v))
+        t = PyFloat_AS_DOUBLE(v);
+    else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long i = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (i == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        t = (double)i;
+    }
+    else
+        return 0;
+    if (!isfinite(t) || t == -1.0)
+        return 0;
+    *out = t;
+    return 2;
+}
+
+static PyObject *
+TrackBase_put_batch(TrackBase *self, PyObject *rows)
+{
+    /* _put_batch(rows list) -> the common append_batch in two C passes over the
+       caller's dicts (no copies): the first checks every row as the journal
+       encoder takes it (nothing is stamped or journaled unless all pass), the
+       second stamps, encodes and journals each. Returns len(rows) when all went
+       in; 0 when the batch is not one C takes (the Python path decides); on a
+       full ring (k, stamps of rows[k:]): rows[k:] are stamped, not journaled. */
+    Ring *r = self->ring;
+    if (!PyList_CheckExact(rows) || !r || !r->data || r->closed || r->release_pending)
+        return PyLong_FromLong(0);
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    if (n == 0)
+        return PyLong_FromLong(0);
+    Buf *b = &r->scratch;
+    int kind = 0;  /* 1 no row holds _ts, 2 every row holds a number */
+    double last_given = 0.0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *row = PyList_GET_ITEM(rows, k);
+        if (!PyDict_CheckExact(row))
+            return PyLong_FromLong(0);
+        int tk = batch_row_ts(row, &last_given);
+        if (tk < 0)
+            return NULL;
+        if (tk == 0 || (kind && tk != kind))
+            return PyLong_FromLong(0);
+        kind = tk;
+        int rc = enc_row_dict(b, row);
+        if (rc < 0)
+            return PyErr_NoMemory();
+        if (rc == 0 || ((HDR + b->len + 7) & ~(size_t)7) > r->cap / 2)
+            return PyLong_FromLong(0);
+    }
+    Clock *c = self->clock;
+    if (clock_switch(c) < 0)
+        return NULL;
+    double base = 0.0;
+    if (kind == 1) {  /* the batch's auto stamps: consecutive, 1 us apart (Clock.reserve) */
+        base = clock_auto(c);
+        c->last_auto = base + (double)(n - 1) * 1e-6;
+        c->tlast = c->last_auto;
+    }
+    else
+        c->tlast = last_given;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *row = PyList_GET_ITEM(rows, k);
+        double t = base + (double)k * 1e-6;
+        if (kind == 2)
+            batch_row_ts(row, &t);
+        if (enc_row_dict(b, row) != 1)  /* checked above; only memory can fail */
+            return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+        uint64_t size = (HDR + b->len + 7) & ~(uint64_t)7;
+        int64_t gap = r->data && !r->closed && !r->release_pending ? ring_room(r, size) : -1;
+        if (gap < 0) {  /* full: the caller journals the rest when there is room */
+            PyObject *stamps = PyList_New(n - k);
+            if (!stamps)
+                return NULL;
+            for (Py_ssize_t j = k; j < n; j++) {
+                double tj = base + (double)j * 1e-6;
+                if (kind == 2)
+                    batch_row_ts(PyList_GET_ITEM(rows, j), &tj);
+                PyObject *f = PyFloat_FromDouble(tj);
+                if (!f) {
+                    Py_DECREF(stamps);
+                    return NULL;
+                }
+                PyList_SET_ITEM(stamps, j - k, f);
+            }
+            return Py_BuildValue("(nN)", k, stamps);
+        }
+        ring_commit(r, (uint64_t)gap, self->sid, t, K_BIN, b->p, b->len);
+        r->rows_in++;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
 static PyObject *
 TrackBase_hot_bind(TrackBase *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1326,6 +1427,7 @@ static PyMethodDef TrackBase_methods[] = {
     {"append", (PyCFunction)(void (*)(void))TrackBase_append, METH_FASTCALL | METH_KEYWORDS,
      "append(row=None, /, _ts=None, **fields): see Track._append_py for the rules."},
     {"_hot_bind", (PyCFunction)(void (*)(void))TrackBase_hot_bind, METH_FASTCALL, "_hot_bind(ring or None, clock, sid)"},
+    {"_put_batch", (PyCFunction)TrackBase_put_batch, METH_O, "_put_batch(rows): append_batch's common case (see the C)"},
     {NULL}};
 
 static PyType_Slot TrackBase_slots[] = {

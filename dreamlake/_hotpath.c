@@ -14,7 +14,8 @@
  *
  * Types:
  *   Clock      one session's _ts state: last auto stamp (strictly increasing),
- *              the last stamp of each thread (for _ts=-1).
+ *              the last stamp of each thread (for _ts=-1), kept in the thread
+ *              state's dict so it dies with the thread.
  *   Ring       one session's journal ring over a writable buffer (the mmap
  *              made by _journal.py). Layout: see _journal.py.
  *   TrackBase  base class of Track: its C `append` takes the common rows and
@@ -69,13 +70,33 @@ rec_check(uint64_t off, uint32_t len, uint32_t sid, uint32_t kind)
 
 /* ---------------------------------------------------------------- Clock */
 
+/* A thread's last stamp for one Clock. It lives in the thread state's dict, so
+   it dies with its thread: a new thread that the OS gives a dead thread's ident
+   starts with no stamp (keying by PyThread_get_thread_ident borrowed the dead
+   thread's). */
+typedef struct {
+    PyObject_HEAD
+    double last;
+} StampCell;
+
+static PyTypeObject StampCellType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dreamlake._hotpath._StampCell",
+    .tp_basicsize = sizeof(StampCell),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+};
+
 typedef struct {
     PyObject_HEAD
     double last_auto;
-    unsigned long tid;   /* the thread whose last stamp is cached in tlast */
+    uint64_t tstate;     /* PyThreadState_GetID of the thread cached in tlast (never reused) */
     double tlast;
-    PyObject *others;    /* {thread ident: last stamp} of other threads */
+    StampCell *cell;     /* that thread's cell (tlast is written back on a switch) */
+    PyObject *key;       /* this clock's key in every thread state's dict */
 } Clock;
+
+static unsigned long long clock_serial;
 
 static double
 now_seconds(void)
@@ -89,27 +110,37 @@ now_seconds(void)
 static int
 clock_switch(Clock *c)
 {
-    unsigned long cur = PyThread_get_thread_ident();
-    if (cur == c->tid)
+    PyThreadState *ts = PyThreadState_Get();
+    uint64_t cur = PyThreadState_GetID(ts);
+    if (cur == c->tstate && c->cell)
         return 0;
-    PyObject *key = PyLong_FromUnsignedLong(c->tid);
-    PyObject *val = PyFloat_FromDouble(c->tlast);
-    if (!key || !val || PyDict_SetItem(c->others, key, val) < 0) {
-        Py_XDECREF(key);
-        Py_XDECREF(val);
+    if (c->cell)
+        c->cell->last = c->tlast;
+    PyObject *dict = PyThreadState_GetDict();
+    if (!dict) {
+        PyErr_SetString(PyExc_RuntimeError, "no thread state dict");
         return -1;
     }
-    Py_DECREF(key);
-    Py_DECREF(val);
-    key = PyLong_FromUnsignedLong(cur);
-    if (!key)
-        return -1;
-    PyObject *got = PyDict_GetItemWithError(c->others, key);
-    Py_DECREF(key);
+    PyObject *got = PyDict_GetItemWithError(dict, c->key);
     if (!got && PyErr_Occurred())
         return -1;
-    c->tid = cur;
-    c->tlast = got ? PyFloat_AS_DOUBLE(got) : 0.0;
+    if (got && Py_TYPE(got) != &StampCellType)
+        got = NULL;
+    if (got)
+        Py_INCREF(got);
+    else {
+        got = PyType_GenericNew(&StampCellType, NULL, NULL);
+        if (!got)
+            return -1;
+        ((StampCell *)got)->last = 0.0;
+        if (PyDict_SetItem(dict, c->key, got) < 0) {
+            Py_DECREF(got);
+            return -1;
+        }
+    }
+    Py_XSETREF(c->cell, (StampCell *)got);
+    c->tstate = cur;
+    c->tlast = c->cell->last;
     return 0;
 }
 
@@ -168,11 +199,12 @@ clock_stamp(Clock *c, PyObject *ts, double *out)
 static int
 Clock_init(Clock *self, PyObject *args, PyObject *kw)
 {
-    Py_XSETREF(self->others, PyDict_New());
-    if (!self->others)
+    Py_XSETREF(self->key, PyUnicode_FromFormat("dreamlake._hotpath.Clock#%llu", ++clock_serial));
+    if (!self->key)
         return -1;
+    Py_CLEAR(self->cell);
     self->last_auto = 0.0;
-    self->tid = PyThread_get_thread_ident();
+    self->tstate = 0;
     self->tlast = 0.0;
     return 0;
 }
@@ -180,7 +212,8 @@ Clock_init(Clock *self, PyObject *args, PyObject *kw)
 static void
 Clock_dealloc(Clock *self)
 {
-    Py_XDECREF(self->others);
+    Py_XDECREF(self->cell);
+    Py_XDECREF(self->key);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1454,7 +1487,7 @@ static struct PyModuleDef hotpath_module = {
 PyMODINIT_FUNC
 PyInit__hotpath(void)
 {
-    if (PyType_Ready(&ClockType) < 0 || PyType_Ready(&RingType) < 0)
+    if (PyType_Ready(&StampCellType) < 0 || PyType_Ready(&ClockType) < 0 || PyType_Ready(&RingType) < 0)
         return NULL;
     str_ts = PyUnicode_InternFromString("_ts");
     str_append_py = PyUnicode_InternFromString("_append_py");

@@ -474,3 +474,60 @@ def test_a_batch_larger_than_the_ring_waits_for_room_and_loses_nothing(tmp_path)
     stored = disk_rows(tmp_path / "ws" / "run", "t")
     assert [r.get("i", r.get("j")) for r in stored] == list(range(n)) * 2
     assert [r["_ts"] for r in stored[:n]] == [float(i) for i in range(n)]
+
+
+REOPEN = """
+import sys
+from dreamlake import Session
+s = Session(prefix="ws/run", root=sys.argv[1]).open()
+print(s._pipe.recovered_rows, flush=True)
+s.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_rows_a_failed_close_still_owns_are_not_recovered_by_another_process(tmp_path, monkeypatch):
+    """close() fails on a full disk with rows unwritten: this process keeps them
+    and writes them when space comes back, so its journal stays locked meanwhile.
+    Another process opening the session then must not replay them (they would be
+    written twice); once this process has written them, the journal is gone."""
+    import threading
+
+    from dreamlake import SinkError
+    from dreamlake._writer import Writer
+    from test_store_faults import fill, small_tmpfs, wait_for
+
+    go = threading.Event()
+    retry = Writer._write_retry
+
+    def held_retry(self, pipe):  # after the failed close: no retry until the other process is done
+        if pipe.close_request is not None:
+            go.wait()
+        return retry(self, pipe)
+
+    monkeypatch.setattr(Writer, "_write_retry", held_retry)
+    with small_tmpfs("32m") as fs:  # room, once freed, for a dead journal swept to the session's disk
+        root = os.path.join(fs, "store")
+        sdir = Path(root) / "ws" / "run"
+        s = Session(prefix=PREFIX, root=root, timeout=30).open()
+        try:
+            t = s.track("t")
+            for i in range(100):
+                t.append(i=i)
+            s.flush()
+            filler = fill(fs, leave=0)
+            for i in range(100, 1100):
+                t.append(i=i, pad="p" * 50)
+            wait_for(lambda: s.health()["write_errors"] > 0, what="a failed write")
+            pipe = s._pipe
+            with pytest.raises(SinkError):
+                s.close()
+            os.unlink(filler)
+            other = subprocess.run([sys.executable, "-c", REOPEN, root], capture_output=True, text=True, timeout=60)
+            assert other.returncode == 0, other.stderr
+            assert other.stdout.split() == ["0"], "the other process replayed rows this one still owns"
+        finally:
+            go.set()
+        wait_for(lambda: pipe not in s._writer.pipes(), timeout=30, what="the deferred close")
+        assert [r["i"] for r in disk_rows(sdir, "t")] == list(range(1100))
+        assert _journal_files(sdir) == []

@@ -46,7 +46,7 @@
 #define KEY_SHIFT 16
 
 enum { K_BIN = 1, K_PACK = 2, K_BATCH = 3, K_PAD = 4 };
-enum { T_F64 = 1, T_I64, T_U64, T_TRUE, T_FALSE, T_NONE, T_STR, T_FLIST, T_LIST };
+enum { T_F64 = 1, T_I64, T_U64, T_TRUE, T_FALSE, T_NONE, T_STR, T_FLIST, T_LIST, T_DICT };
 
 /* values the C path takes; bigger ones go to Python (which checks the real limits) */
 #define C_MAX_LIST 4096
@@ -622,12 +622,40 @@ dec_scalar(uint8_t tag, const char **p)
     return NULL;
 }
 
+static PyObject *cached_key(const char *s, uint16_t n);
+
 static PyObject *
 dec_value(const char **p)
 {
     uint8_t tag = (uint8_t)**p;
     *p += 1;
     uint32_t n;
+    if (tag == T_DICT) {  /* str keys, values of the kinds below: no cycle, untracked */
+        memcpy(&n, *p, 4);
+        *p += 4;
+        PyObject *d = PyDict_New();
+        if (!d)
+            return NULL;
+        for (uint32_t k = 0; k < n; k++) {
+            uint16_t kl;
+            memcpy(&kl, *p, 2);
+            *p += 2;
+            PyObject *key = cached_key(*p, kl);
+            *p += kl;
+            PyObject *val = key ? dec_value(p) : NULL;
+            if (!val || PyDict_SetItem(d, key, val) < 0) {
+                Py_XDECREF(key);
+                Py_XDECREF(val);
+                Py_DECREF(d);
+                return NULL;
+            }
+            Py_DECREF(key);
+            Py_DECREF(val);
+        }
+        if (PyObject_GC_IsTracked(d))
+            PyObject_GC_UnTrack(d);
+        return d;
+    }
     if (tag == T_STR) {
         memcpy(&n, *p, 4);
         *p += 4;
@@ -1144,6 +1172,39 @@ enc_value(Buf *b, PyObject *v)
     return 0;
 }
 
+/* A field's value: enc_value's, or a dict of str keys whose values enc_value
+   takes (a camera's {"width": 640, "height": 480, "frame_id": 7}); a dict in
+   such a dict goes to Python. 1 done, 0 Python decides, -1 memory error. */
+static int
+enc_field_value(Buf *b, PyObject *v)
+{
+    if (!PyDict_CheckExact(v))
+        return enc_value(b, v);
+    Py_ssize_t n = PyDict_GET_SIZE(v);
+    if (n > C_MAX_LIST || buf_reserve(b, 5) < 0)
+        return n > C_MAX_LIST ? 0 : -1;
+    uint32_t count = (uint32_t)n;
+    put_u8(b, T_DICT);
+    PUT(b, &count, 4);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(v, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_IS_ASCII(key) || PyUnicode_GET_LENGTH(key) > 1024 ||
+            PyDict_Check(value))
+            return 0;
+        Py_ssize_t kl = PyUnicode_GET_LENGTH(key);
+        if (buf_reserve(b, 2 + (size_t)kl) < 0)
+            return -1;
+        uint16_t k16 = (uint16_t)kl;
+        PUT(b, &k16, 2);
+        PUT(b, PyUnicode_DATA(key), (size_t)kl);
+        int rc = enc_value(b, value);
+        if (rc <= 0)
+            return rc;
+    }
+    return PyDict_GET_SIZE(v) == n ? 1 : 0;  /* changed under us (a __hash__ of a key): Python */
+}
+
 /* A row dict of str keys (``"_ts"`` skipped: the record carries it) into a BIN
    payload in b; 1 done, 0 a key or value C does not take, -1 memory error. */
 static int
@@ -1167,7 +1228,7 @@ enc_row_dict(Buf *b, PyObject *row)
         uint16_t k16 = (uint16_t)kl;
         PUT(b, &k16, 2);
         PUT(b, PyUnicode_DATA(key), (size_t)kl);
-        int rc = enc_value(b, value);
+        int rc = enc_field_value(b, value);
         if (rc <= 0)
             return rc;
         nfields++;
@@ -1276,7 +1337,7 @@ TrackBase_append(TrackBase *self, PyObject *const *args, size_t nargsf, PyObject
         uint16_t k16 = (uint16_t)kl;
         PUT(b, &k16, 2);
         PUT(b, PyUnicode_DATA(key), (size_t)kl);
-        int rc = enc_value(b, args[i]);
+        int rc = enc_field_value(b, args[i]);
         if (rc < 0)
             return PyErr_NoMemory();
         if (rc == 0)

@@ -154,6 +154,27 @@ clock_auto(Clock *c)
     return t;
 }
 
+/* An explicit _ts that is an exact float or an int within 64 bits, as a double:
+   1 and *out set, 0 any other value (Python's check_ts decides). */
+static int
+ts_number(PyObject *v, double *out)
+{
+    if (PyFloat_CheckExact(v)) {
+        *out = PyFloat_AS_DOUBLE(v);
+        return 1;
+    }
+    if (!PyLong_CheckExact(v))
+        return 0;
+    int overflow;
+    long long i = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (i == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = (double)i;
+    return 1;
+}
+
 /* Stamp by the rules of Track.append; returns 1 and sets *out, 0 when the value
    is not one C decides (Python's check_ts then raises or converts), -1 on error. */
 static int
@@ -168,18 +189,7 @@ clock_stamp(Clock *c, PyObject *ts, double *out)
         *out = t;
         return 1;
     }
-    if (PyFloat_CheckExact(ts))
-        t = PyFloat_AS_DOUBLE(ts);
-    else if (PyLong_CheckExact(ts)) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(ts, &overflow);
-        if (overflow || (v == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            return 0;
-        }
-        t = (double)v;
-    }
-    else
+    if (!ts_number(ts, &t))
         return 0;
     if (clock_switch(c) < 0)
         return -1;
@@ -1172,6 +1182,18 @@ enc_value(Buf *b, PyObject *v)
     return 0;
 }
 
+/* A field name (ASCII, at most 1024 characters: checked by the caller): u16 length, bytes. */
+static int
+put_key(Buf *b, PyObject *key, Py_ssize_t kl)
+{
+    if (buf_reserve(b, 2 + (size_t)kl) < 0)
+        return -1;
+    uint16_t k16 = (uint16_t)kl;
+    PUT(b, &k16, 2);
+    PUT(b, PyUnicode_DATA(key), (size_t)kl);
+    return 0;
+}
+
 /* A field's value: enc_value's, or a dict of str keys whose values enc_value
    takes (a camera's {"width": 640, "height": 480, "frame_id": 7}); a dict in
    such a dict goes to Python. 1 done, 0 Python decides, -1 memory error. */
@@ -1193,11 +1215,8 @@ enc_field_value(Buf *b, PyObject *v)
             PyDict_Check(value))
             return 0;
         Py_ssize_t kl = PyUnicode_GET_LENGTH(key);
-        if (buf_reserve(b, 2 + (size_t)kl) < 0)
+        if (put_key(b, key, kl) < 0)
             return -1;
-        uint16_t k16 = (uint16_t)kl;
-        PUT(b, &k16, 2);
-        PUT(b, PyUnicode_DATA(key), (size_t)kl);
         int rc = enc_value(b, value);
         if (rc <= 0)
             return rc;
@@ -1223,11 +1242,8 @@ enc_row_dict(Buf *b, PyObject *row)
         Py_ssize_t kl = PyUnicode_GET_LENGTH(key);
         if (key == str_ts || (kl == 3 && memcmp(PyUnicode_DATA(key), "_ts", 3) == 0))
             continue;
-        if (buf_reserve(b, 2 + (size_t)kl) < 0)
+        if (put_key(b, key, kl) < 0)
             return -1;
-        uint16_t k16 = (uint16_t)kl;
-        PUT(b, &k16, 2);
-        PUT(b, PyUnicode_DATA(key), (size_t)kl);
         int rc = enc_field_value(b, value);
         if (rc <= 0)
             return rc;
@@ -1332,11 +1348,8 @@ TrackBase_append(TrackBase *self, PyObject *const *args, size_t nargsf, PyObject
         }
         if (!PyUnicode_IS_ASCII(key) || kl > 1024)
             return track_fallback((PyObject *)self, args, nargsf, kwnames);
-        if (buf_reserve(b, 2 + (size_t)kl) < 0)
+        if (put_key(b, key, kl) < 0)
             return PyErr_NoMemory();
-        uint16_t k16 = (uint16_t)kl;
-        PUT(b, &k16, 2);
-        PUT(b, PyUnicode_DATA(key), (size_t)kl);
         int rc = enc_field_value(b, args[i]);
         if (rc < 0)
             return PyErr_NoMemory();
@@ -1372,20 +1385,7 @@ batch_row_ts(PyObject *row, double *out)
     if (!v)
         return PyErr_Occurred() ? -1 : 1;
     double t;
-    if (PyFloat_CheckExact(v))
-        t = PyFloat_AS_DOUBLE(v);
-    else if (PyLong_CheckExact(v)) {
-        int overflow;
-        long long i = PyLong_AsLongLongAndOverflow(v, &overflow);
-        if (overflow || (i == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            return 0;
-        }
-        t = (double)i;
-    }
-    else
-        return 0;
-    if (!isfinite(t) || t == -1.0)
+    if (!ts_number(v, &t) || !isfinite(t) || t == -1.0)
         return 0;
     *out = t;
     return 2;

@@ -139,8 +139,9 @@ def test_reader_refuses_what_is_not_there(tmp_path):
         open_session("../etc", root=tmp_path)
     with pytest.raises(ValueError):
         reader.logs(-1)
-    with pytest.raises(ValueError, match="ts must be"):
-        Session(prefix="ws/s", root=str(tmp_path)).open().track("x").to_pandas(ts="seconds")
+    with Session(prefix="ws/s", root=str(tmp_path)) as session:
+        with pytest.raises(ValueError, match="ts must be"):
+            session.track("x").to_pandas(ts="seconds")
 
 
 def _run_on_read_only_copy(store: Path, script: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ the remote sink and tests use the very same types. The format is specified in
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Literal
 
 import msgspec
@@ -53,7 +54,8 @@ class SessionClose(msgspec.Struct, forbid_unknown_fields=True):
 
 class IngestBatch(msgspec.Struct, forbid_unknown_fields=True):
     """One request. ``client`` names the sending process (a stable random id,
-    1–128 characters); ``seq`` numbers its batches for this session from 1 up.
+    1–128 characters); ``seq`` numbers its batches for this session, rising
+    (gaps allowed: our client leaves room for the pieces of a split batch).
     A batch whose ``seq`` is not above the highest applied for
     (session, client) is a duplicate: acknowledged, never applied again."""
 
@@ -90,13 +92,24 @@ class IngestAck(msgspec.Struct):
 
 _encoder = msgspec.msgpack.Encoder()
 _ack_decoder = msgspec.json.Decoder(IngestAck)
+_compressors = threading.local()  # a ZstdCompressor is not thread-safe; reused per thread and level
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_compressors, "by_level", None)
+    if cache is None:
+        cache = _compressors.by_level = {}
+    compressor = cache.get(level)
+    if compressor is None:
+        compressor = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return compressor
 
 
 def encode_batch(batch: IngestBatch, level: int = 3) -> bytes:
     """msgpack, then one zstd frame (with its content size, so the server can
-    refuse an oversized batch before decompressing it)."""
-    raw = _encoder.encode(batch)
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
+    refuse an oversized batch before decompressing it). zstandard's
+    ``compress`` releases the GIL."""
+    return _compressor(level).compress(_encoder.encode(batch))
 
 
 def decode_ack(body: bytes) -> IngestAck:

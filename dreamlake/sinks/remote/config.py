@@ -24,6 +24,7 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "REQUEST_TIMEOUT",
     "SEQ_BLOCK",
+    "SEQ_STRIDE",
     "ENV_SPOOL_BUDGET",
     "ENV_API_KEY",
     "spool_budget",
@@ -37,11 +38,13 @@ BATCH_MAX_ROWS = 10_000
 BATCH_MAX_BYTES = 4 << 20
 #: ... or its first row is this old (seconds). Bounds what a ``kill -9`` loses.
 BATCH_MAX_AGE = 0.25
-#: zstd level of a batch body. Measured by ``benchmarks/remote.py`` on a
-#: 20k-row W1 batch: level 1 -> 0.137 of the JSON rows at 168 MB/s, level 3 ->
-#: 0.126 at 89 MB/s, levels 6/9 -> 0.125 at 20/10 MB/s. Level 3 buys 8 % fewer
-#: bytes than 1 for CPU a background thread easily affords; higher levels buy nothing.
-ZSTD_LEVEL = 3
+#: zstd level of a batch body. Measured (``benchmarks/remote.py``, 20k-row W1
+#: batch, wire bytes / JSON rows, compress time per row): level 1 -> 0.137 at
+#: ~55 ns/row, level 3 -> 0.126 at ~150 ns/row, 6/9 -> 0.125 and slower still;
+#: W2 rows: 0.06-0.10 at level 1. Level 3's 8 % fewer bytes cost three times
+#: the CPU, which the sender takes from the training process (the client
+#: shares its cores with the loop that logs), so level 1.
+ZSTD_LEVEL = 1
 #: Sealed batches waiting in memory before the sender moves them to the spool.
 MEMORY_MAX_BATCHES = 16
 #: Raw bytes of sealed batches in memory beyond which ``write_rows`` refuses
@@ -65,6 +68,10 @@ REQUEST_TIMEOUT = 20.0
 #: Sequence numbers are reserved on disk this many at a time, so a restarted
 #: client never reuses one without a disk write per batch.
 SEQ_BLOCK = 1000
+#: A slot's sequence numbers are this far apart, so the pieces of a batch the
+#: server refuses as too large get numbers of their own between it and its
+#: predecessor (see split.py); a batch of more rows than this is not split.
+SEQ_STRIDE = 1 << 24
 
 
 def spool_budget() -> int:

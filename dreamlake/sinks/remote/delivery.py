@@ -31,7 +31,8 @@ from ...server.wire import IngestAck
 from .batch import BatchBuilder, SealedBatch
 from .config import MEMORY_MAX_BATCHES, MEMORY_MAX_BYTES
 from .encoder import encode, rows_in_body
-from .service import AuthFailed, IngestService, Rejected, Retryable, backoff
+from .service import AuthFailed, IngestService, Rejected, Retryable, TooLarge, backoff
+from .split import deliver_split, splittable
 from .spool import ClientSlot, SpoolFull
 
 __all__ = ["Delivery", "Sender", "sender_for", "OK", "OUTAGE", "AUTH_FAILED"]
@@ -147,7 +148,7 @@ class Delivery:
             (
                 "batches_sent", "bytes_sent", "rows_acked", "duplicates", "retries", "batches_spooled",
                 "batches_replayed", "batches_rejected", "rows_quarantined", "spool_full", "spool_errors",
-                "batches_unspooled", "rows_rejected",
+                "batches_unspooled", "rows_rejected", "batches_split", "rows_too_large",
             ),
             0,
         )
@@ -325,7 +326,7 @@ class Delivery:
             self._ensure_session()
             if self._handed_over:  # closed while the session was being created
                 return False
-            ack = self.service.send(body)
+            acks, refused = self._deliver(seq, body)
         except Retryable as exc:
             self.failures += exc.unreachable
             self.counters["retries"] += 1
@@ -342,30 +343,52 @@ class Delivery:
             self._note(f"the server refused the credentials ({exc}); batches are kept in the spool for `dreamlake sync`", "auth")
             self._spool_ready()
             return False
-        except Rejected as exc:
-            self.counters["batches_rejected"] += 1
-            self._note(f"the server rejected batch {seq} ({exc}); it is kept in {self.slot.directory}/rejected.zst", "rejected")
-            ack = None
         with self._io:
             if self._handed_over:  # the slot is no longer ours: the batch stays spooled
                 return False
-            if ack is None:
-                self.counters["rows_rejected"] += rows_in_body(body)
-                self._quarantine(seq, body)
-            self._acknowledged(seq, body, ack, from_spool=spooled is not None)
+            for piece, why in refused:  # counted before flush() can see the batch done
+                self._reject(seq, piece, why)
+            self._acknowledged(seq, body, acks, from_spool=spooled is not None, clean=not refused)
         return True
 
-    def _acknowledged(self, seq: int, body: bytes, ack: IngestAck | None, from_spool: bool) -> None:
-        """The server answered batch ``seq`` (``ack`` None: it refused it for good)."""
-        if ack is not None:
+    def _deliver(self, seq: int, body: bytes) -> tuple[list[IngestAck], list[tuple[bytes, Rejected]]]:
+        """Send one batch: (acknowledgements, pieces refused for good). A batch
+        refused as too large is sent again in halves (split.py)."""
+        try:
+            return [self.service.send(body)], []
+        except TooLarge as exc:
+            if not splittable(seq):
+                return [], [(body, exc)]
+            self.counters["batches_split"] += 1
+            return deliver_split(body, self.service.send)
+        except Rejected as exc:
+            return [], [(body, exc)]
+
+    def _reject(self, seq: int, body: bytes, why: Rejected) -> None:
+        rows = rows_in_body(body)
+        self.counters["batches_rejected"] += 1
+        self.counters["rows_rejected"] += rows
+        if isinstance(why, TooLarge):
+            self.counters["rows_too_large"] += rows
+            self._note(f"the server refused {rows} row(s) of batch {seq} as too large ({why}); "
+                       f"kept in {self.slot.directory}/rejected.zst", "too_large")
+        else:
+            self._note(f"the server rejected batch {seq} ({why}); it is kept in {self.slot.directory}/rejected.zst", "rejected")
+        self._quarantine(seq, body)
+
+    def _acknowledged(self, seq: int, body: bytes, acks: list[IngestAck], from_spool: bool, clean: bool = True) -> None:
+        """The server answered batch ``seq`` (one ack, one per piece of a split
+        batch, or none: it refused all of it for good)."""
+        if acks:
             self.counters["batches_sent"] += 1
             self.counters["bytes_sent"] += len(body)
+        for ack in acks:
             self.counters["duplicates"] += ack.duplicate
             self.counters["rows_acked"] += sum(r.count for r in ack.ranges)
             self.session_id = ack.sessionId
             if self._on_ack is not None:
                 self._on_ack(ack)
-        self.state, self._attempt, self.last_error = OK, 0, None if ack is not None else self.last_error
+        self.state, self._attempt, self.last_error = OK, 0, None if acks and clean else self.last_error
         self._done(seq, from_spool)
 
     def _ensure_session(self) -> None:

@@ -3,9 +3,11 @@ batched ingest call, the REST reads and file calls. httpx errors and status
 codes are mapped here, at the boundary, to three outcomes::
 
     DeliveryError
-     ├── Retryable   network error, 5xx, 429 (``retry_after`` from Retry-After)
+     ├── Retryable   network error, 5xx, 429 (``retry_after`` from Retry-After),
+     │               408 (the request arrived too slowly: the next try may not)
      ├── AuthFailed  401 / 403: not retried, surfaced in health() and one warning
      └── Rejected    any other 4xx: this batch can never be applied
+          └── TooLarge  413: this body is over the server's limit (split it)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .config import CONNECT_TIMEOUT, REQUEST_TIMEOUT, RETRY_MAX, RETRY_MIN, Remo
 #: How long a file upload may wait for the server's reply after the last byte.
 UPLOAD_REPLY_TIMEOUT = 600.0
 
-__all__ = ["DeliveryError", "Retryable", "AuthFailed", "Rejected", "http_client", "backoff", "IngestService", "RemoteStore"]
+__all__ = ["DeliveryError", "Retryable", "AuthFailed", "Rejected", "TooLarge", "http_client", "backoff", "IngestService", "RemoteStore"]
 
 
 class DeliveryError(Exception):
@@ -46,6 +48,10 @@ class AuthFailed(DeliveryError):
 
 class Rejected(DeliveryError):
     pass
+
+
+class TooLarge(Rejected):
+    """413: the body (or the batch it decompresses to) is over the server's limit."""
 
 
 _client: httpx.Client | None = None
@@ -116,8 +122,10 @@ def check(response: httpx.Response) -> httpx.Response:
     text = f"HTTP {code}: {_error_text(response)}"
     if code in (401, 403):
         raise AuthFailed(text)
-    if code == 429 or code >= 500:
+    if code in (408, 429) or code >= 500:
         raise Retryable(text, _retry_after(response.headers.get("retry-after")))
+    if code == 413:
+        raise TooLarge(text)
     raise Rejected(text)
 
 

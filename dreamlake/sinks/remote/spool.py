@@ -4,7 +4,8 @@ A *client slot* is ``<session dir>/.remote/<client id>/``: one sending process
 owns it (an ``flock`` on ``lock`` for its whole life) and keeps there
 
 * ``state.json`` — the client id, the highest sequence number *reserved*
-  (reserved ``SEQ_BLOCK`` at a time, written before any is used, so a process
+  (``SEQ_BLOCK`` numbers, ``SEQ_STRIDE`` apart, at a time, written before any
+  is used, so a process
   that adopts the slot after a crash never reuses one), the highest sequence
   the server acknowledged from the spool, and the session's open info;
 * ``spool.zst`` — append-only frames, one per batch, oldest first::
@@ -34,10 +35,11 @@ import json
 import os
 import secrets
 import struct
+import threading
 import zlib
 from typing import Any, Iterator
 
-from .config import SEQ_BLOCK, spool_budget
+from .config import SEQ_BLOCK, SEQ_STRIDE, spool_budget
 
 __all__ = ["ClientSlot", "Spool", "SpoolFull", "slots_dir", "free_slots", "acquire_new_slot", "pending_in_slots"]
 
@@ -187,17 +189,24 @@ class ClientSlot:
         self._lock_fd = lock_fd
         self.state = state
         self.client: str = state["client"]
-        self._next = int(state.get("next", state.get("reserved", 0) + 1))
+        # the first multiple of SEQ_STRIDE above anything reserved before
+        self._next = (int(state.get("reserved", 0)) // SEQ_STRIDE + 1) * SEQ_STRIDE
+        # the writer (sequence reservations) and the sender (acknowledged
+        # position) both save state.json: one at a time, or an older snapshot
+        # could land last and hand out a reserved number again after a crash
+        self._save_lock = threading.Lock()
         self.spool = Spool(os.path.join(directory, "spool.zst"))
         self.spool.skip_acked(int(state.get("acked", 0)))
 
     # -- sequence numbers ------------------------------------------------------
     def next_seq(self) -> int:
+        """The next batch's number: ``SEQ_STRIDE`` above the last (room for
+        the pieces of a split batch, see split.py)."""
         seq = self._next
         if seq > int(self.state.get("reserved", 0)):
-            self.state["reserved"] = seq + SEQ_BLOCK - 1
+            self.state["reserved"] = seq + (SEQ_BLOCK - 1) * SEQ_STRIDE
             self.save(sync=True)
-        self._next = seq + 1
+        self._next = seq + SEQ_STRIDE
         return seq
 
     def set_acked(self, seq: int, save: bool = True) -> None:
@@ -207,7 +216,8 @@ class ClientSlot:
                 self.save()
 
     def save(self, sync: bool = False) -> None:
-        _write_json_atomic(os.path.join(self.directory, "state.json"), self.state, sync)
+        with self._save_lock:
+            _write_json_atomic(os.path.join(self.directory, "state.json"), self.state, sync)
 
     @property
     def clean(self) -> bool:

@@ -14,7 +14,8 @@
  *
  * Types:
  *   Clock      one session's _ts state: last auto stamp (strictly increasing),
- *              the last stamp of each thread (for _ts=-1).
+ *              the last stamp of each thread (for _ts=-1), kept in the thread
+ *              state's dict so it dies with the thread.
  *   Ring       one session's journal ring over a writable buffer (the mmap
  *              made by _journal.py). Layout: see _journal.py.
  *   TrackBase  base class of Track: its C `append` takes the common rows and
@@ -45,7 +46,7 @@
 #define KEY_SHIFT 16
 
 enum { K_BIN = 1, K_PACK = 2, K_BATCH = 3, K_PAD = 4 };
-enum { T_F64 = 1, T_I64, T_U64, T_TRUE, T_FALSE, T_NONE, T_STR, T_FLIST, T_LIST };
+enum { T_F64 = 1, T_I64, T_U64, T_TRUE, T_FALSE, T_NONE, T_STR, T_FLIST, T_LIST, T_DICT };
 
 /* values the C path takes; bigger ones go to Python (which checks the real limits) */
 #define C_MAX_LIST 4096
@@ -69,13 +70,33 @@ rec_check(uint64_t off, uint32_t len, uint32_t sid, uint32_t kind)
 
 /* ---------------------------------------------------------------- Clock */
 
+/* A thread's last stamp for one Clock. It lives in the thread state's dict, so
+   it dies with its thread: a new thread that the OS gives a dead thread's ident
+   starts with no stamp (keying by PyThread_get_thread_ident borrowed the dead
+   thread's). */
+typedef struct {
+    PyObject_HEAD
+    double last;
+} StampCell;
+
+static PyTypeObject StampCellType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dreamlake._hotpath._StampCell",
+    .tp_basicsize = sizeof(StampCell),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+};
+
 typedef struct {
     PyObject_HEAD
     double last_auto;
-    unsigned long tid;   /* the thread whose last stamp is cached in tlast */
+    uint64_t tstate;     /* PyThreadState_GetID of the thread cached in tlast (never reused) */
     double tlast;
-    PyObject *others;    /* {thread ident: last stamp} of other threads */
+    StampCell *cell;     /* that thread's cell (tlast is written back on a switch) */
+    PyObject *key;       /* this clock's key in every thread state's dict */
 } Clock;
+
+static unsigned long long clock_serial;
 
 static double
 now_seconds(void)
@@ -89,27 +110,37 @@ now_seconds(void)
 static int
 clock_switch(Clock *c)
 {
-    unsigned long cur = PyThread_get_thread_ident();
-    if (cur == c->tid)
+    PyThreadState *ts = PyThreadState_Get();
+    uint64_t cur = PyThreadState_GetID(ts);
+    if (cur == c->tstate && c->cell)
         return 0;
-    PyObject *key = PyLong_FromUnsignedLong(c->tid);
-    PyObject *val = PyFloat_FromDouble(c->tlast);
-    if (!key || !val || PyDict_SetItem(c->others, key, val) < 0) {
-        Py_XDECREF(key);
-        Py_XDECREF(val);
+    if (c->cell)
+        c->cell->last = c->tlast;
+    PyObject *dict = PyThreadState_GetDict();
+    if (!dict) {
+        PyErr_SetString(PyExc_RuntimeError, "no thread state dict");
         return -1;
     }
-    Py_DECREF(key);
-    Py_DECREF(val);
-    key = PyLong_FromUnsignedLong(cur);
-    if (!key)
-        return -1;
-    PyObject *got = PyDict_GetItemWithError(c->others, key);
-    Py_DECREF(key);
+    PyObject *got = PyDict_GetItemWithError(dict, c->key);
     if (!got && PyErr_Occurred())
         return -1;
-    c->tid = cur;
-    c->tlast = got ? PyFloat_AS_DOUBLE(got) : 0.0;
+    if (got && Py_TYPE(got) != &StampCellType)
+        got = NULL;
+    if (got)
+        Py_INCREF(got);
+    else {
+        got = PyType_GenericNew(&StampCellType, NULL, NULL);
+        if (!got)
+            return -1;
+        ((StampCell *)got)->last = 0.0;
+        if (PyDict_SetItem(dict, c->key, got) < 0) {
+            Py_DECREF(got);
+            return -1;
+        }
+    }
+    Py_XSETREF(c->cell, (StampCell *)got);
+    c->tstate = cur;
+    c->tlast = c->cell->last;
     return 0;
 }
 
@@ -121,6 +152,27 @@ clock_auto(Clock *c)
         t = c->last_auto + 1e-6;
     c->last_auto = t;
     return t;
+}
+
+/* An explicit _ts that is an exact float or an int within 64 bits, as a double:
+   1 and *out set, 0 any other value (Python's check_ts decides). */
+static int
+ts_number(PyObject *v, double *out)
+{
+    if (PyFloat_CheckExact(v)) {
+        *out = PyFloat_AS_DOUBLE(v);
+        return 1;
+    }
+    if (!PyLong_CheckExact(v))
+        return 0;
+    int overflow;
+    long long i = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (i == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = (double)i;
+    return 1;
 }
 
 /* Stamp by the rules of Track.append; returns 1 and sets *out, 0 when the value
@@ -137,18 +189,7 @@ clock_stamp(Clock *c, PyObject *ts, double *out)
         *out = t;
         return 1;
     }
-    if (PyFloat_CheckExact(ts))
-        t = PyFloat_AS_DOUBLE(ts);
-    else if (PyLong_CheckExact(ts)) {
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(ts, &overflow);
-        if (overflow || (v == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            return 0;
-        }
-        t = (double)v;
-    }
-    else
+    if (!ts_number(ts, &t))
         return 0;
     if (clock_switch(c) < 0)
         return -1;
@@ -168,11 +209,12 @@ clock_stamp(Clock *c, PyObject *ts, double *out)
 static int
 Clock_init(Clock *self, PyObject *args, PyObject *kw)
 {
-    Py_XSETREF(self->others, PyDict_New());
-    if (!self->others)
+    Py_XSETREF(self->key, PyUnicode_FromFormat("dreamlake._hotpath.Clock#%llu", ++clock_serial));
+    if (!self->key)
         return -1;
+    Py_CLEAR(self->cell);
     self->last_auto = 0.0;
-    self->tid = PyThread_get_thread_ident();
+    self->tstate = 0;
     self->tlast = 0.0;
     return 0;
 }
@@ -180,7 +222,8 @@ Clock_init(Clock *self, PyObject *args, PyObject *kw)
 static void
 Clock_dealloc(Clock *self)
 {
-    Py_XDECREF(self->others);
+    Py_XDECREF(self->cell);
+    Py_XDECREF(self->key);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -589,12 +632,40 @@ dec_scalar(uint8_t tag, const char **p)
     return NULL;
 }
 
+static PyObject *cached_key(const char *s, uint16_t n);
+
 static PyObject *
 dec_value(const char **p)
 {
     uint8_t tag = (uint8_t)**p;
     *p += 1;
     uint32_t n;
+    if (tag == T_DICT) {  /* str keys, values of the kinds below: no cycle, untracked */
+        memcpy(&n, *p, 4);
+        *p += 4;
+        PyObject *d = PyDict_New();
+        if (!d)
+            return NULL;
+        for (uint32_t k = 0; k < n; k++) {
+            uint16_t kl;
+            memcpy(&kl, *p, 2);
+            *p += 2;
+            PyObject *key = cached_key(*p, kl);
+            *p += kl;
+            PyObject *val = key ? dec_value(p) : NULL;
+            if (!val || PyDict_SetItem(d, key, val) < 0) {
+                Py_XDECREF(key);
+                Py_XDECREF(val);
+                Py_DECREF(d);
+                return NULL;
+            }
+            Py_DECREF(key);
+            Py_DECREF(val);
+        }
+        if (PyObject_GC_IsTracked(d))
+            PyObject_GC_UnTrack(d);
+        return d;
+    }
     if (tag == T_STR) {
         memcpy(&n, *p, 4);
         *p += 4;
@@ -634,7 +705,7 @@ dec_value(const char **p)
 }
 
 static PyObject *
-dec_bin(const char *p, const char *end, double ts)
+dec_bin(const char *p, const char *end, PyObject *ts)
 {
     uint32_t n;
     memcpy(&n, p, 4);
@@ -663,12 +734,8 @@ dec_bin(const char *p, const char *end, double ts)
         if (p > end)
             goto bad;
     }
-    PyObject *t = PyFloat_FromDouble(ts);  /* _ts last, as the Python path stores it */
-    if (!t || PyDict_SetItem(row, str_ts, t) < 0) {
-        Py_XDECREF(t);
+    if (PyDict_SetItem(row, str_ts, ts) < 0)  /* _ts last, as the Python path stores it */
         goto fail;
-    }
-    Py_DECREF(t);
     if (PyObject_GC_IsTracked(row))
         PyObject_GC_UnTrack(row);
     return row;
@@ -740,9 +807,9 @@ Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         if (h->kind == K_BIN) {
-            PyObject *row = dec_bin(payload, end, h->ts);
-            PyObject *ts = row ? PyFloat_FromDouble(h->ts) : NULL;
-            int rc = ts ? append_row(lists, h->sid, ts, row, off << KEY_SHIFT) : -1;
+            PyObject *ts = PyFloat_FromDouble(h->ts);  /* one float: the row's _ts and the ts list's */
+            PyObject *row = ts ? dec_bin(payload, end, ts) : NULL;
+            int rc = row ? append_row(lists, h->sid, ts, row, off << KEY_SHIFT) : -1;
             Py_XDECREF(row);
             Py_XDECREF(ts);
             if (rc < 0)
@@ -1115,6 +1182,48 @@ enc_value(Buf *b, PyObject *v)
     return 0;
 }
 
+/* A field name (ASCII, at most 1024 characters: checked by the caller): u16 length, bytes. */
+static int
+put_key(Buf *b, PyObject *key, Py_ssize_t kl)
+{
+    if (buf_reserve(b, 2 + (size_t)kl) < 0)
+        return -1;
+    uint16_t k16 = (uint16_t)kl;
+    PUT(b, &k16, 2);
+    PUT(b, PyUnicode_DATA(key), (size_t)kl);
+    return 0;
+}
+
+/* A field's value: enc_value's, or a dict of str keys whose values enc_value
+   takes (a camera's {"width": 640, "height": 480, "frame_id": 7}); a dict in
+   such a dict goes to Python. 1 done, 0 Python decides, -1 memory error. */
+static int
+enc_field_value(Buf *b, PyObject *v)
+{
+    if (!PyDict_CheckExact(v))
+        return enc_value(b, v);
+    Py_ssize_t n = PyDict_GET_SIZE(v);
+    if (n > C_MAX_LIST || buf_reserve(b, 5) < 0)
+        return n > C_MAX_LIST ? 0 : -1;
+    uint32_t count = (uint32_t)n;
+    put_u8(b, T_DICT);
+    PUT(b, &count, 4);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(v, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_IS_ASCII(key) || PyUnicode_GET_LENGTH(key) > 1024 ||
+            PyDict_Check(value))
+            return 0;
+        Py_ssize_t kl = PyUnicode_GET_LENGTH(key);
+        if (put_key(b, key, kl) < 0)
+            return -1;
+        int rc = enc_value(b, value);
+        if (rc <= 0)
+            return rc;
+    }
+    return PyDict_GET_SIZE(v) == n ? 1 : 0;  /* changed under us (a __hash__ of a key): Python */
+}
+
 /* A row dict of str keys (``"_ts"`` skipped: the record carries it) into a BIN
    payload in b; 1 done, 0 a key or value C does not take, -1 memory error. */
 static int
@@ -1133,12 +1242,9 @@ enc_row_dict(Buf *b, PyObject *row)
         Py_ssize_t kl = PyUnicode_GET_LENGTH(key);
         if (key == str_ts || (kl == 3 && memcmp(PyUnicode_DATA(key), "_ts", 3) == 0))
             continue;
-        if (buf_reserve(b, 2 + (size_t)kl) < 0)
+        if (put_key(b, key, kl) < 0)
             return -1;
-        uint16_t k16 = (uint16_t)kl;
-        PUT(b, &k16, 2);
-        PUT(b, PyUnicode_DATA(key), (size_t)kl);
-        int rc = enc_value(b, value);
+        int rc = enc_field_value(b, value);
         if (rc <= 0)
             return rc;
         nfields++;
@@ -1242,12 +1348,9 @@ TrackBase_append(TrackBase *self, PyObject *const *args, size_t nargsf, PyObject
         }
         if (!PyUnicode_IS_ASCII(key) || kl > 1024)
             return track_fallback((PyObject *)self, args, nargsf, kwnames);
-        if (buf_reserve(b, 2 + (size_t)kl) < 0)
+        if (put_key(b, key, kl) < 0)
             return PyErr_NoMemory();
-        uint16_t k16 = (uint16_t)kl;
-        PUT(b, &k16, 2);
-        PUT(b, PyUnicode_DATA(key), (size_t)kl);
-        int rc = enc_value(b, args[i]);
+        int rc = enc_field_value(b, args[i]);
         if (rc < 0)
             return PyErr_NoMemory();
         if (rc == 0)
@@ -1271,6 +1374,98 @@ TrackBase_append(TrackBase *self, PyObject *const *args, size_t nargsf, PyObject
     r->rows_in++;
     Py_INCREF(self);
     return (PyObject *)self;
+}
+
+/* "_ts" of a batch row: 1 absent, 2 a finite number other than -1 (in *out), 0 anything
+   else (None, -1, bool, non-finite, huge ints: the Python path decides) */
+static int
+batch_row_ts(PyObject *row, double *out)
+{
+    PyObject *v = PyDict_GetItemWithError(row, str_ts);
+    if (!v)
+        return PyErr_Occurred() ? -1 : 1;
+    double t;
+    if (!ts_number(v, &t) || !isfinite(t) || t == -1.0)
+        return 0;
+    *out = t;
+    return 2;
+}
+
+static PyObject *
+TrackBase_put_batch(TrackBase *self, PyObject *rows)
+{
+    /* _put_batch(rows list) -> the common append_batch in two C passes over the
+       caller's dicts (no copies): the first checks every row as the journal
+       encoder takes it (nothing is stamped or journaled unless all pass), the
+       second stamps, encodes and journals each. Returns len(rows) when all went
+       in; 0 when the batch is not one C takes (the Python path decides); on a
+       full ring (k, stamps of rows[k:]): rows[k:] are stamped, not journaled. */
+    Ring *r = self->ring;
+    if (!PyList_CheckExact(rows) || !r || !r->data || r->closed || r->release_pending)
+        return PyLong_FromLong(0);
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    if (n == 0)
+        return PyLong_FromLong(0);
+    Buf *b = &r->scratch;
+    int kind = 0;  /* 1 no row holds _ts, 2 every row holds a number */
+    double last_given = 0.0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *row = PyList_GET_ITEM(rows, k);
+        if (!PyDict_CheckExact(row))
+            return PyLong_FromLong(0);
+        int tk = batch_row_ts(row, &last_given);
+        if (tk < 0)
+            return NULL;
+        if (tk == 0 || (kind && tk != kind))
+            return PyLong_FromLong(0);
+        kind = tk;
+        int rc = enc_row_dict(b, row);
+        if (rc < 0)
+            return PyErr_NoMemory();
+        if (rc == 0 || ((HDR + b->len + 7) & ~(size_t)7) > r->cap / 2)
+            return PyLong_FromLong(0);
+    }
+    Clock *c = self->clock;
+    if (clock_switch(c) < 0)
+        return NULL;
+    double base = 0.0;
+    if (kind == 1) {  /* the batch's auto stamps: consecutive, 1 us apart (Clock.reserve) */
+        base = clock_auto(c);
+        c->last_auto = base + (double)(n - 1) * 1e-6;
+        c->tlast = c->last_auto;
+    }
+    else
+        c->tlast = last_given;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *row = PyList_GET_ITEM(rows, k);
+        double t = base + (double)k * 1e-6;
+        if (kind == 2)
+            batch_row_ts(row, &t);
+        if (enc_row_dict(b, row) != 1)  /* checked above; only memory can fail */
+            return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+        uint64_t size = (HDR + b->len + 7) & ~(uint64_t)7;
+        int64_t gap = r->data && !r->closed && !r->release_pending ? ring_room(r, size) : -1;
+        if (gap < 0) {  /* full: the caller journals the rest when there is room */
+            PyObject *stamps = PyList_New(n - k);
+            if (!stamps)
+                return NULL;
+            for (Py_ssize_t j = k; j < n; j++) {
+                double tj = base + (double)j * 1e-6;
+                if (kind == 2)
+                    batch_row_ts(PyList_GET_ITEM(rows, j), &tj);
+                PyObject *f = PyFloat_FromDouble(tj);
+                if (!f) {
+                    Py_DECREF(stamps);
+                    return NULL;
+                }
+                PyList_SET_ITEM(stamps, j - k, f);
+            }
+            return Py_BuildValue("(nN)", k, stamps);
+        }
+        ring_commit(r, (uint64_t)gap, self->sid, t, K_BIN, b->p, b->len);
+        r->rows_in++;
+    }
+    return PyLong_FromSsize_t(n);
 }
 
 static PyObject *
@@ -1326,6 +1521,7 @@ static PyMethodDef TrackBase_methods[] = {
     {"append", (PyCFunction)(void (*)(void))TrackBase_append, METH_FASTCALL | METH_KEYWORDS,
      "append(row=None, /, _ts=None, **fields): see Track._append_py for the rules."},
     {"_hot_bind", (PyCFunction)(void (*)(void))TrackBase_hot_bind, METH_FASTCALL, "_hot_bind(ring or None, clock, sid)"},
+    {"_put_batch", (PyCFunction)TrackBase_put_batch, METH_O, "_put_batch(rows): append_batch's common case (see the C)"},
     {NULL}};
 
 static PyType_Slot TrackBase_slots[] = {
@@ -1352,7 +1548,7 @@ static struct PyModuleDef hotpath_module = {
 PyMODINIT_FUNC
 PyInit__hotpath(void)
 {
-    if (PyType_Ready(&ClockType) < 0 || PyType_Ready(&RingType) < 0)
+    if (PyType_Ready(&StampCellType) < 0 || PyType_Ready(&ClockType) < 0 || PyType_Ready(&RingType) < 0)
         return NULL;
     str_ts = PyUnicode_InternFromString("_ts");
     str_append_py = PyUnicode_InternFromString("_append_py");

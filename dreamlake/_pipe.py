@@ -178,6 +178,8 @@ class SessionPipe:
         #: the crash journal (None: rows wait in memory only; see :mod:`._journal`)
         self.journal: Any = None
         self.ring: Any = None
+        self._journal_lock = threading.Lock()  # mark_closed and the writer may both release it
+        self._journal_released = False
         self.recovered_rows = 0
         self.dropped_ring_full = 0  # of ``dropped``: the journal ring had no room
         # counters, read by health(); written by one side each
@@ -323,14 +325,27 @@ class SessionPipe:
 
     def mark_closed(self) -> None:
         """Make every later push raise, at no cost to the open hot path; a journal
-        whose rows are all written is deleted (else kept for the next open)."""
+        whose rows are all written is deleted. While the writer still owns rows
+        (a close that failed: it goes on retrying them) the journal stays mapped
+        and locked, so no other process recovers rows this one writes later; the
+        writer lets it go once it gives the pipe up (:meth:`release_journal`)."""
         self.closed = True
         self.max_items = -1
         self.push = _refuse
-        journal = self.journal
-        if journal is not None:
+        if self.journal is not None:
+            self.journal.ring.close()  # C appends now take the Python path, which raises
+            if self.close_request is None:  # the writer is done with this pipe
+                self.release_journal()
+
+    def release_journal(self) -> None:
+        """Once closed and given up by the writer: delete the journal if all its
+        rows are written, else unlock it for the next open to recover."""
+        with self._journal_lock:
+            journal = self.journal
+            if journal is None or not self.closed or self._journal_released:
+                return
+            self._journal_released = True
             ring = journal.ring
-            ring.close()  # C appends now take the Python path, which raises
             done = ring.rows_in == ring.rows_out and not self.pending and not self.retry
             try:
                 journal.remove() if done else journal.close()

@@ -533,6 +533,8 @@ class Writer:
         with self._lock:
             if unwritten is None and pipe in self._pipes:
                 self._pipes.remove(pipe)
+        if unwritten is None and deferred:
+            pipe.release_journal()  # kept locked since the failed close: its rows are now written
         if unwritten is not None:
             raise unwritten
         return sealed

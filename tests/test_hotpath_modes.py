@@ -35,6 +35,9 @@ with Session(prefix="ws/run", root=root) as s:
         dict(nan=float("nan"), inf=float("inf"), ninf=[float("-inf"), 1.0]),
         dict(text="héllo", nested={"a": [1, {"b": 2}]}, strs=["a", "b"], h16=np.float16(1.5)),
         dict(be=np.array([1.0, 2.0], dtype=">f8"), two_d=np.ones((2, 2))),
+        dict(meta={"width": 640, "height": 480, "id": "left", "q": [0.1, 0.2], "n": None, "ok": True,
+                   "nan": float("nan"), "big": (1 << 64) - 1, "f32": np.float32(0.5)}, empty={}),
+        dict(tag={"$float": "nan"}, esc={"$esc": 1}, deep={"a": {"b": 1}}, text={"k": "héllo"}),
     ]
     for i, row in enumerate(rows):
         t.append(**row, _ts=float(i))
@@ -45,7 +48,8 @@ with Session(prefix="ws/run", root=root) as s:
     t.append(w=4.0, _ts=np.float64(300.0))
     errors = []
     for bad in [dict(x=1 << 64), dict(x=-(1 << 63) - 1), dict(x="a\ud800b"), dict(x=object()), dict(x=1j),
-                dict(x=np.complex64(1)), dict(), dict(x=[object()]), dict(x=b"bytes")]:
+                dict(x=np.complex64(1)), dict(), dict(x=[object()]), dict(x=b"bytes"),
+                dict(x={"a": 1 << 64}), dict(x={1: 2.0}), dict(x={"a": object()})]:
         try:
             t.append(**bad, _ts=500.0)
             errors.append(None)
@@ -112,8 +116,8 @@ def test_both_paths_store_the_same_bytes_and_raise_the_same_errors(tmp_path):
     assert c["t"] == pure["t"]  # byte for byte
     assert c["errors"] == pure["errors"]
     assert c["errors"] == ["ValueError", "ValueError", "ValueError", "TypeError", "TypeError", "TypeError",
-                           "ValueError", "TypeError", "TypeError", "ValueError", "ValueError", "ValueError",
-                           "ValueError", "TypeError"]
+                           "ValueError", "TypeError", "TypeError", "ValueError", "TypeError", "TypeError",
+                           "ValueError", "ValueError", "ValueError", "ValueError", "TypeError"]
     for out in (c, pure):
         assert out["auto_count"] == 6000 and out["auto_increasing"]
         assert out["other"] == [[1.0, True], [2.0, False], [3.0, True]]

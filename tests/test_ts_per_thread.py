@@ -1,0 +1,69 @@
+"""``_ts=-1`` borrows the calling thread's own last stamp: a new thread that the
+OS gives a dead thread's ident starts fresh (the stamp dies with its thread), on
+the C path and on the pure-Python one. Each path runs in its own subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dreamlake._pipe import HOTPATH
+
+SCRIPT = r"""
+import json, sys, threading, time
+from dreamlake import Session
+from dreamlake._pipe import HOTPATH
+
+out = {"hot": HOTPATH}
+with Session(prefix="ws/run", root=sys.argv[1]) as s:
+    a, b = s.track("a"), s.track("b")
+    clock = a._pipe.clock
+    seen = {}
+    def first():
+        a.append(x=1.0, _ts=123.0)
+        seen["ident"] = threading.get_ident()
+    def second():
+        seen["reused"] = threading.get_ident() == seen["ident"]
+        seen["last"] = clock.last  # this thread has stamped nothing yet
+        b.append(y=1.0, _ts=-1)
+    for _ in range(200):  # glibc hands a new thread the stack (and so the ident) of a joined one
+        th = threading.Thread(target=first)
+        th.start()
+        th.join()
+        th = threading.Thread(target=second)
+        th.start()
+        th.join()
+        if seen["reused"]:
+            break
+    out["reused"] = seen["reused"]
+    out["last_seen_by_new_thread"] = seen["last"]
+    out["now"] = time.time()
+import os
+rows = [json.loads(l)["data"] for l in open(os.path.join(sys.argv[1], "ws", "run", "tracks", "b", "data.jsonl"))]
+out["b_last_ts"] = rows[-1]["_ts"]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
+def test_a_new_thread_with_a_dead_threads_ident_does_not_borrow_its_stamp(tmp_path, pure):
+    if not pure and not HOTPATH:
+        pytest.skip("the C hot path is not built here")
+    env = dict(os.environ)
+    env.pop("DREAMLAKE_PURE_PYTHON", None)
+    if pure:
+        env["DREAMLAKE_PURE_PYTHON"] = "1"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["hot"] is (not pure)
+    assert out["reused"], "no new thread got a joined thread's ident: the condition was not reached"
+    assert out["last_seen_by_new_thread"] == 0.0
+    assert out["b_last_ts"] != 123.0
+    assert abs(out["b_last_ts"] - out["now"]) < 600  # a fresh auto stamp

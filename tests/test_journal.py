@@ -363,18 +363,48 @@ def test_no_room_for_the_journal_opens_without_one_and_writes_everything(tmp_pat
     """The ring is allocated up front (a store into a sparse mapping on a full disk
     would be a SIGBUS): where it does not fit, the session opens without it, says
     so, and rows wait in memory until written, as without the extension."""
-    from test_store_faults import small_tmpfs
+    from test_store_faults import fill, small_tmpfs
 
     monkeypatch.setenv("DREAMLAKE_JOURNAL_DIR", "session")  # on the session's own (tiny) disk
     with small_tmpfs("2m") as where:
+        filler = fill(where, leave=40 << 10)  # less than the smallest ring
         with caplog.at_level("WARNING", logger="dreamlake"):
             with Session(prefix=PREFIX, root=where) as s:
+                assert s.health()["journal"] is None
+                os.unlink(filler)  # room again for the rows themselves
                 t = s.track("t")
                 for i in range(1000):
                     t.append(i=i, q=[0.5] * 3)
-                assert s.health()["journal"] is None
         assert any("no crash journal" in r.getMessage() for r in caplog.records)
         assert [r["i"] for r in disk_rows(Path(where) / "ws" / "run", "t")] == list(range(1000))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_small_journal_filesystem_gets_a_small_ring_not_none(tmp_path, monkeypatch):
+    """A container's small /dev/shm must not go to the first session alone: the
+    ring takes at most an eighth of the room free where it lives."""
+    from test_store_faults import small_tmpfs
+
+    monkeypatch.setenv("DREAMLAKE_JOURNAL_DIR", "session")
+    with small_tmpfs("16m") as where:
+        room = os.statvfs(where).f_bavail * os.statvfs(where).f_frsize
+        with Session(prefix=PREFIX, root=where) as s:
+            journal = s.health()["journal"]
+            assert journal is not None and 64 << 10 <= journal["capacity"] <= room // 8
+            t = s.track("t")
+            for i in range(20_000):
+                t.append(i=i, q=[0.5] * 7)
+        assert [r["i"] for r in disk_rows(Path(where) / "ws" / "run", "t")] == list(range(20_000))
+
+
+def test_ring_capacity_is_half_the_budget_within_bounds_and_room():
+    from dreamlake._journal import MAX_CAPACITY, MIN_CAPACITY, capacity_for
+
+    assert capacity_for(64 << 20) == MAX_CAPACITY == 32 << 20  # the default budget
+    assert capacity_for(8 << 20) == 4 << 20
+    assert capacity_for(1 << 10) == MIN_CAPACITY
+    assert capacity_for(64 << 20, room=64 << 20) == 8 << 20  # a container's 64 MB /dev/shm
+    assert capacity_for(64 << 20, room=0) == MIN_CAPACITY  # then allocation fails and says so
 
 
 def test_large_rows_against_a_small_ring_block_and_lose_nothing(tmp_path):

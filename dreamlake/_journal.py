@@ -168,6 +168,61 @@ class Journal:
         }
 
 
+class MemoryRing:
+    """The ring in private anonymous memory, for sessions whose rows no later
+    open could recover from a file (remote and fan-out sessions, and remote
+    sessions through the agent: their crash safety is the remote spool, once the
+    writer has taken the rows). It gives them the same C hot path as a local
+    session; it survives no crash. Same interface as :class:`Journal`."""
+
+    path = None
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        # private: a forked child must not share the parent's unwritten rows
+        flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20) | getattr(mmap, "MAP_POPULATE", 0)
+        self._mm = mmap.mmap(-1, DATA_AT + capacity, flags=flags)
+        HEADER.pack_into(self._mm, 0, MAGIC, 1, capacity, 0)
+        self.ring = Ring(self._mm, capacity)
+        self._open = True
+
+    def declare(self, sid: int, name: str, is_log: bool) -> None:
+        if sid >= MAX_STREAMS:
+            raise ValueError(f"a session may hold at most {MAX_STREAMS} streams")
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.ring.release()
+        try:
+            self._mm.close()
+        except (BufferError, ValueError):
+            pass
+
+    remove = close
+    forget_in_child = close
+
+    def state(self) -> dict:
+        ring = self.ring
+        return {
+            "path": None,
+            "crash_safe": False,
+            "capacity": ring.capacity,
+            "used_bytes": ring.head - ring.tail,
+            "unread_rows": ring.rows_in - ring.rows_out,
+            "closed": ring.closed,
+        }
+
+
+def attach_in_memory(pipe: Any, memory_budget: int) -> None:
+    """The C hot path without a crash journal (see :class:`MemoryRing`)."""
+    try:
+        pipe.attach_journal(MemoryRing(capacity_for(memory_budget)))
+    except (OSError, ValueError) as exc:
+        log.warning("dreamlake: no in-memory ring (%s); appends take the Python path", exc)
+
+
 # -- recovery ------------------------------------------------------------------------
 
 

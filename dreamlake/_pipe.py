@@ -233,6 +233,12 @@ class SessionPipe:
                 _journal.attach(self, sink.directory, memory_budget)
             return
         if not isinstance(sink, LocalSink):
+            # remote or fan-out: no later open could replay a file journal into the
+            # server, so the ring lives in memory: the same hot path, the spool's promise
+            if journal and _journal_wanted():
+                from . import _journal
+
+                _journal.attach_in_memory(self, memory_budget)
             return
         from . import _journal
 

@@ -244,3 +244,24 @@ def test_reads_fail_fast_with_a_clear_error_while_the_server_is_down(tmp_path, m
     assert time.monotonic() - started < 10
     session.close()
     assert session.health()["spooled_batches"] == 2  # the row, and the final status
+
+
+@pytest.mark.skipif(not __import__("dreamlake._pipe", fromlist=["HOTPATH"]).HOTPATH, reason="the C extension is not built")
+def test_a_remote_session_takes_the_c_hot_path_and_every_kind_of_row_arrives_once(server, tmp_path):
+    """Remote mode must cost the loop what local mode costs: its rows go through
+    the C path into an in-memory ring (no file journal: the spool is its promise)."""
+    import numpy as np
+
+    with Session(prefix="ws/cpath", url=server.url, api_key=server.key) as session:
+        health = session.health()
+        assert health["hot_path"] == "c"
+        assert health["journal"]["crash_safe"] is False and health["journal"]["path"] is None
+        track = session.track("robot")
+        for i in range(3000):
+            track.append(i=i, q=[0.5, float(i)], v=np.float32(0.25), a=np.arange(3.0), tag="ok", _ts=float(i))
+            if i % 2:
+                track.append(extra=i, _ts=float(i))  # merges into the row of the same _ts
+    rows = server_rows(server.root, "ws", "cpath", "robot")
+    assert [r["i"] for r in rows] == list(range(3000))
+    assert [r.get("extra") for r in rows[:4]] == [None, 1, None, 3]
+    assert rows[7]["q"] == [0.5, 7.0] and rows[7]["a"] == [0.0, 1.0, 2.0] and rows[7]["v"] == 0.25 and rows[7]["tag"] == "ok"

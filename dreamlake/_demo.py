@@ -7,8 +7,8 @@ run lasts what it says. Then a short tight-loop burst of 3-float rows (the row
 of the README's headline figures), a checkpoint upload and close.
 
 Every append is timed on the caller's side and reported by row kind: a paced
-loop's append runs with cold caches and a writer thread sharing the GIL, and a
-7-float list is copied at the call, so their p50 is several times the burst's.
+loop's append runs with cold caches and a writer thread sharing the GIL, so its
+p50 sits above the burst's.
 The robot's missed deadlines are ticks whose three appends ended after the
 tick's 1 ms slot.
 """
@@ -218,5 +218,5 @@ def print_report(report: dict) -> None:
         print(f"    {kind:<27} " + ", ".join(f"{k} {v:.2f}" for k, v in lat.items() if k != "count")
               + f"  ({lat['count']:,} calls)")
     print("  (the README's headline p50 is the burst's kind of row on an idle machine; a paced loop's append runs\n"
-          "   with cold caches beside the writer thread, and a list row is copied at the call, so its p50 is higher)")
+          "   with cold caches beside the writer thread, so its p50 is higher)")
     print(f"  look at it: dreamlake show {directory.parent.name}/{directory.name} --root {directory.parent.parent}")

@@ -87,6 +87,16 @@ def free_room(directory: str) -> int | None:
     return stats.f_bavail * stats.f_frsize
 
 
+def ring_state(ring: Ring) -> dict:
+    """What ``health()["journal"]`` shows of a ring, whoever holds it."""
+    return {
+        "capacity": ring.capacity,
+        "used_bytes": ring.head - ring.tail,
+        "unread_rows": ring.rows_in - ring.rows_out,
+        "closed": ring.closed,
+    }
+
+
 class Journal:
     """One per (process, open session): the ring file, its mapping and :attr:`ring`
     (the C object producers and the writer use)."""
@@ -158,14 +168,7 @@ class Journal:
         self._fd = -1
 
     def state(self) -> dict:
-        ring = self.ring
-        return {
-            "path": self.path,
-            "capacity": ring.capacity,
-            "used_bytes": ring.head - ring.tail,
-            "unread_rows": ring.rows_in - ring.rows_out,
-            "closed": ring.closed,
-        }
+        return {"path": self.path, **ring_state(self.ring)}
 
 
 class MemoryRing:
@@ -204,15 +207,7 @@ class MemoryRing:
     forget_in_child = close
 
     def state(self) -> dict:
-        ring = self.ring
-        return {
-            "path": None,
-            "crash_safe": False,
-            "capacity": ring.capacity,
-            "used_bytes": ring.head - ring.tail,
-            "unread_rows": ring.rows_in - ring.rows_out,
-            "closed": ring.closed,
-        }
+        return {"path": None, "crash_safe": False, **ring_state(self.ring)}
 
 
 def attach_in_memory(pipe: Any, memory_budget: int) -> None:

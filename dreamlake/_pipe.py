@@ -219,34 +219,26 @@ class SessionPipe:
 
     def _start_journal(self, sink: Any, memory_budget: int, journal: bool) -> None:
         """A local store: recover what killed processes left in journals of this
-        session; with ``journal`` (a session's own pipe; the agent's pipes keep the
-        rows clients send in memory until written) journal this process's rows."""
+        session. With ``journal`` (a session's own pipe; the agent's pipes keep the
+        rows clients send in memory until written) this process's rows go into a
+        ring: a file journal where a later open can replay it, else one in memory."""
+        from . import _journal
         from ._agent_link import AgentSink
         from ._local_sink import LocalSink
 
-        if isinstance(sink, AgentSink) and not sink._remote:
+        wanted = journal and _journal_wanted()
+        if isinstance(sink, LocalSink):
+            _journal.start(self, sink.directory, memory_budget, wanted)
+        elif not wanted:
+            return
+        elif isinstance(sink, AgentSink) and not sink._remote:
             # through the agent: rows not yet sent survive a kill of this process;
             # the agent's own pipe for the session recovers them on its next open
-            if journal and _journal_wanted():
-                from . import _journal
-
-                _journal.attach(self, sink.directory, memory_budget)
-            return
-        if not isinstance(sink, LocalSink):
+            _journal.attach(self, sink.directory, memory_budget)
+        else:
             # remote or fan-out: no later open could replay a file journal into the
             # server, so the ring lives in memory: the same hot path, the spool's promise
-            if journal and _journal_wanted():
-                from . import _journal
-
-                _journal.attach_in_memory(self, memory_budget)
-            return
-        from . import _journal
-
-        _journal.start(self, sink.directory, memory_budget, journal and _journal_wanted())
-
-    def next_auto_ts(self) -> float:
-        """Now, strictly after every auto ``_ts`` this session gave before."""
-        return self.clock.auto()
+            _journal.attach_in_memory(self, memory_budget)
 
     # -- the journal ring ----------------------------------------------------------
     def attach_journal(self, journal: Any) -> None:

@@ -333,11 +333,6 @@ class StreamFiles:
         return landed
 
     # -- reading -------------------------------------------------------------
-    def _read_fds(self) -> tuple[int, int, int] | None:
-        if self._fds is not None:
-            return self._fds[0], self._fds[1], self._fds[2]
-        return None
-
     def count(self) -> int:
         try:
             return min(os.path.getsize(self.offsets_path), os.path.getsize(self.ts_path)) // 8

@@ -544,7 +544,6 @@ class Writer:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
-        self._pid = os.getpid()
         for pipe in self._pipes:
             pipe.after_fork_in_child()
             if isinstance(pipe.sink, ForkAware):

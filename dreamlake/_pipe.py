@@ -2,15 +2,16 @@
 
 Two ways in, one writer:
 
-* with the C hot path (:mod:`._hotpath`, the default where it is built) and a
-  local store, ``Track.append`` copies each row as a binary record into the
-  session's crash journal ring (:mod:`._journal`); rows the C path does not take
+* with the C hot path (:mod:`._hotpath`, the default where it is built),
+  ``Track.append`` copies each row as a binary record into the session's ring
+  (:mod:`._journal`: a crash journal for a local store, private memory for a
+  remote or fan-out sink); rows the C path does not take
   (and log entries) go into the same ring as msgpack, from Python
   (:meth:`SessionPipe.put_row`). The deque then carries only params, barriers
   and rows too large for the ring, each with the ring position it follows, so
   the writer keeps them in order with the rows;
 * otherwise (``DREAMLAKE_PURE_PYTHON=1``, no compiler at install, the agent's
-  own pipes, a remote sink) producers call ``pipe.push((stream_id, ts,
+  own pipes, a forked child) producers call ``pipe.push((stream_id, ts,
   fields))`` — a bound ``deque.extend`` of one three (see :mod:`._events`),
   atomic in CPython and lock-free.
 

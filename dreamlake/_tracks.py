@@ -6,8 +6,9 @@ the row on; it never touches a file, a socket or a lock held across I/O.
 With the C hot path (:mod:`._hotpath`), ``append`` is a C method of
 ``Track``'s base class: it takes the common rows (numbers, bools, None, ASCII
 strings, flat lists/tuples of numbers, numpy scalars and 1-D arrays) and copies
-them into the session's journal ring in one call. Anything else — and every
-row where there is no journal (agent or remote sinks, after fork) — goes to
+them into the session's ring (a crash journal, or private memory for remote
+sessions) in one call. Anything else — and every row of a session without a
+ring (the journal switched off or not allocated, a forked child) — goes to
 :meth:`Track._append_py`, the same rules in Python, which is ``append`` itself
 when the extension is not built or ``DREAMLAKE_PURE_PYTHON=1``.
 """
@@ -292,8 +293,9 @@ class Track(_Base):
 
 
 class _PyTrack(Track):
-    """A track of a session without a journal (agent or remote sink) while the C
-    hot path is built: its rows take the Python path directly."""
+    """A track of a session without a ring (journal switched off or not
+    allocated, a forked child) while the C hot path is built: its rows take the
+    Python path directly."""
 
     __slots__ = ()
     append = log = Track._append_py

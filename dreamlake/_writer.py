@@ -33,13 +33,14 @@ from typing import Any
 from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import PARAMS, ROWS, Waiter
-from ._pipe import EVENT_COST, SessionPipe, StreamRef
+from ._pipe import EVENT_COST, HOTPATH, SessionPipe, StreamRef, _hotpath
 from .sinks._interfaces import ClosesLater, DeliversLater, ForkAware, Quarantines, RecordsLosses, ReportsFlush, call_store
 
 _decode_pack = msgspec.msgpack.Decoder().decode
 _encode_pack = msgspec.msgpack.Encoder().encode
-#: a journal key's record offset is ``key >> KEY_SHIFT`` (see :mod:`._journal`)
-KEY_SHIFT = 16
+#: a journal key's record offset is ``key >> KEY_SHIFT`` (see :mod:`._journal`);
+#: the C ring's own constant (only journaled pipes, which need the extension, use it)
+KEY_SHIFT = _hotpath.KEY_SHIFT if HOTPATH else None
 
 __all__ = ["Writer", "get_writer", "TICK", "ROW_MAX_AGE"]
 

@@ -531,11 +531,13 @@ class Writer:
                     threading.Thread(target=sink.finish_close, args=(sealed,), name="dreamlake-close", daemon=True).start()
             else:
                 sink.close(status, error)
+        if unwritten is None and deferred:
+            # kept locked since the failed close: its rows are now written. Before the
+            # pipe leaves the writer, so a pipe gone from pipes() has no journal left
+            pipe.release_journal()
         with self._lock:
             if unwritten is None and pipe in self._pipes:
                 self._pipes.remove(pipe)
-        if unwritten is None and deferred:
-            pipe.release_journal()  # kept locked since the failed close: its rows are now written
         if unwritten is not None:
             raise unwritten
         return sealed

@@ -8,8 +8,8 @@ their ``_ts`` in two parallel lists, in arrival order, and when it writes calls:
   still merge) until a row with another ``_ts`` arrives, a barrier flushes it,
   or it is older than the writer's ``ROW_MAX_AGE``.
 * :func:`merge_events` — the rows to write: consecutive equal ``_ts`` merged
-  (later fields win). The common case (all ``_ts`` distinct) is detected in C
-  and costs no per-row work.
+  (later fields win). The common case (no two consecutive ``_ts`` equal) is found
+  by one C-level pass.
 
 No I/O and no clock here: unit tested directly, shared by the writer thread and
 the agent.
@@ -17,6 +17,8 @@ the agent.
 
 from __future__ import annotations
 
+from itertools import islice
+from operator import eq
 from typing import Sequence
 
 __all__ = ["merge_events", "open_group_start", "merge_rows"]
@@ -36,7 +38,7 @@ def open_group_start(ts: Sequence[float]) -> int:
 def merge_events(ts: list[float], rows: list[dict], merge: bool = True) -> tuple[list[dict], list[float]]:
     """One stream's rows (in arrival order, ``ts[i]`` the ``_ts`` of ``rows[i]``)
     with consecutive equal ``_ts`` merged, and their ``_ts``."""
-    if not merge or len(set(ts)) == len(ts):  # no equal _ts at all: nothing to merge
+    if not merge or not any(map(eq, ts, islice(ts, 1, None))):  # no consecutive equal _ts: nothing to merge
         return rows, ts
     out_rows: list = []
     out_ts: list[float] = []

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from itertools import accumulate
 from typing import Any
 
 import msgspec
 
+from ._native import _hotpath
 from ._values import ESCAPE_MARKER, NONFINITE_MARKER, tag_nonfinite, untag_nonfinite
 
 __all__ = [
     "encode_track_lines",
+    "encode_track_chunk",
     "encode_log_lines",
+    "encode_log_chunk",
     "log_entry",
     "decode_line",
     "line_payload",
@@ -46,6 +50,7 @@ class _TrackLine(msgspec.Struct, gc=False):
 
 
 _encoder = msgspec.json.Encoder()
+_frame_track_lines = _hotpath.frame_track_lines if _hotpath is not None else None
 _decode = msgspec.json.Decoder().decode
 
 
@@ -66,6 +71,32 @@ def _has_nonfinite(value: Any) -> bool:
     if kind is list:
         return any(map(_has_nonfinite, value))
     return False
+
+
+def encode_track_chunk(rows: list[dict], first_index: int, data_size: int) -> tuple[bytes, list[int] | bytes, int]:
+    """Track lines for ``rows`` (as :func:`encode_track_lines`), the offset of each
+    line in a data file that is ``data_size`` bytes long now (u64 values or
+    their native-order bytes), and the file's size after them."""
+    if _frame_track_lines is not None:
+        raw = _encoder.encode_lines(rows)
+        framed = _frame_track_lines(raw, first_index, data_size)  # None: it holds null or "$
+        if framed is not None:
+            return framed
+        if not ((b"null" in raw and _has_nonfinite(rows)) or NONFINITE_MARKER in raw or ESCAPE_MARKER in raw):
+            return _frame_track_lines(raw, first_index, data_size, True)
+    return _with_line_starts(encode_track_lines(rows, first_index), data_size)
+
+
+def encode_log_chunk(entries: list[dict], first_seq: int, data_size: int) -> tuple[bytes, list[int], int]:
+    """Log lines for ``entries`` with their offsets, as :func:`encode_track_chunk`."""
+    return _with_line_starts(encode_log_lines(entries, first_seq), data_size)
+
+
+def _with_line_starts(buf: bytes, data_size: int) -> tuple[bytes, list[int], int]:
+    lines = buf.split(b"\n")
+    lines.pop()
+    starts = list(accumulate(map((1).__add__, map(len, lines)), initial=data_size))
+    return buf, starts, starts.pop()
 
 
 def encode_track_lines(rows: list[dict], first_index: int) -> bytes:

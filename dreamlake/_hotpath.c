@@ -37,6 +37,7 @@
 #include <string.h>
 #include <time.h>
 #include <math.h>
+#include <sys/prctl.h>
 
 #define HDR 32
 #define MARKS_AT 4096
@@ -440,6 +441,10 @@ ring_room(Ring *r, uint64_t size)
     return (int64_t)gap;
 }
 
+/* Records committed by any ring of the process: handoff() reads it to tell
+   whether a producer has been running since the writer last gave way. */
+static uint64_t commits_total;
+
 static void
 ring_commit(Ring *r, uint64_t gap, uint32_t sid, double ts, uint32_t kind, const char *payload, size_t plen)
 {
@@ -463,6 +468,7 @@ ring_commit(Ring *r, uint64_t gap, uint32_t sid, double ts, uint32_t kind, const
     __atomic_signal_fence(__ATOMIC_SEQ_CST);  /* the commit word last */
     memcpy(at, &h.off, 8);
     r->head += len;
+    commits_total++;
 }
 
 static PyObject *
@@ -746,23 +752,94 @@ fail:
     return NULL;
 }
 
-static int
-append_row(PyObject *lists[4], long sid, PyObject *ts, PyObject *row, uint64_t key)
+/* Rows read in one call, grouped by stream in order of first appearance: the
+   writer then extends each stream's pending lists once per call, not once per
+   row (interleaved streams made that per-row Python step the writer's largest
+   cost, all of it holding the GIL). */
+typedef struct {
+    long sid;
+    PyObject *ts, *rows, *keys;
+} Group;
+
+typedef struct {
+    Group *g;
+    Py_ssize_t n, cap;
+} Groups;
+
+static void
+groups_free(Groups *gs)
 {
-    PyObject *s = PyLong_FromLong(sid);
+    for (Py_ssize_t i = 0; i < gs->n; i++) {
+        Py_XDECREF(gs->g[i].ts);
+        Py_XDECREF(gs->g[i].rows);
+        Py_XDECREF(gs->g[i].keys);
+    }
+    PyMem_Free(gs->g);
+}
+
+static Group *
+group_of(Groups *gs, long sid)
+{
+    for (Py_ssize_t i = gs->n - 1; i >= 0; i--)  /* few streams per call: a linear search */
+        if (gs->g[i].sid == sid)
+            return &gs->g[i];
+    if (gs->n == gs->cap) {
+        Py_ssize_t cap = gs->cap ? gs->cap * 2 : 8;
+        Group *g = PyMem_Realloc(gs->g, (size_t)cap * sizeof(Group));
+        if (!g) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        gs->g = g;
+        gs->cap = cap;
+    }
+    Group *g = &gs->g[gs->n];
+    g->sid = sid;
+    g->ts = PyList_New(0);
+    g->rows = PyList_New(0);
+    g->keys = PyList_New(0);
+    gs->n++;
+    if (!g->ts || !g->rows || !g->keys)
+        return NULL;
+    return g;
+}
+
+static int
+append_row(Groups *gs, long sid, PyObject *ts, PyObject *row, uint64_t key)
+{
+    Group *g = group_of(gs, sid);
+    if (!g)
+        return -1;
     PyObject *k = PyLong_FromUnsignedLongLong(key);
-    int rc = (!s || !k || PyList_Append(lists[0], s) < 0 || PyList_Append(lists[1], ts) < 0 ||
-              PyList_Append(lists[2], row) < 0 || PyList_Append(lists[3], k) < 0) ? -1 : 0;
-    Py_XDECREF(s);
+    int rc = (!k || PyList_Append(g->ts, ts) < 0 || PyList_Append(g->rows, row) < 0 ||
+              PyList_Append(g->keys, k) < 0) ? -1 : 0;
     Py_XDECREF(k);
     return rc;
 }
 
 static PyObject *
+groups_result(Groups *gs)
+{
+    PyObject *out = PyList_New(gs->n);
+    if (!out)
+        return NULL;
+    for (Py_ssize_t i = 0; i < gs->n; i++) {
+        PyObject *t = Py_BuildValue("(lOOO)", gs->g[i].sid, gs->g[i].ts, gs->g[i].rows, gs->g[i].keys);
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
+static PyObject *
 Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    /* read(max_rows, upto, decode) -> (sids, ts, rows, keys): rows of the records
-       from the read position up to logical offset `upto` (None: the head). */
+    /* read(max_rows, upto, decode) -> (rows read, [(sid, ts, rows, keys), ...]):
+       rows of the records from the read position up to logical offset `upto`
+       (None: the head), grouped by stream, each stream's in append order. */
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "read(max_rows, upto, decode)");
         return NULL;
@@ -779,11 +856,8 @@ Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
             upto = self->head;
     }
     PyObject *decode = args[2];
-    PyObject *lists[4] = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0)};
+    Groups gs = {NULL, 0, 0};
     PyObject *result = NULL;
-    for (int i = 0; i < 4; i++)
-        if (!lists[i])
-            goto done;
     Py_ssize_t got = 0;
     self->busy = 1;
     while (self->data && !self->release_pending && self->rd < upto && got < max_rows) {
@@ -809,7 +883,7 @@ Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         if (h->kind == K_BIN) {
             PyObject *ts = PyFloat_FromDouble(h->ts);  /* one float: the row's _ts and the ts list's */
             PyObject *row = ts ? dec_bin(payload, end, ts) : NULL;
-            int rc = row ? append_row(lists, h->sid, ts, row, off << KEY_SHIFT) : -1;
+            int rc = row ? append_row(&gs, h->sid, ts, row, off << KEY_SHIFT) : -1;
             Py_XDECREF(row);
             Py_XDECREF(ts);
             if (rc < 0)
@@ -828,7 +902,7 @@ Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
             untrack_tree(value, 0);
             if (h->kind == K_PACK) {
                 PyObject *ts = PyFloat_FromDouble(h->ts);
-                rc = ts ? append_row(lists, h->sid, ts, value, off << KEY_SHIFT) : -1;
+                rc = ts ? append_row(&gs, h->sid, ts, value, off << KEY_SHIFT) : -1;
                 Py_XDECREF(ts);
                 got++;
             }
@@ -837,7 +911,7 @@ Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
                      PyList_GET_SIZE(PyList_GET_ITEM(value, 0)) == PyList_GET_SIZE(PyList_GET_ITEM(value, 1))) {
                 PyObject *tsl = PyList_GET_ITEM(value, 0), *rows = PyList_GET_ITEM(value, 1);
                 for (Py_ssize_t k = 0; k < PyList_GET_SIZE(rows) && rc == 0; k++)
-                    rc = append_row(lists, h->sid, PyList_GET_ITEM(tsl, k), PyList_GET_ITEM(rows, k),
+                    rc = append_row(&gs, h->sid, PyList_GET_ITEM(tsl, k), PyList_GET_ITEM(rows, k),
                                     (off << KEY_SHIFT) | (uint64_t)k);
                 got += PyList_GET_SIZE(rows);
             }
@@ -856,15 +930,17 @@ Ring_read(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         self->rd += h->len;
     }
     self->rows_out += (uint64_t)got;
-    result = PyTuple_Pack(4, lists[0], lists[1], lists[2], lists[3]);
+    PyObject *groups = groups_result(&gs);
+    if (groups) {
+        result = Py_BuildValue("(nN)", got, groups);
+    }
 done:
     self->busy = 0;
     if (self->release_pending) {
         self->release_pending = 0;
         ring_release(self);
     }
-    for (int i = 0; i < 4; i++)
-        Py_XDECREF(lists[i]);
+    groups_free(&gs);
     return result;
 }
 
@@ -953,7 +1029,7 @@ static PyObject *Ring_put_rows(Ring *self, PyObject *const *args, Py_ssize_t nar
 
 static PyMethodDef Ring_methods[] = {
     {"put", (PyCFunction)(void (*)(void))Ring_put, METH_FASTCALL, "put(sid, ts, kind, payload, rows) -> False when full"},
-    {"read", (PyCFunction)(void (*)(void))Ring_read, METH_FASTCALL, "read(max_rows, upto, decode) -> (sids, ts, rows, keys)"},
+    {"read", (PyCFunction)(void (*)(void))Ring_read, METH_FASTCALL, "read(max_rows, upto, decode) -> (rows read, [(sid, ts, rows, keys), ...])"},
     {"put_rows", (PyCFunction)(void (*)(void))Ring_put_rows, METH_FASTCALL, "put_rows(sid, stamps, rows) -> rows put"},
     {"relocate", (PyCFunction)(void (*)(void))Ring_relocate, METH_FASTCALL, "relocate(sid, ts, payload, rows) -> offset or None"},
     {"set_mark", (PyCFunction)(void (*)(void))Ring_set_mark, METH_FASTCALL, "rows of stream sid with key < key are stored"},
@@ -1541,8 +1617,163 @@ static PyType_Spec TrackBase_spec = {
 
 /* ---------------------------------------------------------------- module */
 
+/* frame_track_lines(raw, first_index, data_size, checked=False) -> (lines, starts, end) or None:
+   `raw` is rows encoded as JSON lines (msgspec's encode_lines: one object and
+   a newline each; a JSON text holds no raw newline); each line becomes
+   {"index":<i>,"data":<row>} -- the bytes msgspec writes for a track line -- and
+   `starts` holds each line's offset in the data file (u64, native order) when
+   the file is `data_size` bytes long now; `end` is its size after them.
+   None when `raw` holds "null" or "$ (a non-finite float, which msgspec
+   writes as null, or a key that needs the tag escape) unless the caller has
+   `checked` that it needs no tagging. It
+   replaces the writer's per-row Python work (a struct per row, split, the
+   offsets), a third of its time. It keeps the GIL: it is short, and giving
+   the GIL up mid-write costs the writer a whole switch interval. */
+static PyObject *
+hotpath_frame_track_lines(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if ((nargs != 3 && nargs != 4) || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "frame_track_lines(raw bytes, first_index, data_size, checked=False)");
+        return NULL;
+    }
+    int checked = nargs == 4 && PyObject_IsTrue(args[3]);
+    long long first = PyLong_AsLongLong(args[1]);
+    unsigned long long size = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (first < 0) {
+        PyErr_SetString(PyExc_ValueError, "first_index must be >= 0");
+        return NULL;
+    }
+    const char *raw = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (!checked && (memmem(raw, (size_t)n, "null", 4) || memmem(raw, (size_t)n, "\"$", 2)))
+        Py_RETURN_NONE;  /* maybe a non-finite float or a tag key: the caller looks closer */
+    Py_ssize_t lines = 0;
+    for (const char *q = raw; (q = memchr(q, '\n', (size_t)(raw + n - q))) != NULL; q++)
+        lines++;
+    if (n && raw[n - 1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "raw must end with a newline");
+        return NULL;
+    }
+    /* {"index":<at most 20 digits>,"data":  and  }  per line */
+    Py_ssize_t bound = n + lines * (10 + 20 + 8 + 1);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, bound);
+    PyObject *starts = PyBytes_FromStringAndSize(NULL, lines * 8);
+    if (!out || !starts) {
+        Py_XDECREF(out);
+        Py_XDECREF(starts);
+        return NULL;
+    }
+    char *o = PyBytes_AS_STRING(out);
+    uint64_t *st = (uint64_t *)PyBytes_AS_STRING(starts);
+    char *w = o;
+    const char *line = raw;
+    unsigned long long index = (unsigned long long)first;
+    for (Py_ssize_t k = 0; k < lines; k++, index++) {
+        const char *nl = memchr(line, '\n', (size_t)(raw + n - line));
+        st[k] = size + (uint64_t)(w - o);
+        memcpy(w, "{\"index\":", 9);
+        w += 9;
+        char digits[24];
+        int d = 0;
+        unsigned long long v = index;
+        do {
+            digits[d++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        while (d)
+            *w++ = digits[--d];
+        memcpy(w, ",\"data\":", 8);
+        w += 8;
+        memcpy(w, line, (size_t)(nl - line));
+        w += nl - line;
+        *w++ = '}';
+        *w++ = '\n';
+        line = nl + 1;
+    }
+    Py_ssize_t used = w - o;
+    if (_PyBytes_Resize(&out, used) < 0) {
+        Py_DECREF(starts);
+        return NULL;
+    }
+    return Py_BuildValue("(NNK)", out, starts, size + (unsigned long long)used);
+}
+
+/* A producer counts as running for PRODUCER_WINDOW_NS after its last commit
+   the writer saw. A producer that waits for the GIL commits nothing, so "has
+   it committed since the last handoff" would stop handing over exactly when it
+   matters; and a writer that keeps working (each syscall releasing and
+   retaking the GIL) restarts the waiting thread's switch-interval timer every
+   time, so a producer stalled for up to 30 ms. */
+#define PRODUCER_WINDOW_NS 20000000LL
+static uint64_t commits_seen;
+static long long producer_seen_ns;
+
+static long long
+monotonic_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static int
+producer_running(void)
+{
+    long long now = monotonic_ns();
+    if (commits_total != commits_seen) {
+        commits_seen = commits_total;
+        producer_seen_ns = now;
+        return 1;
+    }
+    return now - producer_seen_ns < PRODUCER_WINDOW_NS;
+}
+
+/* handoff(pause_ns) -> bool: give the GIL to a producer, for real.
+   Releasing and at once retaking the GIL (os.sched_yield) hands it over only if
+   the waiting thread wakes first, which it rarely does. So while a producer
+   runs (see producer_running) the writer sleeps `pause_ns` without the GIL:
+   the producer takes it, and the writer gets it back at the producer's next
+   switch interval or blocking call. With no producer running (one waiting in
+   flush(), or none at all) it returns at once: the writer keeps full speed. */
+static PyObject *
+hotpath_handoff(PyObject *mod, PyObject *arg)
+{
+    long long ns = PyLong_AsLongLong(arg);
+    if (ns == -1 && PyErr_Occurred())
+        return NULL;
+    if (ns <= 0 || !producer_running())
+        Py_RETURN_FALSE;
+    static __thread int slack_set;
+    if (!slack_set) {  /* the default 50 us timer slack would triple a short pause */
+        prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+        slack_set = 1;
+    }
+    struct timespec pause = {(time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL)};
+    Py_BEGIN_ALLOW_THREADS
+    nanosleep(&pause, NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+hotpath_producers_running(PyObject *mod, PyObject *unused)
+{
+    return PyBool_FromLong(producer_running());
+}
+
+static PyMethodDef hotpath_functions[] = {
+    {"producers_running", (PyCFunction)hotpath_producers_running, METH_NOARGS,
+     "producers_running() -> True if a record was committed in the last 20 ms the writer looked"},
+    {"handoff", (PyCFunction)hotpath_handoff, METH_O, "handoff(pause_ns) -> True if it gave the GIL to a running producer"},
+    {"frame_track_lines", (PyCFunction)(void (*)(void))hotpath_frame_track_lines, METH_FASTCALL,
+     "frame_track_lines(raw, first_index, data_size, checked=False) -> (track lines, u64 line starts, data size after) or None"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef hotpath_module = {
-    PyModuleDef_HEAD_INIT, "dreamlake._hotpath", "The append() hot path in C (see _hotpath.c).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "dreamlake._hotpath", "The append() hot path in C (see _hotpath.c).", -1, hotpath_functions,
 };
 
 PyMODINIT_FUNC

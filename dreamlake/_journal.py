@@ -251,17 +251,19 @@ def unwritten_rows(ring_path: str) -> dict[tuple[str, bool], tuple[list[float], 
     out: dict[tuple[str, bool], tuple[list[float], list[dict]]] = {}
     try:
         while True:
-            sids, stamps, rows, keys = ring.read(1 << 16, None, _decode_pack)
-            if not sids:
+            count, streams = ring.read(1 << 16, None, _decode_pack)
+            if not count:
                 break
-            for sid, stamp, row, key in zip(sids, stamps, rows, keys):
+            for sid, stamps, rows, keys in streams:
                 stream = names.get(sid)
-                mark = _U64.unpack_from(raw, MARKS_AT + 8 * sid)[0]
-                if stream is None or key < mark or type(row) is not dict:
+                if stream is None:
                     continue
-                ts_list, kept = out.setdefault(stream, ([], []))
-                ts_list.append(stamp)
-                kept.append(row)
+                mark = _U64.unpack_from(raw, MARKS_AT + 8 * sid)[0]
+                for stamp, row, key in zip(stamps, rows, keys):
+                    if key >= mark and type(row) is dict:
+                        ts_list, kept = out.setdefault(stream, ([], []))
+                        ts_list.append(stamp)
+                        kept.append(row)
     finally:
         ring.release()
     return out

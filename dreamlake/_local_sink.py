@@ -22,7 +22,7 @@ from ._format import params_doc, params_from_doc
 from ._fsutil import locked, now_iso, read_json, read_json_to_update, write_json_atomic
 from ._status import last_opening_end
 from ._stream_files import IndexCorrupt, StreamFiles
-from ._writer import yield_gil
+from ._gil import WRITER_PACE
 
 __all__ = [
     "LocalSink",
@@ -296,10 +296,10 @@ class LocalSink:
     def write_rows(self, name: str, is_log: bool, rows: list, ts: list) -> int:
         files = self._files(name, is_log)
         if is_log:
-            first = files.append(rows, ts, between_chunks=yield_gil)
+            first = files.append(rows, ts, pace=WRITER_PACE)
             self._log_sequence_due = first + len(rows)
             return first
-        first = files.append(rows, ts, between_chunks=yield_gil)
+        first = files.append(rows, ts, pace=WRITER_PACE)
         self._meta_dirty.add(name)
         now = time.monotonic()
         if now >= self._meta_due.get(name, 0.0):

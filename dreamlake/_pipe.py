@@ -40,18 +40,17 @@ import msgspec
 
 from ._errors import SessionStateError, SinkError
 from ._events import BARRIER, PARAMS, ROWS
+from ._gil import waiting_for_room
+from ._native import _hotpath
 from ._values import approx_bytes
-
-try:
-    if os.environ.get("DREAMLAKE_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on"):
-        raise ImportError("DREAMLAKE_PURE_PYTHON is set")
-    from . import _hotpath
-except ImportError:  # not built (no compiler at install) or switched off: the pure-Python path
-    _hotpath = None  # type: ignore[assignment]
 
 log = logging.getLogger("dreamlake")
 
 __all__ = ["SessionPipe", "StreamRef", "PyClock", "HOTPATH", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM", "SINK_STALL_LIMIT"]
+
+#: How long a producer blocked on a full journal ring waits for half of it to be
+#: free before it tries again with whatever room there is (seconds).
+RING_REFILL_WAIT = 0.5
 
 #: Is the C hot path in use (built, and not switched off by ``DREAMLAKE_PURE_PYTHON=1``)?
 HOTPATH = _hotpath is not None
@@ -303,14 +302,22 @@ class SessionPipe:
                 self.dropped_ring_full += rows
                 return False
             self.blocked_waits += 1
-            while not put():
-                if self.closed:
-                    raise SessionStateError("the session is closed")
-                if self.sink_stalled():
-                    self._drop_for_failing_sink(rows)
-                    return False
-                wake()
-                self.space.wait(0.05)
+            ring = self.ring
+            with waiting_for_room():
+                while not put():
+                    if self.closed:
+                        raise SessionStateError("the session is closed")
+                    if self.sink_stalled():
+                        self._drop_for_failing_sink(rows)
+                        return False
+                    wake()
+                    self.space.wait(0.05)
+                    # full once: let the writer free half the ring before trying again (one
+                    # uncontended drain, not a GIL ping-pong at the margin), within a bound
+                    until = time.monotonic() + RING_REFILL_WAIT
+                    while ring.head - ring.tail > ring.capacity // 2 and time.monotonic() < until and not self.closed:
+                        wake()
+                        self.space.wait(0.05)
         return True
 
     def backlog(self) -> dict:
@@ -412,12 +419,13 @@ class SessionPipe:
             return False
         with self.space:
             self.blocked_waits += 1
-            while self.is_full():
-                if self.sink_stalled():
-                    self._drop_for_failing_sink(1)
-                    return False
-                wake_writer()
-                self.space.wait(0.05)
+            with waiting_for_room():
+                while self.is_full():
+                    if self.sink_stalled():
+                        self._drop_for_failing_sink(1)
+                        return False
+                    wake_writer()
+                    self.space.wait(0.05)
         self.push(event)
         return True
 
@@ -456,12 +464,13 @@ class SessionPipe:
                     self.dropped += len(item[1][2])
                     return False
                 self.blocked_waits += 1
-                while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
-                    if self.sink_stalled():
-                        self._drop_for_failing_sink(len(item[1][2]))
-                        return False
-                    wake_writer()
-                    self.space.wait(0.05)
+                with waiting_for_room():
+                    while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
+                        if self.sink_stalled():
+                            self._drop_for_failing_sink(len(item[1][2]))
+                            return False
+                        wake_writer()
+                        self.space.wait(0.05)
             self.max_items -= extra
             self.queue.extend(item) if self.ring is not None else self.push(item)
             return True

@@ -23,13 +23,14 @@ import logging
 import os
 import sys
 from array import array
-from itertools import accumulate, islice
+from itertools import islice
 from operator import gt
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 
-from ._format import decode_line, encode_log_lines, encode_track_lines, line_payload, line_ts
+from ._format import decode_line, encode_log_chunk, encode_log_lines, encode_track_chunk, encode_track_lines, line_payload, line_ts
+from ._gil import Pace
 
 __all__ = ["StreamFiles", "ENCODE_CHUNK_ROWS", "IndexCorrupt", "index_lines"]
 
@@ -114,6 +115,7 @@ class StreamFiles:
     def __init__(self, directory: str, data_path: str | None = None, is_log: bool = False) -> None:
         self.directory = directory
         self._encode = encode_log_lines if is_log else encode_track_lines
+        self._encode_chunk = encode_log_chunk if is_log else encode_track_chunk
         self.data_path = data_path or os.path.join(directory, "data.jsonl")
         self.offsets_path = os.path.join(directory, "index.offsets")
         self.ts_path = os.path.join(directory, "index.ts")
@@ -246,11 +248,12 @@ class StreamFiles:
         self,
         rows: list[dict],
         ts: list[float],
-        between_chunks: Callable[[], None] | None = None,
+        pace: Pace | None = None,
     ) -> int:
         """Append rows under the stream lock; returns the index of the first.
 
         ``rows`` are dicts (``_ts`` included); each line records its index.
+        ``pace`` (the writer thread's) sizes the chunks and runs between them.
 
         Exactly once: when an append fails part-way (ENOSPC on a later chunk, a
         short write, EROFS) the files are cut back to where they were; where
@@ -276,7 +279,7 @@ class StreamFiles:
                 self._mark_unsorted()
             start = (data_size, first)
             try:
-                data_size = self._write_chunks(rows, ts, data_fd, off_fd, ts_fd, data_size, first, between_chunks)
+                data_size = self._write_chunks(rows, ts, data_fd, off_fd, ts_fd, data_size, first, pace)
             except BaseException:
                 self._unsure = start
                 self._known = None
@@ -287,23 +290,20 @@ class StreamFiles:
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
-    def _write_chunks(self, rows, ts, data_fd, off_fd, ts_fd, data_size, first, between_chunks) -> int:
+    def _write_chunks(self, rows, ts, data_fd, off_fd, ts_fd, data_size, first, pace) -> int:
         written = 0
         while written < len(rows):
-            chunk = rows[written : written + self._chunk_rows]
-            buf = self._encode(chunk, first + written)
+            step = self._chunk_rows if pace is None else pace.step_rows(self._chunk_rows)
+            chunk = rows[written : written + step]
+            buf, starts, data_size = self._encode_chunk(chunk, first + written, data_size)
             per_row = len(buf) // len(chunk) + 1
             self._chunk_rows = max(8, min(ENCODE_CHUNK_ROWS, ENCODE_CHUNK_BYTES // per_row))
-            lines = buf.split(b"\n")
-            lines.pop()
-            starts = list(accumulate(map((1).__add__, map(len, lines)), initial=data_size))
-            data_size = starts.pop()
             _write_all(data_fd, buf)
-            _write_all(off_fd, _u64(starts))
+            _write_all(off_fd, starts if type(starts) is bytes else _u64(starts))
             _write_all(ts_fd, _f64(ts[written : written + len(chunk)]))
             written += len(chunk)
-            if between_chunks is not None and written < len(rows):
-                between_chunks()
+            if pace is not None and written < len(rows):
+                pace.pause()
         return data_size
 
     @staticmethod

@@ -8,10 +8,9 @@ uploads and close arrive as barriers in the same queue and run here, after the
 data queued before them is written.
 
 Tail latency: a thread holding the GIL delays the training loop. The writer
-therefore works in short slices (``SLICE_EVENTS`` events, sinks encode at most
-``ENCODE_CHUNK_ROWS`` rows per C call) and gives the GIL back between slices
-(:func:`yield_gil`), so a producer waits at most one slice, not the
-interpreter's 5 ms switch interval.
+therefore works in short steps (a slice of the queue, one stream's write, a
+sink's chunk) and hands the GIL over between them (:mod:`._gil`), so a
+producer waits at most one step, not the interpreter's 5 ms switch interval.
 
 Failures never reach ``append()``: a failed write is kept (within the
 session's memory budget), counted in ``health()``, logged once per error kind
@@ -33,6 +32,7 @@ from typing import Any
 from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import PARAMS, ROWS, Waiter
+from ._gil import step_rows, yield_gil
 from ._pipe import EVENT_COST, HOTPATH, SessionPipe, StreamRef, _hotpath
 from .sinks._interfaces import ClosesLater, DeliversLater, ForkAware, Quarantines, RecordsLosses, ReportsFlush, call_store
 
@@ -63,13 +63,6 @@ BAD_ROW_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, msgspec.
 
 
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
-
-
-def yield_gil() -> None:
-    """Let a producer thread that waits for the GIL run now rather than after the
-    interpreter's switch interval. ``os.sched_yield`` releases the GIL around the
-    syscall (~1 µs); ``time.sleep(0)`` would cost the timer slack (~50 µs)."""
-    os.sched_yield()
 
 
 class Writer:
@@ -224,26 +217,19 @@ class Writer:
         weigh their size (``EVENT_COST`` bytes a slot), so the writer holds no more
         of the memory budget than with small ones."""
         before = pipe.ring.read_pos
-        sids, ts, rows, keys = pipe.ring.read(SLICE_EVENTS, upto, _decode_pack)
-        if not sids:
+        count, streams = pipe.ring.read(step_rows(SLICE_EVENTS), upto, _decode_pack)
+        if not count:
             return 0
-        pipe.held_rows += max(0, (pipe.ring.read_pos - before) // EVENT_COST - len(sids))
-        first = sids[0]
-        if min(sids) == first == max(sids):
-            self._hold(pipe, first, ts, rows, keys)
-        else:
-            start = 0
-            for sid, run in groupby(sids):
-                end = start + sum(1 for _ in run)
-                self._hold(pipe, sid, ts[start:end], rows[start:end], keys[start:end])
-                start = end
+        pipe.held_rows += max(0, (pipe.ring.read_pos - before) // EVENT_COST - count)
+        for sid, ts, rows, keys in streams:
+            self._hold(pipe, sid, ts, rows, keys)
         if pipe.blocked_waits:
             pipe.made_room()
         if pipe.held_rows >= pipe.batch_rows:
             self._write_pipe(pipe, hold_open=True)
             self._advance_tail(pipe)
         yield_gil()
-        return len(sids)
+        return count
 
     def _hold(self, pipe: SessionPipe, sid: int, ts: list, rows: list, keys: list) -> None:
         held = self._held(pipe, sid)
@@ -350,6 +336,7 @@ class Writer:
                     pipe.retry_upto[sid] = keys[cut - 1]
                 else:
                     self._marked(pipe, sid, keys[cut - 1])
+            yield_gil()  # one stream's write is one step
         pipe.held_rows = sum(len(held[0]) for held in pending.values())  # what is left: open rows
 
     def _close_aged(self, pipe: SessionPipe, opened_before: float) -> None:

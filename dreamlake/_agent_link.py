@@ -43,6 +43,7 @@ from ._agent_socket import check_socket_dir, open_lock, peer_credentials, try_lo
 from ._config import SessionConfig
 from .sinks.remote.config import ENV_API_KEY
 from ._errors import FlushTimeout, SessionStateError, SinkError
+from ._paced_pack import rows_in_steps
 from ._protocol import (
     MAX_ROWS_PER_FRAME,
     PROTOCOL_VERSION,
@@ -350,14 +351,18 @@ def remote_map(config: SessionConfig) -> dict:
 
 def _encode_rows(encoder: FrameEncoder, name: str, is_log: bool, rows: list) -> list[tuple[Any, int]]:
     """Every frame of a batch, encoded before any is sent: a value MessagePack
-    cannot carry fails the whole batch here (``UnsendableRows``), never half-sent."""
+    cannot carry fails the whole batch here (``UnsendableRows``), never half-sent.
+    A frame's rows are encoded in steps, the GIL handed over between them
+    (:mod:`._paced_pack`); a frame stays whole, so an agent that stops reading
+    holds no part of a batch the fallback writes again."""
     try:
         if len(rows) <= MAX_ROWS_PER_FRAME:  # the common case: one frame, the encoder's buffer
-            return [(encoder.encode(Rows(name, is_log, rows)), len(rows))]
-        return [
-            (bytes(encoder.encode(Rows(name, is_log, rows[i : i + MAX_ROWS_PER_FRAME]))), len(rows[i : i + MAX_ROWS_PER_FRAME]))
-            for i in range(0, len(rows), MAX_ROWS_PER_FRAME)
-        ]
+            return [(encoder.encode(Rows(name, is_log, rows_in_steps(rows))), len(rows))]
+        frames = []
+        for i in range(0, len(rows), MAX_ROWS_PER_FRAME):
+            piece = rows[i : i + MAX_ROWS_PER_FRAME]
+            frames.append((bytes(encoder.encode(Rows(name, is_log, rows_in_steps(piece)))), len(piece)))
+        return frames
     except (TypeError, ValueError, OverflowError, UnicodeError) as exc:
         raise UnsendableRows(f"rows of {name!r} cannot be sent to the agent: {exc}") from exc
 

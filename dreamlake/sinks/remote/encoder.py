@@ -1,18 +1,15 @@
 """Sealed batch -> request body: the wire types of :mod:`dreamlake.server.wire`,
 msgpack, one zstd frame.
 
-Encoding holds the GIL, so rows are encoded ``ENCODE_CHUNK_ROWS`` at a time
-and the GIL is given back between chunks (as the local sink does): the
-training thread waits at most one chunk behind the sender, not one batch.
-The chunks are joined under one msgpack array header and passed to the wire
-struct as ``msgspec.Raw``, so the bytes are the same as one big encode."""
+Encoding holds the GIL, so rows are encoded a step at a time with the GIL
+handed over between steps (:mod:`dreamlake._paced_pack`): the training thread
+waits at most one step behind the sender, not one batch."""
 
 from __future__ import annotations
 
-import os
-
 import msgspec
 
+from ..._paced_pack import rows_in_steps
 from ...server.wire import IngestBatch, SessionClose, StreamBatch, encode_batch
 from .batch import SealedBatch
 from .config import ZSTD_LEVEL
@@ -20,28 +17,6 @@ from .config import ZSTD_LEVEL
 __all__ = ["encode", "estimate_row_bytes", "rows_in_body"]
 
 _msgpack = msgspec.msgpack.Encoder()
-
-#: Rows per msgpack call before the sender gives the GIL back.
-ENCODE_CHUNK_ROWS = 1000
-
-
-def _array_header(count: int) -> bytes:
-    if count < 16:
-        return bytes([0x90 | count])
-    if count < 1 << 16:
-        return b"\xdc" + count.to_bytes(2, "big")
-    return b"\xdd" + count.to_bytes(4, "big")
-
-
-def _rows_in_chunks(rows: list) -> list | msgspec.Raw:
-    if len(rows) <= ENCODE_CHUNK_ROWS:
-        return rows
-    parts = []
-    for start in range(0, len(rows), ENCODE_CHUNK_ROWS):
-        chunk = rows[start : start + ENCODE_CHUNK_ROWS]
-        parts.append(_msgpack.encode(chunk)[len(_array_header(len(chunk))) :])
-        os.sched_yield()  # releases the GIL: a waiting producer runs now
-    return msgspec.Raw(_array_header(len(rows)) + b"".join(parts))
 
 
 def _encodable(rows: list) -> list:
@@ -62,7 +37,7 @@ def encode(batch: SealedBatch, client: str, level: int = ZSTD_LEVEL) -> tuple[by
     close = SessionClose(status=batch.close[0], error=batch.close[1]) if batch.close else None
     try:
         streams = [
-            StreamBatch(name="" if is_log else name, rows=_rows_in_chunks(rows), kind="log" if is_log else "track")  # type: ignore[arg-type]
+            StreamBatch(name="" if is_log else name, rows=rows_in_steps(rows), kind="log" if is_log else "track")  # type: ignore[arg-type]
             for (name, is_log), rows in batch.streams.items()
         ]
         wire = IngestBatch(client=client, seq=batch.seq, streams=streams, params=batch.params or None, close=close)

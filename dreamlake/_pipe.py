@@ -40,7 +40,7 @@ import msgspec
 
 from ._errors import SessionStateError, SinkError
 from ._events import BARRIER, PARAMS, ROWS
-from ._gil import waiting_for_room
+from ._gil import waiting_on_writer
 from ._native import _hotpath
 from ._values import approx_bytes
 
@@ -303,7 +303,7 @@ class SessionPipe:
                 return False
             self.blocked_waits += 1
             ring = self.ring
-            with waiting_for_room():
+            with waiting_on_writer():
                 while not put():
                     if self.closed:
                         raise SessionStateError("the session is closed")
@@ -419,7 +419,7 @@ class SessionPipe:
             return False
         with self.space:
             self.blocked_waits += 1
-            with waiting_for_room():
+            with waiting_on_writer():
                 while self.is_full():
                     if self.sink_stalled():
                         self._drop_for_failing_sink(1)
@@ -464,7 +464,7 @@ class SessionPipe:
                     self.dropped += len(item[1][2])
                     return False
                 self.blocked_waits += 1
-                with waiting_for_room():
+                with waiting_on_writer():
                     while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
                         if self.sink_stalled():
                             self._drop_for_failing_sink(len(item[1][2]))

@@ -32,7 +32,7 @@ from typing import Any
 from ._batcher import merge_events, open_group_start
 from ._errors import SinkError
 from ._events import PARAMS, ROWS, Waiter
-from ._gil import step_rows, yield_gil
+from ._gil import step_rows, waiting_on_writer, yield_gil
 from ._pipe import EVENT_COST, HOTPATH, SessionPipe, StreamRef, _hotpath
 from .sinks._interfaces import ClosesLater, DeliversLater, ForkAware, Quarantines, RecordsLosses, ReportsFlush, call_store
 
@@ -95,15 +95,16 @@ class Writer:
         pipe.push_barrier(op, args, waiter)
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not waiter.wait(STALL_POLL):
-            if pipe.sink_stalled():  # a failing store: say so now, not after the timeout
-                raise pipe.stall_error()
-            if deadline is not None and time.monotonic() > deadline:
-                from ._errors import FlushTimeout
+        with waiting_on_writer():
+            while not waiter.wait(STALL_POLL):
+                if pipe.sink_stalled():  # a failing store: say so now, not after the timeout
+                    raise pipe.stall_error()
+                if deadline is not None and time.monotonic() > deadline:
+                    from ._errors import FlushTimeout
 
-                raise FlushTimeout(
-                    f"{op} did not complete within {timeout}s; {len(pipe.queue)} events still queued"
-                )
+                    raise FlushTimeout(
+                        f"{op} did not complete within {timeout}s; {len(pipe.queue)} events still queued"
+                    )
         if waiter.error is not None:
             raise waiter.error
         return waiter.result

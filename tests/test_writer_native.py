@@ -15,7 +15,7 @@ from disk import disk_rows
 from dreamlake import Session
 from dreamlake import _format
 from dreamlake._format import decode_line, encode_track_chunk, encode_track_lines, line_payload
-from dreamlake._gil import BUSY_STEP_ROWS, step_rows, waiting_for_room
+from dreamlake._gil import BUSY_STEP_ROWS, step_rows, waiting_on_writer
 from dreamlake._pipe import HOTPATH, _hotpath
 
 pytestmark = pytest.mark.skipif(not HOTPATH, reason="C helpers of the hot path")
@@ -112,7 +112,7 @@ def test_the_writer_hands_over_and_takes_short_steps_only_while_a_producer_runs(
     assert _hotpath.producers_running() is True
     assert step_rows(1024) == BUSY_STEP_ROWS
     assert _hotpath.handoff(1000) is True
-    with waiting_for_room():  # a producer blocked on room wants the writer at full speed
+    with waiting_on_writer():  # a thread blocked on the writer wants it at full speed
         assert step_rows(1024) == 1024
     assert step_rows(1024) == BUSY_STEP_ROWS
     _idle_producers()

@@ -23,7 +23,7 @@ from dreamlake._names import check_file_folder, check_file_id, check_log_level, 
 from dreamlake._params import flatten
 from dreamlake._protocol import MAX_LOSS_REASONS, MAX_REASON, REMOTE_KEYS, ProtocolError
 from dreamlake._tracks import check_ts
-from dreamlake._values import PLAIN_SCALARS, capture, capture_fields
+from dreamlake._values import MAX_DEPTH, MAX_ELEMENTS, MAX_STRING_LENGTH, PLAIN_SCALARS, capture, capture_fields
 
 __all__ = [
     "Refused",
@@ -83,8 +83,8 @@ def check_stream_name(name: str, is_log: bool, count: int) -> str:
 
 def check_rows(is_log: bool, rows: list[dict]) -> list[float]:
     """Validate a ``rows`` frame in place; returns its ``_ts`` as floats. A track
-    row's values follow ``capture_fields`` (containers copied, numpy-like refused,
-    depth and size bounded), a log row must look like ``Session.log`` made it."""
+    row's values follow ``capture``'s rules (:func:`check_decoded`: depth and size
+    bounded, JSON types only), a log row must look like ``Session.log`` made it."""
     count = len(rows)
     try:
         stamps = list(map(_get_ts, rows))
@@ -105,7 +105,8 @@ def check_rows(is_log: bool, rows: list[dict]) -> list[float]:
                 if is_log:
                     rows[i] = _check_log_entry(row)
                 elif not set(map(type, row.values())) <= PLAIN_SCALARS:
-                    rows[i] = capture_fields(row)
+                    for value in row.values():  # keys: str, typed by the Rows frame
+                        check_decoded(value)
         except (TypeError, ValueError, RecursionError) as exc:
             reason = "rows_refused_bad_log_entry" if is_log else "rows_refused_bad_value"
             raise Refused(reason, f"row {i}: {exc}", count) from None
@@ -113,6 +114,39 @@ def check_rows(is_log: bool, rows: list[dict]) -> list[float]:
         for row, stamp in zip(rows, ts):
             row["_ts"] = stamp
     return ts.tolist()
+
+
+def check_decoded(value: Any, depth: int = 0) -> None:
+    """``capture``'s rules for a value fresh from MessagePack, checked in place.
+
+    Decoding already gives what ``capture`` copies and converts to: the agent's
+    own lists and dicts (no caller can change them later), valid UTF-8 text,
+    integers within 64 bits, no tuples. What is left are the limits and the
+    types MessagePack has and JSON has not (bytes, extensions, non-str keys).
+    Copying every row instead was the agent's largest cost."""
+    kind = type(value)
+    if kind in PLAIN_SCALARS:
+        return
+    if kind is str:
+        if len(value) > MAX_STRING_LENGTH:
+            raise ValueError(f"string of {len(value)} characters is longer than {MAX_STRING_LENGTH}")
+        return
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"value nested deeper than {MAX_DEPTH} levels")
+    if kind is list:
+        if len(value) > MAX_ELEMENTS:
+            raise ValueError(f"sequence of {len(value)} elements is longer than {MAX_ELEMENTS}")
+        if not set(map(type, value)) <= PLAIN_SCALARS:
+            for item in value:
+                check_decoded(item, depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"dict keys must be str, got {type(key).__name__}")
+            check_decoded(item, depth + 1)
+        return
+    raise TypeError(f"values of type {kind.__name__} are not supported (use JSON types, numpy or torch)")
 
 
 def _check_log_entry(row: dict) -> dict:

@@ -48,10 +48,6 @@ log = logging.getLogger("dreamlake")
 
 __all__ = ["SessionPipe", "StreamRef", "PyClock", "HOTPATH", "EVENT_COST", "DEFAULT_MEMORY_BUDGET", "LOG_STREAM", "SINK_STALL_LIMIT"]
 
-#: How long a producer blocked on a full journal ring waits for half of it to be
-#: free before it tries again with whatever room there is (seconds).
-RING_REFILL_WAIT = 0.5
-
 #: Is the C hot path in use (built, and not switched off by ``DREAMLAKE_PURE_PYTHON=1``)?
 HOTPATH = _hotpath is not None
 _encode_pack = msgspec.msgpack.Encoder().encode
@@ -302,7 +298,6 @@ class SessionPipe:
                 self.dropped_ring_full += rows
                 return False
             self.blocked_waits += 1
-            ring = self.ring
             with waiting_on_writer():
                 while not put():
                     if self.closed:
@@ -312,12 +307,6 @@ class SessionPipe:
                         return False
                     wake()
                     self.space.wait(0.05)
-                    # full once: let the writer free half the ring before trying again (one
-                    # uncontended drain, not a GIL ping-pong at the margin), within a bound
-                    until = time.monotonic() + RING_REFILL_WAIT
-                    while ring.head - ring.tail > ring.capacity // 2 and time.monotonic() < until and not self.closed:
-                        wake()
-                        self.space.wait(0.05)
         return True
 
     def backlog(self) -> dict:

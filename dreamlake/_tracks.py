@@ -114,16 +114,25 @@ class Track(_Base):
             if "_ts" in fields:
                 _ts = fields.pop("_ts")
         pipe = self._pipe
-        if _ts is None and not HOTPATH:  # PyClock.auto, inlined: a call costs ~60 ns here
-            clock = pipe.clock
-            clock.acquire()
-            t = _time()
-            if t <= clock.last_auto:
-                t = clock.last_auto + 1e-6
-            clock.last_auto = clock.local.last = t
-            clock.release()
-        else:
-            t = self._stamp(_ts)
+        if _ts is None and not HOTPATH and pipe.ring is None and fields and len(pipe.queue) < pipe.max_items:
+            for value in fields.values():
+                if type(value) not in _AS_IS and not (type(value) is int and MIN_INT <= value <= MAX_INT):
+                    break
+            else:  # the common row: stamp and queue under the clock's lock, so that rows of
+                # one stream stamped by several threads are queued in the order of their _ts
+                clock = pipe.clock
+                clock.acquire()  # PyClock.auto, inlined: a call costs ~60 ns here
+                try:
+                    t = _time()
+                    if t <= clock.last_auto:
+                        t = clock.last_auto + 1e-6
+                    clock.last_auto = clock.local.last = t
+                    fields["_ts"] = t
+                    pipe.push((self._sid, t, fields))  # raises once the session is closed
+                finally:
+                    clock.release()
+                return self
+        t = self._stamp(_ts)
         if not fields:
             raise ValueError("append() needs at least one field")
         for value in fields.values():

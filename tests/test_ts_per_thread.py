@@ -50,18 +50,24 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
-def test_a_new_thread_with_a_dead_threads_ident_does_not_borrow_its_stamp(tmp_path, pure):
+def _run(script: str, tmp_path, pure: bool) -> dict:
+    """``script`` in a subprocess on the C path or (``pure``) the pure-Python one;
+    its JSON output."""
     if not pure and not HOTPATH:
         pytest.skip("the C hot path is not built here")
     env = dict(os.environ)
     env.pop("DREAMLAKE_PURE_PYTHON", None)
     if pure:
         env["DREAMLAKE_PURE_PYTHON"] = "1"
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(tmp_path)], capture_output=True,
                           text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c", "pure"])
+def test_a_new_thread_with_a_dead_threads_ident_does_not_borrow_its_stamp(tmp_path, pure):
+    out = _run(SCRIPT, tmp_path, pure)
     assert out["hot"] is (not pure)
     assert out["reused"], "no new thread got a joined thread's ident: the condition was not reached"
     assert out["last_seen_by_new_thread"] == 0.0
@@ -94,16 +100,7 @@ def test_auto_stamped_rows_of_many_threads_are_stored_in_stamp_order(tmp_path, p
     """A thread switch between stamping a row and queueing it let another
     thread's later row in first (the pure path, ~1 run in 6 at the default
     switch interval): the file then went backwards in _ts."""
-    if not pure and not HOTPATH:
-        pytest.skip("the C hot path is not built here")
-    env = dict(os.environ)
-    env.pop("DREAMLAKE_PURE_PYTHON", None)
-    if pure:
-        env["DREAMLAKE_PURE_PYTHON"] = "1"
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(ORDER_SCRIPT), str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = _run(ORDER_SCRIPT, tmp_path, pure)
     assert out["count"] == 6000
     assert out["backwards"] == 0
     assert out["unsorted"] is False  # _ts range reads of the track still bisect

@@ -57,9 +57,15 @@ _decode = msgspec.json.Decoder().decode
 def _encode_lines(objects: list, rows: list) -> bytes:
     """JSON lines; non-finite floats (which msgspec writes as null) are tagged."""
     buf = _encoder.encode_lines(objects)
-    if (b"null" in buf and _has_nonfinite(rows)) or NONFINITE_MARKER in buf or ESCAPE_MARKER in buf:
+    if _needs_tags(buf, rows):
         return _encoder.encode_lines(tag_nonfinite(objects))
     return buf
+
+
+def _needs_tags(buf: bytes, rows: list) -> bool:
+    """Must ``rows``, encoded as ``buf``, be encoded again with tags? A non-finite
+    float (msgspec writes it as null) or a key that needs the escape."""
+    return (b"null" in buf and _has_nonfinite(rows)) or NONFINITE_MARKER in buf or ESCAPE_MARKER in buf
 
 
 def _has_nonfinite(value: Any) -> bool:
@@ -82,7 +88,7 @@ def encode_track_chunk(rows: list[dict], first_index: int, data_size: int) -> tu
         framed = _frame_track_lines(raw, first_index, data_size)  # None: it holds null or "$
         if framed is not None:
             return framed
-        if not ((b"null" in raw and _has_nonfinite(rows)) or NONFINITE_MARKER in raw or ESCAPE_MARKER in raw):
+        if not _needs_tags(raw, rows):
             return _frame_track_lines(raw, first_index, data_size, True)
     return _with_line_starts(encode_track_lines(rows, first_index), data_size)
 
@@ -103,7 +109,7 @@ def encode_track_lines(rows: list[dict], first_index: int) -> bytes:
     """Track rows (dicts holding ``_ts``) as ``{"index": i, "data": row}`` lines."""
     lines = list(map(_TrackLine, range(first_index, first_index + len(rows)), rows))
     buf = _encoder.encode_lines(lines)
-    if (b"null" in buf and _has_nonfinite(rows)) or NONFINITE_MARKER in buf or ESCAPE_MARKER in buf:
+    if _needs_tags(buf, rows):
         return _encoder.encode_lines([{"index": line.index, "data": tag_nonfinite(line.data)} for line in lines])
     return buf
 

@@ -114,37 +114,36 @@ class Track(_Base):
             if "_ts" in fields:
                 _ts = fields.pop("_ts")
         pipe = self._pipe
-        if _ts is None and not HOTPATH and pipe.ring is None and fields and len(pipe.queue) < pipe.max_items:
-            for value in fields.values():
-                if type(value) not in _AS_IS and not (type(value) is int and MIN_INT <= value <= MAX_INT):
-                    break
-            else:  # the common row: stamp and queue under the clock's lock, so that rows of
-                # one stream stamped by several threads are queued in the order of their _ts
-                clock = pipe.clock
-                clock.acquire()  # PyClock.auto, inlined: a call costs ~60 ns here
-                try:
-                    t = _time()
-                    if t <= clock.last_auto:
-                        t = clock.last_auto + 1e-6
-                    clock.last_auto = clock.local.last = t
-                    fields["_ts"] = t
-                    pipe.push((self._sid, t, fields))  # raises once the session is closed
-                finally:
-                    clock.release()
-                return self
+        plain = True  # no containers, strings, numpy, ... or ints beyond 64 bits (those are captured or refused)
+        for value in fields.values():
+            if type(value) not in _AS_IS and not (type(value) is int and MIN_INT <= value <= MAX_INT):
+                plain = False
+                break
+        if _ts is None and plain and fields and not HOTPATH and pipe.ring is None and len(pipe.queue) < pipe.max_items:
+            # the common row: stamp and queue under the clock's lock, so that rows of
+            # one stream stamped by several threads are queued in the order of their _ts
+            clock = pipe.clock
+            clock.acquire()  # PyClock.auto, inlined: a call costs ~60 ns here
+            try:
+                t = _time()
+                if t <= clock.last_auto:
+                    t = clock.last_auto + 1e-6
+                clock.last_auto = clock.local.last = t
+                fields["_ts"] = t
+                pipe.push((self._sid, t, fields))  # raises once the session is closed
+            finally:
+                clock.release()
+            return self
         t = self._stamp(_ts)
         if not fields:
             raise ValueError("append() needs at least one field")
-        for value in fields.values():
-            # containers, strings, numpy, ... and ints beyond 64 bits (refused by capture)
-            if type(value) not in _AS_IS and not (type(value) is int and MIN_INT <= value <= MAX_INT):
-                fields = capture_fields(fields)
-                fields["_ts"] = t
-                size = approx_bytes(fields)
-                if size > EVENT_COST and pipe.ring is None:  # a large row takes budget in proportion
-                    pipe.push_batch(self._stream, [t], [fields], size // EVENT_COST, self._session._writer.wake)
-                    return self
-                break
+        if not plain:
+            fields = capture_fields(fields)
+            fields["_ts"] = t
+            size = approx_bytes(fields)
+            if size > EVENT_COST and pipe.ring is None:  # a large row takes budget in proportion
+                pipe.push_batch(self._stream, [t], [fields], size // EVENT_COST, self._session._writer.wake)
+                return self
         fields["_ts"] = t  # fields is this call's own dict (or our copy)
         if pipe.ring is not None:  # journaled: a row the C path left to us, or a full ring
             if pipe.closed:

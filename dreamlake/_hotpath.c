@@ -441,8 +441,8 @@ ring_room(Ring *r, uint64_t size)
     return (int64_t)gap;
 }
 
-/* Records committed by any ring of the process: handoff() reads it to tell
-   whether a producer has been running since the writer last gave way. */
+/* Records committed by any ring of the process: producer_running() reads it
+   to tell whether a producer has committed lately. */
 static uint64_t commits_total;
 
 static void
@@ -1617,18 +1617,6 @@ static PyType_Spec TrackBase_spec = {
 
 /* ---------------------------------------------------------------- module */
 
-/* frame_track_lines(raw, first_index, data_size, checked=False) -> (lines, starts, end) or None:
-   `raw` is rows encoded as JSON lines (msgspec's encode_lines: one object and
-   a newline each; a JSON text holds no raw newline); each line becomes
-   {"index":<i>,"data":<row>} -- the bytes msgspec writes for a track line -- and
-   `starts` holds each line's offset in the data file (u64, native order) when
-   the file is `data_size` bytes long now; `end` is its size after them.
-   None when `raw` holds "null" or "$ (a non-finite float, which msgspec
-   writes as null, or a key that needs the tag escape) unless the caller has
-   `checked` that it needs no tagging. It
-   replaces the writer's per-row Python work (a struct per row, split, the
-   offsets), a third of its time. It keeps the GIL: it is short, and giving
-   the GIL up mid-write costs the writer a whole switch interval. */
 /* Does JSON text hold "null" or "$ ? memchr (vectorised) for 'n' and '$', which
    rows of numbers rarely hold, is several times faster than memmem here. */
 static int
@@ -1644,6 +1632,18 @@ may_need_tags(const char *raw, Py_ssize_t n)
     return 0;
 }
 
+/* frame_track_lines(raw, first_index, data_size, checked=False) -> (lines, starts, end) or None:
+   `raw` is rows encoded as JSON lines (msgspec's encode_lines: one object and
+   a newline each; a JSON text holds no raw newline); each line becomes
+   {"index":<i>,"data":<row>} -- the bytes msgspec writes for a track line -- and
+   `starts` holds each line's offset in the data file (u64, native order) when
+   the file is `data_size` bytes long now; `end` is its size after them.
+   None when `raw` holds "null" or "$ (a non-finite float, which msgspec
+   writes as null, or a key that needs the tag escape) unless the caller has
+   `checked` that it needs no tagging. It replaces the writer's per-row
+   Python work (a struct per row, split, the offsets), a third of its time.
+   It keeps the GIL: it is short, and giving the GIL up mid-write costs the
+   writer a whole switch interval. */
 static PyObject *
 hotpath_frame_track_lines(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {

@@ -298,13 +298,15 @@ class SessionPipe:
                 self.dropped_ring_full += rows
                 return False
             self.blocked_waits += 1
-            while not put():
-                if self.closed:
-                    raise SessionStateError("the session is closed")
-                if self.sink_stalled():
-                    self._drop_for_failing_sink(rows)
-                    return False
-                self._wait_for_writer(wake)
+            with waiting_on_writer():
+                while not put():
+                    if self.closed:
+                        raise SessionStateError("the session is closed")
+                    if self.sink_stalled():
+                        self._drop_for_failing_sink(rows)
+                        return False
+                    wake()
+                    self.space.wait(0.05)
         return True
 
     def backlog(self) -> dict:
@@ -406,11 +408,13 @@ class SessionPipe:
             return False
         with self.space:
             self.blocked_waits += 1
-            while self.is_full():
-                if self.sink_stalled():
-                    self._drop_for_failing_sink(1)
-                    return False
-                self._wait_for_writer(wake_writer)
+            with waiting_on_writer():
+                while self.is_full():
+                    if self.sink_stalled():
+                        self._drop_for_failing_sink(1)
+                        return False
+                    wake_writer()
+                    self.space.wait(0.05)
         self.push(event)
         return True
 
@@ -449,11 +453,13 @@ class SessionPipe:
                     self.dropped += len(item[1][2])
                     return False
                 self.blocked_waits += 1
-                while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
-                    if self.sink_stalled():
-                        self._drop_for_failing_sink(len(item[1][2]))
-                        return False
-                    self._wait_for_writer(wake_writer)
+                with waiting_on_writer():
+                    while self.queue and len(self.queue) + 3 * weight > self.max_items and not self.closed:
+                        if self.sink_stalled():
+                            self._drop_for_failing_sink(len(item[1][2]))
+                            return False
+                        wake_writer()
+                        self.space.wait(0.05)
             self.max_items -= extra
             self.queue.extend(item) if self.ring is not None else self.push(item)
             return True
@@ -464,13 +470,6 @@ class SessionPipe:
             if not self.closed:
                 self.max_items += 3 * (weight - 1)
             self.space.notify_all()
-
-    def _wait_for_writer(self, wake_writer) -> None:
-        """A producer's wait for room (holding ``space``): wake the writer, which
-        meanwhile works at full speed (:mod:`._gil`), and wait for its notice."""
-        wake_writer()
-        with waiting_on_writer():
-            self.space.wait(0.05)
 
     def made_room(self) -> None:
         """Writer side: wake producers blocked on a full queue."""
